@@ -1,0 +1,96 @@
+"""The Dynamo backend: ``torch.compile(model, backend="fusecc")``.
+
+Dynamo hands over a Python-level FX graph and real example inputs;
+AOTAutograd lowers it to functional ATen graphs (one for inference, or a
+forward and a backward for training) and calls fusecc's compiler on each.
+The backend is registered under the ``torch_dynamo_backends`` entry point,
+so ``backend="fusecc"`` works without ``import fusecc``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch._dynamo.backends.common import aot_autograd
+from torch._subclasses.fake_tensor import unset_fake_temporarily
+from torch.fx import GraphModule
+
+from .capture import DECOMPOSITIONS, FrozenInputs, freeze_placeholders
+from .compiler import compile_graph, copy_graph_module, new_graph_name
+from .options import Options
+from .runtime.compiled_graph import CompiledGraph
+
+log = logging.getLogger("fusecc")
+
+
+def fusecc_backend(
+    gm: GraphModule,
+    example_inputs: Sequence[object],
+    *,
+    options: dict | Options | None = None,
+    mode: str | None = None,
+):
+    """Compile a Dynamo graph with fusecc. ``options`` as in `Options`."""
+    opts = Options.resolve(options)
+    if mode is not None:
+        log.warning("fusecc ignores torch.compile(mode=%r); use options={...} instead", mode)
+    dynamo_names = [p.name for p in gm.graph.find_nodes(op="placeholder")]
+    # Keep only module state (parameters, buffers) alive, not example activations.
+    module_state = [t if _is_module_state(t) else None for t in example_inputs]
+
+    def compiler_for(kind: str):
+        def compile_aot(aot_gm: GraphModule, aot_inputs: Sequence[object]) -> CompiledGraph:
+            frozen = _frozen_inputs(aot_inputs, module_state) if kind == "inference" and opts.freeze else None
+            name = new_graph_name(kind)
+
+            def build(values: dict[int, torch.Tensor]) -> GraphModule:
+                graph = aot_gm
+                if values:  # keep aot_gm pristine: a later rebuild re-freezes it
+                    graph = freeze_placeholders(copy_graph_module(aot_gm), values, dynamo_names)
+                compiled, _ = compile_graph(graph, kind=kind, options=opts, name=name, frozen_constants=len(values))
+                return compiled
+
+            # AOTAutograd calls us with its fake mode active; constant folding
+            # computes on real tensors.
+            with unset_fake_temporarily():
+                return CompiledGraph(build, len(aot_inputs), frozen)
+
+        return compile_aot
+
+    backend = aot_autograd(
+        fw_compiler=compiler_for("forward"),
+        bw_compiler=compiler_for("backward"),
+        inference_compiler=compiler_for("inference"),
+        decompositions=DECOMPOSITIONS,
+    )
+    return backend(gm, example_inputs)
+
+
+def _is_module_state(t: object) -> bool:
+    return isinstance(t, torch.nn.Parameter) or (
+        isinstance(t, torch.Tensor) and getattr(t, "_dynamo_static_input_type", None) is not None
+    )
+
+
+def _frozen_inputs(aot_inputs: Sequence[object], dynamo_inputs: Sequence[object]) -> FrozenInputs | None:
+    """The parameters and buffers among the AOT graph's inputs that can be
+    inlined as constants: static (Dynamo says they are module state), not
+    mutated and not aliased by an output."""
+    ctx = torch._guards.TracingContext.try_get()
+    meta = ctx.fw_metadata if ctx is not None else None
+    if meta is None or len(aot_inputs) != len(dynamo_inputs):
+        # Subclass or duplicated inputs change AOT's input list; stay unfrozen.
+        return None
+    aliased = {o.base_idx for o in meta.output_info if o.base_idx is not None}
+    indices = [
+        i
+        for i in meta.static_input_indices
+        if isinstance(dynamo_inputs[i], torch.Tensor)
+        and not meta.input_info[i].mutates_data
+        and not meta.input_info[i].mutates_metadata
+        and i not in aliased
+        and tuple(dynamo_inputs[i].shape) == tuple(aot_inputs[i].shape)
+    ]
+    return FrozenInputs(indices, dynamo_inputs) if indices else None

@@ -1,0 +1,1 @@
+"""Model zoo and benchmark harness (``fusecc bench``)."""

@@ -1,0 +1,166 @@
+"""The model-zoo benchmark: ``fusecc bench`` / ``python -m fusecc.bench``.
+
+For every (model, batch) it builds each peer, checks its output against
+eager, times all peers interleaved in one process, and prints median
+latency with fusecc's ratio to each peer. ``--json`` writes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from dataclasses import asdict
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from . import peers as peer_builders
+from . import zoo
+from .timing import interleaved
+
+DEFAULT_PEERS = ["eager", "inductor", "inductor_freeze", "onnxruntime", "fusecc"]
+
+
+def machine_info() -> dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.float(), ref.float()
+    return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+
+
+def bench_one(
+    name: str,
+    batch: int,
+    peer_names: list[str],
+    budget_s: float,
+    console: Console,
+    fusecc_options: dict | None = None,
+    size: str = "full",
+) -> dict[str, object]:
+    entry = zoo.get(name)
+    model = entry.model(size)
+    x = entry.example_input(size, batch)
+    with torch.no_grad():
+        ref = model(x)
+    result: dict[str, object] = {"model": name, "batch": batch, "peers": {}}
+    runners = {}
+    for peer in peer_names:
+        builder = peer_builders.PEERS[peer]
+        console.print(f"  [{name} b{batch}] building {peer} ...", end="")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if peer == "fusecc":
+                    run, compile_s = builder(model, x, fusecc_options)
+                else:
+                    run, compile_s = builder(model, x)
+            err = _rel_error(run(), ref)
+            runners[peer] = run
+            result["peers"][peer] = {"compile_s": compile_s, "rel_error": err}
+            console.print(f" {compile_s:.1f}s, rel. error {err:.1e}")
+        except Exception as e:  # noqa: BLE001 - a peer that fails is reported, not fatal
+            result["peers"][peer] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            console.print(f" [red]failed[/]: {type(e).__name__}: {str(e)[:200]}")
+    stats = interleaved(runners, budget_s=budget_s)
+    for peer, s in stats.items():
+        result["peers"][peer].update(asdict(s))
+    torch._dynamo.reset()  # keep Dynamo's per-code cache small across models
+    return result
+
+
+def _ms(result: dict, peer: str) -> float | None:
+    return result["peers"].get(peer, {}).get("median_ms")
+
+
+def print_table(results: list[dict], peer_names: list[str], console: Console) -> None:
+    for batch in sorted({r["batch"] for r in results}):
+        table = Table(title=f"median latency (ms), batch {batch}; ratio = peer time / fusecc time (>1: fusecc faster)")
+        table.add_column("model")
+        for p in peer_names:
+            table.add_column(p, justify="right")
+        others = [p for p in peer_names if p != "fusecc"]
+        if "fusecc" in peer_names:
+            for p in others:
+                table.add_column(f"{p}/fusecc", justify="right")
+        rows = [r for r in results if r["batch"] == batch]
+        ratios: dict[str, list[float]] = {p: [] for p in others}
+        for r in rows:
+            cells = [r["model"]]
+            cells += [f"{v:.2f}" if (v := _ms(r, p)) is not None else "-" for p in peer_names]
+            f = _ms(r, "fusecc")
+            for p in others if "fusecc" in peer_names else []:
+                v = _ms(r, p)
+                if v is not None and f:
+                    ratios[p].append(v / f)
+                    cells.append(f"{v / f:.2f}x")
+                else:
+                    cells.append("-")
+            table.add_row(*cells)
+        if "fusecc" in peer_names:
+            geo = ["geomean"] + [""] * len(peer_names)
+            for p in others:
+                xs = ratios[p]
+                geo.append(f"{math.exp(sum(map(math.log, xs)) / len(xs)):.2f}x" if xs else "-")
+            table.add_row(*geo)
+        console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fusecc bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(zoo.ZOO), choices=list(zoo.ZOO))
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--peers", nargs="+", default=DEFAULT_PEERS, choices=list(peer_builders.PEERS))
+    parser.add_argument("--budget", type=float, default=8.0, help="timing seconds per (model, batch)")
+    parser.add_argument(
+        "--size",
+        choices=["full", "tiny"],
+        default="full",
+        help="full: the published architectures; tiny: smoke-test sizes",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch/ORT threads (default: torch's)")
+    parser.add_argument("--json", metavar="PATH", help="write all results as JSON")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    console = Console(width=200 if not Console().is_terminal else None)
+    info = machine_info()
+    console.print(f"machine: {info}")
+    results = []
+    for name in args.models:
+        for batch in args.batch:
+            results.append(bench_one(name, batch, args.peers, args.budget, console, size=args.size))
+    print_table(results, args.peers, console)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "machine": info,
+                    "command": " ".join(["fusecc bench", *(argv if argv is not None else sys.argv[1:])]),
+                    "results": results,
+                },
+                f,
+                indent=2,
+            )
+        console.print(f"wrote {os.path.abspath(args.json)}")
+    return 0

@@ -1,0 +1,87 @@
+"""The ``fusecc`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import options as options_mod
+
+
+def _options_epilog() -> str:
+    from . import targets
+    from .passes import PASS_NAMES
+
+    lines = ["options (torch.compile(..., backend='fusecc', options={...}) or environment variables):"]
+    for row in options_mod.describe():
+        lines.append(f"  {row['name']:<10} {row['env']:<18} default {row['default']:<8} {row['help']}")
+    lines.append("")
+    lines.append("passes, in order: " + ", ".join(PASS_NAMES))
+    lines.append("targets: " + "; ".join(f"{t.name} ({t.description})" for t in targets.TARGETS.values()))
+    return "\n".join(lines)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import inspect_dump
+
+    try:
+        inspect_dump(args.dump_dir, show_all=args.all, diff=args.diff)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"fusecc inspect: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import zoo
+    from .explain import explain
+
+    entry = zoo.get(args.model)
+    model = entry.model(args.size)
+    with torch.no_grad():
+        print(explain(model, entry.example_input(args.size, args.batch)).format(verbose=args.verbose))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.harness import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="fusecc",
+        description="fusecc: a deep-learning graph compiler (torch.compile backend 'fusecc').",
+        epilog=_options_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="print a readable report of an IR dump directory")
+    p.add_argument("dump_dir")
+    p.add_argument("--all", action="store_true", help="list every group and refused candidate")
+    p.add_argument("--diff", metavar="PASS", help="show what PASS changed in each graph")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("explain", help="compile a zoo model and explain groups, fallbacks and refusals")
+    from .bench.zoo import ZOO
+
+    p.add_argument("model", choices=list(ZOO))
+    p.add_argument("--size", choices=["full", "tiny"], default="tiny")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("bench", help="benchmark the model zoo against eager, inductor and ONNX Runtime", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_bench)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""``fusecc inspect DUMP_DIR``: read IR dumps back into a readable report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..report import GraphReport
+
+
+def find_graph_dumps(root: str | Path) -> list[Path]:
+    """Graph dump folders under ``root`` (or ``root`` itself), in order."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"dump directory {root} does not exist")
+    if (root / "summary.json").exists():
+        return [root]
+    found = sorted(p.parent for p in root.glob("*/summary.json"))
+    if not found:
+        raise FileNotFoundError(
+            f"no graph dumps (*/summary.json) under {root}; compile with options={{'dump_dir': ...}}"
+        )
+    return found
+
+
+def load_reports(root: str | Path) -> list[tuple[Path, GraphReport]]:
+    out = []
+    for folder in find_graph_dumps(root):
+        try:
+            data = json.loads((folder / "summary.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{folder / 'summary.json'} is not a readable fusecc summary: {e}") from e
+        out.append((folder, GraphReport.from_json(data)))
+    return out
+
+
+def _graph_section(console: Console, folder: Path, report: GraphReport, show_all: bool) -> None:
+    total = sum(p.seconds for p in report.passes)
+    console.rule(f"[bold]{report.name}[/] ({report.kind}, target {report.target})")
+    console.print(
+        f"folder {folder}\n{report.nodes_captured} nodes captured -> {report.nodes_final} after passes; "
+        f"{len(report.groups)} fused groups; {report.frozen_constants} frozen constants; "
+        f"passes {total * 1e3:.1f} ms, lowering {report.timings.get('lower_s', 0) * 1e3:.1f} ms"
+    )
+
+    passes = Table(title="passes", title_justify="left")
+    for col in ("#", "pass", "ms", "nodes", "what it did"):
+        passes.add_column(col)
+    for i, p in enumerate(report.passes, 1):
+        if p.skipped:
+            passes.add_row(str(i), p.name, "-", "-", f"skipped: {p.skipped}")
+            continue
+        did = [d.message for d in report.decisions if d.pass_name == p.name and d.accepted]
+        summary = "; ".join(dict.fromkeys(did)) if len(did) <= 2 else f"{len(did)} rewrites"
+        nodes = f"{p.nodes_before} -> {p.nodes_after}"
+        passes.add_row(str(i), p.name, f"{p.seconds * 1e3:.1f}", nodes, summary if p.changed else "no change")
+    console.print(passes)
+
+    if report.groups:
+        table = Table(title="fused groups", title_justify="left")
+        for col in ("group", "kind", "member ops", "in", "out"):
+            table.add_column(col)
+        shown = report.groups if show_all else report.groups[:30]
+        for g in shown:
+            table.add_row(
+                g["name"], g["kind"], " -> ".join(g["members"]), str(len(g["inputs"])), str(len(g["outputs"]))
+            )
+        console.print(table)
+        if len(shown) < len(report.groups):
+            console.print(f"... {len(report.groups) - len(shown)} more groups (--all shows them)")
+
+    if report.fallbacks:
+        console.print("[bold]fallbacks to ATen[/]")
+        for f in report.fallbacks:
+            console.print(f"  {f.subject} x{f.count}: {f.reason}")
+    else:
+        console.print("fallbacks to ATen: none")
+    refused = [d for d in report.decisions if not d.accepted]
+    if refused:
+        console.print(f"[bold]refused candidates[/] ({len(refused)})")
+        for d in refused if show_all else refused[:10]:
+            console.print(f"  [{d.pass_name}] {d.subject}: {d.message}")
+
+
+def inspect_dump(
+    root: str | Path, *, show_all: bool = False, diff: str | None = None, console: Console | None = None
+) -> None:
+    console = console or Console(width=160 if not Console().is_terminal else None)
+    reports = load_reports(root)
+    for folder, report in reports:
+        if diff:
+            diffs = sorted(folder.glob(f"*_{diff}.diff"))
+            console.rule(f"{report.name}: {diff}")
+            if not diffs:
+                console.print(f"pass {diff!r} did not change this graph (or is not a pass name)")
+            for d in diffs:
+                console.print(d.read_text(), markup=False, highlight=False)
+            continue
+        _graph_section(console, folder, report, show_all)

@@ -1,0 +1,221 @@
+"""What fusecc knows about each ATen op: one category per op.
+
+Passes group ops by category (a pointwise chain, a reduction with its
+prologue, a GEMM with its epilogue); the later lowering stage turns each
+category into a kernel kind. An op with no category is *unknown*: it stays
+a plain ATen call and is reported as a fallback.
+
+Pointwise and reduction ops come from the tags PyTorch itself puts on its
+operators (``torch.Tag.pointwise`` / ``torch.Tag.reduction``); the tables
+below list only what the tags do not say.
+"""
+
+from __future__ import annotations
+
+import enum
+import operator
+
+import torch
+from torch.fx import Node
+
+aten = torch.ops.aten
+prims = torch.ops.prims
+
+
+class OpCategory(enum.Enum):
+    POINTWISE = "pointwise"  # elementwise with broadcasting
+    REDUCTION = "reduction"  # reduces one or more dims (incl. softmax, norms)
+    GEMM = "gemm"  # mm / addmm / bmm / baddbmm
+    CONV = "conv"
+    ATTENTION = "attention"  # fused SDPA variants
+    VIEW = "view"  # no data movement for contiguous inputs
+    DATA = "data"  # moves or creates data: cat, pad, gather, factories
+    POOL = "pool"
+    NORM = "norm"  # batch norm (folded away for inference)
+    SCAN = "scan"
+    BACKWARD = "backward"  # composite backward ops of the categories above
+    GETITEM = "getitem"  # picks one output of a multi-output op
+    UNKNOWN = "unknown"
+
+
+def _ops(*packets_or_overloads):
+    out = set()
+    for p in packets_or_overloads:
+        if isinstance(p, torch._ops.OpOverloadPacket):
+            out.update(getattr(p, name) for name in p.overloads())
+        else:
+            out.add(p)
+    return frozenset(out)
+
+
+_EXPLICIT: dict[OpCategory, frozenset] = {
+    OpCategory.POINTWISE: _ops(
+        aten._to_copy.default, aten.hardtanh_backward, aten.clamp, aten.clamp_min, aten.clamp_max
+    ),
+    OpCategory.REDUCTION: _ops(
+        aten._softmax,
+        aten._safe_softmax,
+        aten._log_softmax,
+        aten.native_layer_norm,
+        aten.var_mean,
+        aten.var,
+        aten.mean,
+        aten.sum,
+        aten.amax,
+        aten.amin,
+        aten.argmax,
+        aten.argmin,
+        aten.prod,
+        aten.max.dim,
+        aten.min.dim,
+        aten._softmax_backward_data,
+        aten._log_softmax_backward_data,
+        aten.native_group_norm,
+    ),
+    OpCategory.GEMM: _ops(aten.mm, aten.addmm, aten.bmm, aten.baddbmm),
+    OpCategory.CONV: _ops(aten.convolution),
+    OpCategory.ATTENTION: _ops(
+        aten._scaled_dot_product_flash_attention_for_cpu,
+        aten._scaled_dot_product_flash_attention,
+        aten._scaled_dot_product_efficient_attention,
+        aten._scaled_dot_product_cudnn_attention,
+        aten.scaled_dot_product_attention,
+    ),
+    OpCategory.VIEW: _ops(
+        aten.view,
+        aten._unsafe_view,
+        aten.reshape,
+        aten.squeeze,
+        aten.unsqueeze,
+        aten.permute,
+        aten.transpose,
+        aten.t,
+        aten.expand,
+        aten.alias,
+        aten.slice,
+        aten.select,
+        aten.split,
+        aten.split_with_sizes,
+        aten.unbind,
+        aten.as_strided,
+        aten.detach,
+        aten.lift_fresh_copy,
+        aten.view_as_real,
+        aten.view_as_complex,
+    ),
+    OpCategory.DATA: _ops(
+        aten.cat,
+        aten.stack,
+        aten.clone,
+        aten.copy,
+        aten.constant_pad_nd,
+        aten.embedding,
+        aten.gather,
+        aten.index,
+        aten.index_select,
+        aten.repeat,
+        aten.arange,
+        aten.full,
+        aten.full_like,
+        aten.zeros,
+        aten.zeros_like,
+        aten.ones,
+        aten.ones_like,
+        aten.empty,
+        aten.empty_like,
+        aten.new_ones,
+        aten.new_zeros,
+        aten.new_full,
+        aten.new_empty,
+        aten.scalar_tensor,
+        aten.fill,
+        aten.tril,
+        aten.triu,
+        aten.flip,
+        aten.roll,
+        aten.native_dropout,
+        aten.scatter,
+        aten.scatter_add,
+        aten.index_put,
+        aten.slice_scatter,
+        aten.slice_backward,
+        aten.select_backward,
+        aten.index_select_backward,
+        aten.select_scatter,
+        aten.empty_strided,
+        aten.sym_size,
+        aten.sym_numel,
+        aten.sym_stride,
+    ),
+    OpCategory.POOL: _ops(
+        aten.max_pool2d_with_indices,
+        aten.avg_pool2d,
+        aten._adaptive_avg_pool2d,
+        aten.adaptive_avg_pool2d,
+        aten.max_pool2d_with_indices_backward,
+        aten.avg_pool2d_backward,
+        aten._adaptive_avg_pool2d_backward,
+    ),
+    OpCategory.NORM: _ops(
+        aten._native_batch_norm_legit_no_training,
+        aten._native_batch_norm_legit_functional,
+        aten._native_batch_norm_legit,
+        aten.native_batch_norm,
+    ),
+    OpCategory.SCAN: _ops(aten.cumsum, aten.cumprod),
+    OpCategory.BACKWARD: _ops(
+        aten.convolution_backward,
+        aten.native_batch_norm_backward,
+        aten.native_layer_norm_backward,
+        aten.native_group_norm_backward,
+        aten.embedding_dense_backward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward,
+        aten._scaled_dot_product_efficient_attention_backward,
+        aten._scaled_dot_product_flash_attention_backward,
+    ),
+}
+
+_BY_OP: dict[object, OpCategory] = {op: cat for cat, ops in _EXPLICIT.items() for op in ops}
+
+
+def category(target: object) -> OpCategory:
+    """The category of an FX call_function target."""
+    if target is operator.getitem:
+        return OpCategory.GETITEM
+    cat = _BY_OP.get(target)
+    if cat is not None:
+        return cat
+    tags = getattr(target, "tags", ())
+    if torch.Tag.pointwise in tags:
+        return OpCategory.POINTWISE
+    if torch.Tag.reduction in tags:
+        return OpCategory.REDUCTION
+    if getattr(target, "__module__", "") == "_operator" or target in _SYM_SCALAR_FUNCS:
+        return OpCategory.DATA  # Python arithmetic on SymInts in dynamic-shape graphs
+    return OpCategory.UNKNOWN
+
+
+_SYM_SCALAR_FUNCS = frozenset(
+    getattr(torch, name)
+    for name in ("sym_int", "sym_float", "sym_max", "sym_min", "sym_not", "sym_sqrt")
+    if hasattr(torch, name)
+)
+
+
+def node_category(node: Node) -> OpCategory | None:
+    """Category of a call_function node; None for placeholders, constants,
+    outputs and already-fused group calls."""
+    if node.op != "call_function":
+        return None
+    return category(node.target)
+
+
+def is_pointwise(node: Node) -> bool:
+    return node_category(node) is OpCategory.POINTWISE
+
+
+def op_name(target: object) -> str:
+    """A short readable name: ``aten.add.Tensor``, ``getitem``."""
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)
+    return getattr(target, "__name__", repr(target))

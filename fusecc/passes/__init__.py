@@ -1,0 +1,13 @@
+"""fusecc's graph passes, in the order they run.
+
+Each pass is a module with ``NAME``, ``INFERENCE_ONLY`` and
+``run(gm, ctx) -> gm``; its docstring says what it matches, what it
+produces and when it refuses. Any pass can be switched off
+(``options={"passes": {"fold_bn": False}}``) and the graph still runs.
+"""
+
+from . import constant_fold, cse, dce, fold_bn, horizontal_fusion, remove_noops, vertical_fusion
+
+PIPELINE = [constant_fold, remove_noops, cse, dce, fold_bn, horizontal_fusion, vertical_fusion, dce]
+
+PASS_NAMES = list(dict.fromkeys(p.NAME for p in PIPELINE))

@@ -1,0 +1,190 @@
+"""vertical_fusion: group producer->consumer chains that one kernel can run
+without writing the intermediates to memory.
+
+Matches, in this order (an op joins at most one group):
+  1. epilogues: a GEMM or convolution followed by the pointwise ops that
+     consume its result (bias, activation - also multi-use ones like
+     GPT-2's tanh-GELU -, residual add, scale) - kind ``gemm`` / ``conv``;
+  2. reductions (softmax, layer norm, mean/var, sum, max...) with the
+     pointwise ops that feed only them (prologue) and the pointwise chain
+     after them (epilogue) - kind ``reduction``;
+  3. what is left: connected pointwise ops, merged along edges whose
+     producer has a single consumer - kind ``pointwise``.
+Reshape-only views (view, unsqueeze, ...) may sit inside a chain.
+Produces: one FusedGroup per match with at least two compute ops.
+Refuses: a candidate that is not convex (a path leaves the group and comes
+back, so no single kernel could run it); the refusal is recorded.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch.fx import GraphModule, Node
+
+from ..graph.analysis import count_compute_nodes, leaves_and_reenters, positions
+from ..graph.fused_group import fuse_nodes
+from ..ops import OpCategory, is_pointwise, node_category, op_name
+from .manager import PassContext
+
+NAME = "vertical_fusion"
+INFERENCE_ONLY = False
+
+aten = torch.ops.aten
+_RESHAPES = frozenset(
+    [
+        aten.view.default,
+        aten._unsafe_view.default,
+        aten.reshape.default,
+        aten.unsqueeze.default,
+        aten.squeeze.dim,
+        aten.squeeze.dims,
+        aten.squeeze.default,
+        aten.alias.default,
+    ]
+)
+
+
+def _is_reshape(node: Node) -> bool:
+    return node.op == "call_function" and node.target in _RESHAPES
+
+
+def _output_count(members: set[Node]) -> int:
+    return sum(1 for n in members if any(u not in members for u in n.users))
+
+
+class _Grouper:
+    def __init__(self, gm: GraphModule, ctx: PassContext):
+        self.gm = gm
+        self.ctx = ctx
+        self.pos = positions(gm.graph)
+        self.taken: set[Node] = set()
+        self.groups: list[tuple[list[Node], str, dict]] = []
+
+    def free(self, node: Node) -> bool:
+        return node.op == "call_function" and node not in self.taken
+
+    def chainable(self, node: Node) -> bool:
+        return self.free(node) and (is_pointwise(node) or _is_reshape(node))
+
+    def grow_epilogue(self, members: set[Node], root: Node) -> list[Node]:
+        """Absorb the pointwise DAG hanging off ``root``: consumers are taken
+        in graph order while the group stays convex (an input computed from
+        the group outside it - a path out and back - stops that consumer)."""
+        added: list[Node] = []
+        frontier = set(root.users)
+        while frontier:
+            user = min(frontier, key=self.pos.__getitem__)
+            frontier.discard(user)
+            if user in members or not self.chainable(user):
+                continue
+            if leaves_and_reenters(members | {user}, self.pos):
+                continue
+            members.add(user)
+            added.append(user)
+            frontier.update(user.users)
+        # Drop leaves that only add outputs: a consumer whose input must be
+        # written anyway (it has other users outside) saves nothing by
+        # joining - e.g. the RMSNorm ``pow`` after a residual add belongs to
+        # the norm's prologue, not to the GEMM's epilogue.
+        pruned = True
+        while pruned:
+            pruned = False
+            for node in reversed(added):
+                if node not in members or any(u in members for u in node.users):
+                    continue
+                if _output_count(members - {node}) < _output_count(members) or _is_reshape(node):
+                    members.discard(node)
+                    pruned = True
+        return [n for n in added if n in members]
+
+    def grow_prologue(self, members: set[Node], root: Node) -> list[Node]:
+        """Pull in pointwise producers whose every consumer is in the group."""
+        added: list[Node] = []
+        work = list(root.all_input_nodes)
+        while work:
+            producer = work.pop()
+            if producer in members or not self.chainable(producer):
+                continue
+            if any(u not in members for u in producer.users):
+                continue
+            if leaves_and_reenters(members | {producer}, self.pos):
+                continue
+            members.add(producer)
+            added.append(producer)
+            work.extend(producer.all_input_nodes)
+        return added
+
+    def add(self, members: set[Node], kind: str, attrs: dict) -> None:
+        if count_compute_nodes(members) < 2:
+            return
+        self.taken |= members
+        self.groups.append((sorted(members, key=self.pos.__getitem__), kind, attrs))
+
+    # -- the three phases -------------------------------------------------
+
+    def epilogues(self) -> None:
+        for node in list(self.gm.graph.nodes):
+            cat = node_category(node)
+            if cat not in (OpCategory.GEMM, OpCategory.CONV) or not self.free(node):
+                continue
+            members = {node}
+            chain = self.grow_epilogue(members, node)
+            attrs = {"anchor": op_name(node.target), "epilogue": [op_name(n.target) for n in chain]}
+            self.add(members, cat.value, attrs)
+
+    def reductions(self) -> None:
+        for node in list(self.gm.graph.nodes):
+            if node_category(node) is not OpCategory.REDUCTION or not self.free(node):
+                continue
+            members = {node}
+            items = [u for u in node.users if u.target is operator.getitem]
+            members.update(items)
+            main = next((u for u in items if u.args[1] == 0), None) if items else node
+            prologue = self.grow_prologue(members, node)
+            epilogue = self.grow_epilogue(members, main) if main is not None else []
+            attrs = {"reduction": op_name(node.target), "prologue": len(prologue), "epilogue": len(epilogue)}
+            self.add(members, "reduction", attrs)
+
+    def pointwise(self) -> None:
+        group_of: dict[Node, set[Node]] = {}
+        for node in self.gm.graph.nodes:
+            if not self.chainable(node) or not is_pointwise(node):
+                continue
+            group = group_of.setdefault(node, {node})
+            for producer in node.all_input_nodes:
+                if not self.chainable(producer) or len(producer.users) != 1:
+                    continue
+                other = group_of.get(producer, {producer})
+                if other is group:
+                    continue
+                merged = group | other
+                if leaves_and_reenters(merged, self.pos):
+                    self.ctx.decide(NAME, f"{producer.name}->{node.name}", "merging would make the group non-convex")
+                    continue
+                for n in merged:
+                    group_of[n] = merged
+                group = merged
+        seen: set[int] = set()
+        for group in group_of.values():
+            if id(group) in seen:
+                continue
+            seen.add(id(group))
+            self.add(group, "pointwise", {"ops": len(group)})
+
+
+def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
+    grouper = _Grouper(gm, ctx)
+    grouper.epilogues()
+    grouper.reductions()
+    grouper.pointwise()
+    for members, kind, attrs in grouper.groups:
+        # Earlier fusions contracted other groups; re-check on the current graph.
+        pos = positions(gm.graph)
+        if leaves_and_reenters(set(members), pos):
+            ctx.decide(NAME, members[0].name, f"{kind} group became non-convex after earlier fusions")
+            continue
+        call = fuse_nodes(gm, members, kind, attrs)
+        ctx.decide(NAME, call.target, f"{kind} group of {len(members)} nodes", accepted=True)
+    return gm

@@ -1,0 +1,49 @@
+"""The callable handed back to AOTAutograd for one graph."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch.fx import GraphModule
+
+from ..capture import FrozenInputs
+
+log = logging.getLogger("fusecc")
+
+
+class CompiledGraph:
+    """Runs a compiled graph with AOTAutograd's boxed calling convention
+    (one list of flat inputs). Frozen inputs are dropped from the call; if
+    one was replaced or modified in place since compile time, the graph is
+    rebuilt from the captured graph with the new values first."""
+
+    def __init__(
+        self,
+        build: Callable[[dict[int, torch.Tensor]], GraphModule],
+        num_inputs: int,
+        frozen: FrozenInputs | None = None,
+    ):
+        # An instance attribute (not a class one) so wrappers that copy
+        # __dict__ - Dynamo's disable() around the backward - keep it.
+        self._boxed_call = True
+        self._build = build
+        self.frozen = frozen
+        frozen_set = set(frozen.indices) if frozen else set()
+        self.keep = [i for i in range(num_inputs) if i not in frozen_set]
+        self.gm = build(frozen.values() if frozen else {})
+        self.rebuilds = 0
+
+    def __call__(self, args: list) -> tuple:
+        if self.frozen is not None:
+            if not self.frozen.unchanged(args):
+                log.warning("fusecc: a frozen parameter or buffer changed since compile time; recompiling")
+                self.frozen.refresh(args)
+                self.gm = self._build(self.frozen.values())
+                self.rebuilds += 1
+            inputs = [args[i] for i in self.keep]
+        else:
+            inputs = list(args)
+        args.clear()
+        return self.gm(*inputs)

@@ -1,0 +1,86 @@
+"""Shared test helpers.
+
+Tolerances (max abs error, relative to the reference's largest magnitude):
+fp32 1e-4 for single ops and small graphs, 1e-3 for whole models (fusion
+and BN folding reorder float sums); bf16 3e-2 (8 mantissa bits).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+MODEL_TOL = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
+
+
+def assert_close(out, ref, tol: float) -> None:
+    """Max abs error, scaled by the reference's magnitude, below ``tol``."""
+    if isinstance(ref, (tuple, list)):
+        assert isinstance(out, (tuple, list)) and len(out) == len(ref)
+        for o, r in zip(out, ref):
+            assert_close(o, r, tol)
+        return
+    assert out.shape == ref.shape, f"shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    assert out.dtype == ref.dtype, f"dtype {out.dtype} != {ref.dtype}"
+    scale = ref.float().abs().max().clamp_min(1.0)
+    err = ((out.float() - ref.float()).abs().max() / scale).item()
+    assert err <= tol, f"relative error {err:.3g} > {tol:g}"
+
+
+def compile_fusecc(fn, **options):
+    options.setdefault("debug", True)  # every test also runs the per-pass verifier
+    return torch.compile(fn, backend="fusecc", options=options)
+
+
+def check_against_eager(fn, *inputs, tol=None, grad: bool = False, **options):
+    """Compile ``fn`` with fusecc and compare outputs to eager on ``inputs``."""
+    compiled = compile_fusecc(fn, **options)
+    ctx = torch.enable_grad() if grad else torch.no_grad()
+    with ctx:
+        ref = fn(*inputs)
+        out = compiled(*inputs)
+    dtype = (ref[0] if isinstance(ref, (tuple, list)) else ref).dtype
+    assert_close(out, ref, tol if tol is not None else TOL.get(dtype, 1e-4))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def capture(module: torch.nn.Module, *inputs: torch.Tensor):
+    """The frozen ATen graph fusecc's passes see for ``module`` (via torch.export)."""
+    from torch.export.graph_signature import InputKind
+
+    from fusecc.capture import export_decompositions, freeze_placeholders
+
+    ep = torch.export.export(module.eval(), inputs).run_decompositions(export_decompositions())
+    placeholders = ep.graph_module.graph.find_nodes(op="placeholder")
+    values = {
+        i: ep.state_dict.get(spec.target, ep.constants.get(spec.target))
+        for i, spec in enumerate(ep.graph_signature.input_specs)
+        if spec.kind is not InputKind.USER_INPUT
+    }
+    assert len(placeholders) == len(ep.graph_signature.input_specs)
+    return freeze_placeholders(ep.graph_module, values)
+
+
+def pass_context(inference: bool = True, **options):
+    from fusecc.options import Options
+    from fusecc.passes.manager import PassContext
+    from fusecc.report import GraphReport
+
+    return PassContext(Options.resolve(options, environ={}), inference, GraphReport("test", "inference"))
+
+
+def targets_of(gm) -> list[str]:
+    return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]

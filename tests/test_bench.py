@@ -1,0 +1,47 @@
+"""The benchmark harness runs end to end (correctness of its plumbing, not
+timing: performance is measured by `fusecc bench`, never asserted here)."""
+
+import json
+
+from fusecc.bench.harness import main
+from fusecc.bench.timing import interleaved
+
+
+def test_interleaved_timing_reports_every_runner():
+    stats = interleaved({"a": lambda: sum(range(1000)), "b": lambda: sum(range(10))}, budget_s=0.2, min_rounds=3)
+    assert set(stats) == {"a", "b"}
+    assert all(s.samples >= 3 and 0 < s.p10_ms <= s.median_ms <= s.p90_ms for s in stats.values())
+
+
+def test_bench_harness_tiny_run_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(
+        [
+            "--models",
+            "resnet18",
+            "bert_base",
+            "--batch",
+            "1",
+            "--size",
+            "tiny",
+            "--budget",
+            "0.2",
+            "--peers",
+            "eager",
+            "onnxruntime",
+            "fusecc",
+            "--json",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["machine"]["threads"] >= 1
+    assert [(r["model"], r["batch"]) for r in data["results"]] == [("resnet18", 1), ("bert_base", 1)]
+    for r in data["results"]:
+        for peer in ("eager", "onnxruntime", "fusecc"):
+            entry = r["peers"][peer]
+            assert "error" not in entry, entry
+            assert entry["median_ms"] > 0 and entry["rel_error"] < 1e-3
+    printed = capsys.readouterr().out
+    assert "eager/fusecc" in printed and "geomean" in printed
