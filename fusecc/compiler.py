@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -44,6 +45,17 @@ def collect_reports() -> Iterator[list[GraphReport]]:
             _collectors.remove(sink)
 
 
+def _enable_verbose_logging() -> None:
+    """``options.verbose``: fusecc's log messages go to stderr."""
+    log = logging.getLogger("fusecc")
+    if not any(getattr(h, "_fusecc", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[fusecc] %(message)s"))
+        handler._fusecc = True
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def new_graph_name(kind: str) -> str:
     return f"graph_{next(_graph_ids):03d}_{kind}"
 
@@ -67,6 +79,8 @@ def compile_graph(
 ) -> tuple[GraphModule, GraphReport]:
     """Run the pass pipeline and lowering over a captured graph (in place)."""
     name = name or new_graph_name(kind)
+    if options.verbose:
+        _enable_verbose_logging()
     report = GraphReport(name=name, kind=kind, target=options.target, frozen_constants=frozen_constants)
     report.nodes_captured = len(gm.graph.nodes)
     start = time.perf_counter()
@@ -88,6 +102,8 @@ def compile_graph(
     report.timings = {"passes_s": passes_done - start, "lower_s": time.perf_counter() - passes_done}
     if dump:
         dump.final(gm, report)
+    if options.verbose:
+        logging.getLogger("fusecc").info("%s", report.format())
     with _collectors_lock:
         for sink in _collectors:
             sink.append(report)

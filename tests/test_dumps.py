@@ -100,3 +100,12 @@ def test_inspect_cli_missing_dir_is_a_clear_error(tmp_path):
         timeout=120,
     )
     assert run.returncode == 2 and "does not exist" in run.stderr
+
+
+def test_verbose_logs_every_pass(capfd):
+    with torch.no_grad():
+        torch.compile(Block().eval(), backend="fusecc", options={"verbose": True, "fallback": "silent"})(
+            torch.randn(2, 3, 8, 8)
+        )
+    err = capfd.readouterr().err
+    assert "[fusecc]" in err and "fold_bn" in err and "vertical_fusion" in err and "fused groups" in err

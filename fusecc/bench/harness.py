@@ -30,13 +30,20 @@ DEFAULT_PEERS = ["eager", "inductor", "inductor_freeze", "onnxruntime", "fusecc"
 
 def machine_info() -> dict[str, object]:
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "asimddp") if f in flags]
     return {
         "cpu": cpu,
+        "isa": " ".join(isa),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -126,6 +133,38 @@ def print_table(results: list[dict], peer_names: list[str], console: Console) ->
         console.print(table)
 
 
+def to_markdown(results: list[dict], peer_names: list[str], info: dict, command: str) -> str:
+    """The result tables as Markdown (for docs/benchmarks.md)."""
+    lines = [
+        f"Machine: {info['cpu']} ({info.get('isa', '')}), {info['threads']} threads, torch {info['torch']}, {info['date']}.",
+        f"Command: `{command}`",
+        "",
+    ]
+    others = [p for p in peer_names if p != "fusecc"]
+    for batch in sorted({r["batch"] for r in results}):
+        lines.append(f"Batch {batch}: median latency in ms (ratio = peer / fusecc, >1 means fusecc is faster)")
+        lines.append("")
+        head = ["model", *peer_names] + ([f"{p}/fusecc" for p in others] if "fusecc" in peer_names else [])
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        ratios: dict[str, list[float]] = {p: [] for p in others}
+        for r in (r for r in results if r["batch"] == batch):
+            cells = [r["model"]] + [f"{v:.2f}" if (v := _ms(r, p)) is not None else "failed" for p in peer_names]
+            f = _ms(r, "fusecc")
+            for p in others if "fusecc" in peer_names else []:
+                v = _ms(r, p)
+                ok = v is not None and f
+                if ok:
+                    ratios[p].append(v / f)
+                cells.append(f"{v / f:.2f}" if ok else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+        if "fusecc" in peer_names:
+            geo = [f"{math.exp(sum(map(math.log, x)) / len(x)):.2f}" if (x := ratios[p]) else "-" for p in others]
+            lines.append("| **geomean** |" + " |" * len(peer_names) + " " + " | ".join(geo) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fusecc bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(zoo.ZOO), choices=list(zoo.ZOO))
@@ -140,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch/ORT threads (default: torch's)")
     parser.add_argument("--json", metavar="PATH", help="write all results as JSON")
+    parser.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -151,16 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batch:
             results.append(bench_one(name, batch, args.peers, args.budget, console, size=args.size))
     print_table(results, args.peers, console)
+    command = " ".join(["fusecc bench", *(argv if argv is not None else sys.argv[1:])])
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "machine": info,
-                    "command": " ".join(["fusecc bench", *(argv if argv is not None else sys.argv[1:])]),
-                    "results": results,
-                },
-                f,
-                indent=2,
-            )
+            json.dump({"machine": info, "command": command, "results": results}, f, indent=2)
         console.print(f"wrote {os.path.abspath(args.json)}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(to_markdown(results, args.peers, info, command))
+        console.print(f"wrote {os.path.abspath(args.markdown)}")
     return 0

@@ -20,12 +20,19 @@ class LogitsOnly(nn.Module):
     one tensor (its logits or last hidden state): one calling convention for
     eager, torch.compile, ONNX export and the benchmark."""
 
-    def __init__(self, model: nn.Module, output_field: str):
+    def __init__(self, model: nn.Module, output_field: str, pass_attention_mask: bool = False):
         super().__init__()
         self.model = model
         self.output_field = output_field
+        # Decoders given no mask run transformers' packed-sequence detection
+        # (torch.diff + cumsum over position ids), which neither ONNX export
+        # nor a real serving call needs: give them the all-ones mask a
+        # tokenizer would.
+        self.pass_attention_mask = pass_attention_mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pass_attention_mask:
+            return getattr(self.model(x, attention_mask=torch.ones_like(x)), self.output_field)
         return getattr(self.model(x), self.output_field)
 
 
@@ -174,7 +181,7 @@ def _gpt2(size: str) -> nn.Module:
             embd_pdrop=0.0,
             attn_pdrop=0.0,
         )
-    return LogitsOnly(GPT2LMHeadModel(cfg), "logits")
+    return LogitsOnly(GPT2LMHeadModel(cfg), "logits", pass_attention_mask=True)
 
 
 def _llama(size: str) -> nn.Module:
@@ -200,7 +207,7 @@ def _llama(size: str) -> nn.Module:
             num_key_value_heads=2,
             use_cache=False,
         )
-    return LogitsOnly(LlamaForCausalLM(cfg), "logits")
+    return LogitsOnly(LlamaForCausalLM(cfg), "logits", pass_attention_mask=True)
 
 
 ZOO: dict[str, ZooEntry] = {

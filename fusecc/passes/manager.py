@@ -70,6 +70,16 @@ class PassManager:
             record.seconds = time.perf_counter() - start
             record.nodes_after = len(gm.graph.nodes)
             record.changed = gm.code != before
+            if ctx.options.verbose:
+                log.info(
+                    "%s: %-18s %7.1f ms  %4d -> %4d nodes%s",
+                    ctx.report.name,
+                    p.NAME,
+                    record.seconds * 1e3,
+                    record.nodes_before,
+                    record.nodes_after,
+                    "" if record.changed else "  (no change)",
+                )
             for inst in self.instruments:
                 inst.after_pass(p.NAME, gm, ctx, record)
         return gm

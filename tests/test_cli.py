@@ -1,0 +1,30 @@
+"""The `fusecc` command."""
+
+import subprocess
+import sys
+
+from fusecc import options
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "fusecc.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_every_option_with_its_env_var_passes_and_targets():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for row in options.describe():
+        assert row["name"] in result.stdout and row["env"] in result.stdout
+    assert "passes, in order: constant_fold" in result.stdout and "targets: aten" in result.stdout
+
+
+def test_explain_command_on_a_zoo_model():
+    result = run_cli("explain", "resnet18", "--size", "tiny", "--verbose")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fused group" in result.stdout and "conv x" in result.stdout
+    assert "aten.convolution.default -> aten.add.Tensor -> aten.relu.default" in result.stdout
+
+
+def test_unknown_model_is_rejected():
+    result = run_cli("explain", "resnet1000")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
