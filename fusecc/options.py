@@ -45,6 +45,7 @@ class Options:
     )
     debug: bool = _field(False, "lint and shape-propagate the graph after every pass; name the pass that broke it")
     dump_dir: str | None = _field(None, "write IR dumps (graphs per pass, groups, timings, summary.json) here")
+    cache_dir: str | None = _field(None, "compiled-kernel cache (default: $XDG_CACHE_HOME/fusecc or ~/.cache/fusecc)")
     verbose: bool = _field(False, "log what each pass did to stderr")
 
     # -- construction -----------------------------------------------------

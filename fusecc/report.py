@@ -48,6 +48,7 @@ class GraphReport:
     fallbacks: list[Fallback] = dataclasses.field(default_factory=list)
     decisions: list[Decision] = dataclasses.field(default_factory=list)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    kernels: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # generated kernels (dumps, inspect)
     nodes_captured: int = 0
     nodes_final: int = 0
     dump_path: str | None = None
@@ -56,7 +57,10 @@ class GraphReport:
         self.decisions.append(Decision(pass_name, subject, message, accepted))
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        # kernel sources go to their own files in the dump, not into the summary
+        data["kernels"] = [{k: v for k, v in kern.items() if k != "source"} for kern in self.kernels]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GraphReport:

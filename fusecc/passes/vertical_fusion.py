@@ -50,6 +50,23 @@ def _is_reshape(node: Node) -> bool:
     return node.op == "call_function" and node.target in _RESHAPES
 
 
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _dtype(node: Node):
+    val = node.meta.get("val")
+    return val.dtype if isinstance(val, torch.Tensor) else None
+
+
+def _computes_on_floats(node: Node) -> bool:
+    """Float results, or a mask computed from floats (a comparison feeding
+    a select): integer and index arithmetic stays out of kernels."""
+    dtype = _dtype(node)
+    if dtype in _FLOATS:
+        return True
+    return dtype is torch.bool and all(_dtype(a) in _FLOATS for a in node.all_input_nodes)
+
+
 def _output_count(members: set[Node]) -> int:
     return sum(1 for n in members if any(u not in members for u in n.users))
 
@@ -66,7 +83,7 @@ class _Grouper:
         return node.op == "call_function" and node not in self.taken
 
     def chainable(self, node: Node) -> bool:
-        return self.free(node) and (is_pointwise(node) or _is_reshape(node))
+        return self.free(node) and (is_pointwise(node) or _is_reshape(node)) and _computes_on_floats(node)
 
     def grow_epilogue(self, members: set[Node], root: Node) -> list[Node]:
         """Absorb the pointwise DAG hanging off ``root``: consumers are taken

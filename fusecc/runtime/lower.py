@@ -1,8 +1,9 @@
 """Lowering: turn a passed graph into the graph that runs.
 
-Each FusedGroup goes to the target. A target may return a compiled module
-(it replaces the group), None (the group runs as its ATen ops, inlined), or
-raise (the compile failed: the group runs as ATen and a fallback is
+All FusedGroups go to the target together (so it can build in parallel).
+Per group the target returns a compiled module (it replaces the group's
+call), None (the group runs as its ATen ops, inlined), or the exception
+that made its compile fail (the group runs as ATen and a fallback is
 recorded). Ops fusecc has no category for are recorded as fallbacks too.
 All fallbacks of a graph produce one warning that names them.
 """
@@ -17,6 +18,7 @@ import torch
 from torch.fx import GraphModule
 
 from ..errors import FallbackWarning, UnsupportedError
+from ..graph.constants import constant_value
 from ..graph.fused_group import groups, inline_group
 from ..ops import OpCategory, node_category, op_name
 from ..options import Options
@@ -35,26 +37,35 @@ class _KernelModule(torch.nn.Module):
         return self.fn(*args)
 
 
+def _constants(gm: GraphModule, call) -> dict[int, torch.Tensor]:
+    return {
+        i: constant_value(gm, a) for i, a in enumerate(call.args) if isinstance(a, torch.fx.Node) and a.op == "get_attr"
+    }
+
+
 def lower(gm: GraphModule, target: Target, report: GraphReport, options: Options) -> GraphModule:
-    for node, group in groups(gm):
-        try:
-            compiled = target.compile_group(group)
-        except Exception as e:  # noqa: BLE001 - any compile failure falls back to ATen
+    found = groups(gm)
+    results = target.compile_groups([(g, _constants(gm, node)) for node, g in found], options)
+    for (node, group), compiled in zip(found, results):
+        if isinstance(compiled, Exception):
             if options.fallback == "error":
                 raise UnsupportedError(
-                    f"target {target.name!r} failed to compile group {group.group_name} ({group.kind}): {e}"
-                ) from e
+                    f"target {target.name!r} failed to compile group {group.group_name} ({group.kind}): {compiled}"
+                ) from compiled
+            reason = str(compiled).strip().splitlines()[0] if str(compiled).strip() else type(compiled).__name__
             report.fallbacks.append(
                 Fallback(
-                    group.group_name,
-                    f"target {target.name!r} failed to compile this {group.kind} group: {type(e).__name__}: {e}",
+                    group.group_name, f"target {target.name!r} failed to compile this {group.kind} group: {reason}"
                 )
             )
             compiled = None
         if compiled is None:
             inline_group(gm, node)
-        else:
-            setattr(gm, node.target, compiled if isinstance(compiled, torch.nn.Module) else _KernelModule(compiled))
+            continue
+        info = getattr(compiled, "info", None)
+        if info is not None:
+            report.kernels.append({"group": group.group_name, "kind": group.kind, **info})
+        setattr(gm, node.target, compiled if isinstance(compiled, torch.nn.Module) else _KernelModule(compiled))
 
     unknown = Counter(op_name(n.target) for n in gm.graph.nodes if node_category(n) is OpCategory.UNKNOWN)
     for name, count in sorted(unknown.items()):

@@ -21,6 +21,19 @@ class Target:
     def compile_group(self, group: FusedGroup) -> Callable | None:
         raise NotImplementedError
 
+    def compile_groups(self, items: list[tuple[FusedGroup, dict]], options) -> list:
+        """Compile many groups at once (targets override this to build in
+        parallel). ``items`` pairs each group with its constant inputs
+        (argument index -> tensor). Returns, per group, a callable, None
+        (run as ATen) or the exception that made its compile fail."""
+        results = []
+        for group, _constants in items:
+            try:
+                results.append(self.compile_group(group))
+            except Exception as e:  # noqa: BLE001 - reported as that group's fallback
+                results.append(e)
+        return results
+
 
 class AtenTarget(Target):
     name = "aten"
@@ -45,3 +58,12 @@ def get(name: str) -> Target:
 
 
 register(AtenTarget())
+
+
+def _register_c() -> None:
+    from .cpu import HostCTarget
+
+    register(HostCTarget())
+
+
+_register_c()

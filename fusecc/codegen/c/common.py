@@ -1,0 +1,78 @@
+"""Pieces every C kernel kind shares: the calling convention, operand
+declarations and how a load or a store is spelled for a dtype."""
+
+from __future__ import annotations
+
+from ...kernels.spec import KernelSpec
+
+# Every kernel: void NAME(void* const* args, int nthreads)
+#   args[0 .. n_operands)                     operands (constants as prepared by the kernel kind)
+#   args[n_operands .. n_operands+n_outputs)  outputs
+#   args[n_operands+n_outputs]                workspace (may be NULL when the kernel needs none)
+SIGNATURE = "void {name}(void* const* args, int nthreads)"
+
+
+def ctype(dtype: str) -> str:
+    return {"f32": "float", "bf16": "uint16_t", "bool": "uint8_t"}[dtype]
+
+
+_SUFFIX = {"f32": "", "bf16": "_bf16", "bool": "_u8"}
+
+
+def declarations(spec: KernelSpec, indent: str = "  ", in_entry: bool = True) -> str:
+    lines = []
+    for i, o in enumerate(spec.operands):
+        t = ctype(o.dtype)
+        lines.append(f"const {t}* FC_RESTRICT in{i} = (const {t}*)args[{i}];")
+    for j, o in enumerate(spec.outputs):
+        t = ctype(o.dtype)
+        lines.append(f"{t}* FC_RESTRICT out{j} = ({t}*)args[{len(spec.operands) + j}];")
+    lines.append(f"char* FC_RESTRICT ws = (char*)args[{len(spec.operands) + len(spec.outputs)}];")
+    lines.append("(void)ws; (void)nthreads;" if in_entry else "(void)ws;")
+    return "\n".join(indent + line for line in lines)
+
+
+def vload(dtype: str, ptr: str, stride: int, n: str | None = None) -> str:
+    """Vector load of VL elements at ``ptr`` walking ``stride`` (0: broadcast)."""
+    sfx = _SUFFIX[dtype]
+    if stride == 0:
+        return f"vset1({sload(dtype, ptr)})"
+    if stride != 1:
+        if n is not None:
+            return f"vgathern{sfx}({ptr}, {stride}, {n})"
+        return f"vgather{sfx}({ptr}, {stride})"
+    if n is not None:
+        return f"vloadn{sfx}({ptr}, {n})"
+    return f"vload{sfx}({ptr})"
+
+
+def sload(dtype: str, ptr: str) -> str:
+    return {"bf16": f"fc_bf16_to_f32(*({ptr}))", "bool": f"(float)(*({ptr}))"}.get(dtype, f"(*({ptr}))")
+
+
+def vstore(dtype: str, ptr: str, value: str, n: str | None = None) -> str:
+    sfx = _SUFFIX[dtype]
+    if n is not None:
+        return f"vstoren{sfx}({ptr}, {value}, {n});"
+    return f"vstore{sfx}({ptr}, {value});"
+
+
+def sstore(dtype: str, ptr: str, value: str) -> str:
+    if dtype == "bf16":
+        return f"*({ptr}) = fc_f32_to_bf16({value});"
+    if dtype == "bool":
+        return f"*({ptr}) = ({value}) != 0.0f;"
+    return f"*({ptr}) = {value};"
+
+
+def unravel(index: str, dims: list[int], names: list[str]) -> list[str]:
+    """C statements splitting a flat row-major index over ``dims``."""
+    lines, stride = [], 1
+    strides = []
+    for d in reversed(dims):
+        strides.append(stride)
+        stride *= d
+    strides.reverse()
+    for name, d, s in zip(names, dims, strides):
+        lines.append(f"const long {name} = ({index} / {s}L) % {d}L;")
+    return lines

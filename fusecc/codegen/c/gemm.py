@@ -1,0 +1,220 @@
+"""GEMM kernels: C[b, M, N] = epilogue(A[b, M, K] @ B[b, K, N]).
+
+B is laid out in panels of NR = nv * VL columns ([N/NR][K][NR], zero
+padded): constant B (frozen weights) is packed once at compile time by
+`prepare`, a runtime B is packed per call into the workspace. Each tile of
+MR rows x NR columns accumulates the whole K in vector registers (MR*nv
+accumulators; A broadcast, B loaded), then the tile goes through the fused
+epilogue and is stored - bias, activations, residual adds never make a
+trip through memory of their own. Tiles are split across threads over
+(batch, panel, row tile).
+
+The same tile generator serves convolution (`conv.py`), where the
+broadcast operand is the packed weight and the loaded one an im2col panel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...kernels.expr import Acc, Load
+from ...kernels.spec import KernelSpec
+from .common import SIGNATURE, declarations, vload, vstore
+from .dialects import Dialect
+from .expr import ExprEmitter
+
+
+def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
+    regs = dialect.vector_registers
+    pairs = [(mr, nv) for mr in (1, 2, 4, 6, 8, 12, 14) for nv in (1, 2, 3, 4) if mr * nv + nv + 1 <= regs]
+    return {"tile": tuple(pairs)}
+
+
+def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
+    _, m, n = spec.space
+    vl = dialect.vl
+    choice = {"avx512": (6, 4), "avx2": (6, 2), "neon": (6, 4), "scalar": (4, 4)}[dialect.name]
+    mr, nv = choice
+    nv = max(1, min(nv, math.ceil(n / vl)))  # do not pad a narrow N up to a wide panel
+    mr = max(1, min(mr, m))
+    return {"tile": (mr, nv), "vl": vl}
+
+
+def _panel(params: dict, vl: int) -> tuple[int, int, int]:
+    mr, nv = params["tile"]
+    return mr, nv, nv * vl
+
+
+def microkernel(fn: str, mr: int, nv: int, vl: int, a_row: str, a_k: str) -> str:
+    """``static inline void fn(long K, const float* a, const float* bp, float* tile)``:
+    tile[MR x NR] = sum_k a[i*a_row + k*a_k] * bp[k*NR + l] (a broadcast, bp loaded)."""
+    nr = nv * vl
+    lines = [
+        f"static inline void {fn}(long K, const float* FC_RESTRICT a, const float* FC_RESTRICT bp, float* FC_RESTRICT tile) {{"
+    ]
+    for i in range(mr):
+        lines.append("  " + " ".join(f"vf c{i}_{j} = vzero();" for j in range(nv)))
+    lines.append("  for (long k = 0; k < K; ++k) {")
+    lines.append("    " + " ".join(f"const vf b{j} = vload(bp + k * {nr} + {j * vl});" for j in range(nv)))
+    for i in range(mr):
+        fmas = " ".join(f"c{i}_{j} = vfma(a{i}, b{j}, c{i}_{j});" for j in range(nv))
+        lines.append(f"    {{ const vf a{i} = vset1(a[{i} * ({a_row}) + k * ({a_k})]); {fmas} }}")
+    lines.append("  }")
+    for i in range(mr):
+        lines.append("  " + " ".join(f"vstore(tile + {i * nr + j * vl}, c{i}_{j});" for j in range(nv)))
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def pack_panels(matrix: torch.Tensor, nr: int) -> torch.Tensor:
+    """[K, N] -> [ceil(N/NR), K, NR], zero padded: the loaded operand's layout."""
+    k, n = matrix.shape
+    n_pad = math.ceil(n / nr) * nr
+    padded = torch.zeros(k, n_pad, dtype=torch.float32)
+    padded[:, :n] = matrix.float()
+    return padded.view(k, n_pad // nr, nr).permute(1, 0, 2).contiguous()
+
+
+def prepare(spec: KernelSpec, params: dict, constants: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    out = dict(constants)
+    b = spec.attrs["b"]
+    if b in constants:
+        _, _, nr = _panel(params, _vl_of(params))
+        value = constants[b]
+        out[b] = pack_panels(value.reshape(value.shape[-2], value.shape[-1]), nr)
+    return out
+
+
+def _vl_of(params: dict) -> int:
+    return params["vl"]
+
+
+def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
+    b = spec.attrs["b"]
+    if spec.operands[b].constant:
+        return 0
+    batch, _, n = spec.space
+    _, _, nr = _panel(params, params["vl"])
+    return 4 * batch * math.ceil(n / nr) * nr * spec.attrs["K"] + 64
+
+
+def epilogue_stores(spec: KernelSpec, point: list[str], col: str, valid: str | None, out_offset) -> list[str]:
+    """Vector epilogue at one (.., row, col) point: the value of every output
+    from the accumulator ``acc``; loads use the access strides over the space;
+    ``valid`` (lanes) makes loads and stores partial."""
+
+    def load(node: Load) -> str:
+        acc = spec.accesses[node.access]
+        dtype = spec.operands[node.operand].dtype
+        off = " + ".join(f"{p} * {s}L" for p, s in zip(point, acc.strides[:-1]) if s) or "0"
+        ptr = f"in{node.operand} + {off} + ({col}) * {acc.strides[-1]}L"
+        return vload(dtype, ptr, acc.strides[-1], valid if acc.strides[-1] != 0 else None)
+
+    em = ExprEmitter(True, load, acc=lambda: "acc", prefix="e")
+    lines = []
+    for j, o in enumerate(spec.outputs):
+        value = "acc" if isinstance(o.expr, Acc) else em.emit(o.expr)
+        lines.extend(em.lines)
+        em.lines = []
+        lines.append(out_offset(j, o, value, valid))
+    return lines
+
+
+def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
+    batch, m, n = spec.space
+    k = spec.attrs["K"]
+    mr, nv, nr = _panel(params, vl)
+    a_i, b_i = spec.attrs["a"], spec.attrs["b"]
+    sab, sam, _ = spec.attrs["a_strides"]
+    sbb, sbk, sbn = spec.attrs["b_strides"]
+    if any(o.dtype != "f32" for o in spec.operands) or any(o.dtype != "f32" for o in spec.outputs):
+        raise NotImplementedError("bfloat16 GEMM kernels are not generated yet")
+    panels = math.ceil(n / nr)
+    mtiles = math.ceil(m / mr)
+    b_const = spec.operands[b_i].constant
+
+    kernels = [microkernel(f"{name}_ukr{r}", r, nv, vl, f"{sam}L", "1") for r in range(1, mr + 1)]
+
+    def store(j: int, o, value: str, valid: str | None) -> str:
+        if o.col_range is None:
+            ptr = f"out{j} + bi * {m * n}L + mm * {n}L + nn"
+            return vstore(o.dtype, ptr, value, valid)
+        lo, hi = o.col_range
+        w = hi - lo
+        ptr = f"out{j} + bi * {m * w}L + mm * {w}L + (nn - {lo}L)"
+        return (
+            f"if (nn >= {lo}L && nn + {vl} <= {hi}L) {{ {vstore(o.dtype, ptr, value, valid)} }} "
+            f"else {{ float lanes[{vl}]; vstore(lanes, {value}); "
+            f"for (int l = 0; l < {valid or vl}; ++l) if (nn + l >= {lo}L && nn + l < {hi}L) "
+            f"out{j}[bi * {m * w}L + mm * {w}L + nn + l - {lo}L] = lanes[l]; }}"
+        )
+
+    full = epilogue_stores(spec, ["bi", "mm"], "nn", None, store)
+    part = epilogue_stores(spec, ["bi", "mm"], "nn", "rem", store)
+    tile_fn = f"""
+static void {name}_tile(void* const* args, const float* FC_RESTRICT a, const float* FC_RESTRICT bp,
+                        long bi, long m0, long rows, long n0) {{
+{declarations(spec, in_entry=False)}
+  float tile[{mr * nr}] __attribute__((aligned(64)));
+  switch (rows) {{
+{chr(10).join(f"    case {r}: {name}_ukr{r}({k}L, a, bp, tile); break;" for r in range(1, mr + 1))}
+    default: return;
+  }}
+  for (long i = 0; i < rows; ++i) {{
+    const long mm = m0 + i;
+    for (long c = 0; c < {nr}; c += {vl}) {{
+      const long nn = n0 + c;
+      const vf acc = vload(tile + i * {nr} + c);
+      if (nn + {vl} <= {n}L) {{
+{chr(10).join("        " + x for x in full)}
+      }} else if (nn < {n}L) {{
+        const int rem = (int)({n}L - nn);
+{chr(10).join("        " + x for x in part)}
+      }}
+    }}
+  }}
+}}
+"""
+    if b_const:
+        pack = ""
+        bp_expr = f"in{b_i} + p * {k * nr}L"
+    else:
+        # pack the runtime B of every batch into [batch][panel][K][NR]
+        pack = f"""
+    #pragma omp for collapse(2) schedule(static)
+    for (long bi = 0; bi < {batch}L; ++bi)
+      for (long p = 0; p < {panels}L; ++p) {{
+        float* FC_RESTRICT dst = bpack + (bi * {panels}L + p) * {k * nr}L;
+        const float* src = in{b_i} + bi * {sbb}L + p * {nr}L * {sbn}L;
+        const long cols = {n}L - p * {nr}L < {nr}L ? {n}L - p * {nr}L : {nr}L;
+        for (long kk = 0; kk < {k}L; ++kk)
+          for (long l = 0; l < {nr}L; ++l)
+            dst[kk * {nr}L + l] = l < cols ? src[kk * {sbk}L + l * {sbn}L] : 0.0f;
+      }}
+"""
+        bp_expr = f"bpack + (bi * {panels}L + p) * {k * nr}L"
+    work = batch * panels * mtiles
+    return f"""
+{chr(10).join(kernels)}
+{tile_fn}
+{SIGNATURE.format(name=name)} {{
+  const float* FC_RESTRICT a_base = (const float*)args[{a_i}];
+  const float* FC_RESTRICT in{b_i} = (const float*)args[{b_i}];
+  float* FC_RESTRICT bpack = (float*)args[{len(spec.operands) + len(spec.outputs)}];
+  (void)bpack;
+  #pragma omp parallel num_threads(nthreads) if ({work}L > 1)
+  {{
+{pack}
+    #pragma omp for collapse(3) schedule(static)
+    for (long bi = 0; bi < {batch}L; ++bi)
+      for (long p = 0; p < {panels}L; ++p)
+        for (long t = 0; t < {mtiles}L; ++t) {{
+          const long m0 = t * {mr}L;
+          const long rows = {m}L - m0 < {mr}L ? {m}L - m0 : {mr}L;
+          {name}_tile(args, a_base + bi * {sab}L + m0 * {sam}L, {bp_expr}, bi, m0, rows, p * {nr}L);
+        }}
+  }}
+}}
+"""

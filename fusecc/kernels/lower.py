@@ -1,0 +1,637 @@
+"""Lowering: a `FusedGroup`'s ATen subgraph -> a `KernelSpec`.
+
+This is the one place that reads ATen ops on the way to code generation.
+Each output element is expressed as an `Expr`; every tensor read becomes a
+`Load` whose `Access` (strides over the kernel's iteration space) is
+computed by replaying the group's broadcasts and reshapes on meta tensors -
+PyTorch's own view logic decides whether an access is expressible, so a
+transposed or otherwise incompatible layout is refused, never mis-indexed.
+
+Anything not covered raises `NotLowerable` with the reason; the group then
+runs as ATen and the reason is reported as a fallback.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+
+import torch
+from torch.fx import Node
+
+from ..graph.fused_group import FusedGroup
+from ..ops import OpCategory, category
+from .expr import Acc, Const, Expr, Load, Stat, op
+from .spec import Access, KernelSpec, Operand, Output
+
+aten = torch.ops.aten
+
+View = Callable[[torch.Tensor], torch.Tensor]  # meta tensor of a node's shape -> the same data over the space
+
+
+class NotLowerable(Exception):
+    """The group cannot become a kernel; the message says why."""
+
+
+_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.bool: "bool"}
+_RESHAPES = {
+    aten.view.default,
+    aten._unsafe_view.default,
+    aten.reshape.default,
+    aten.unsqueeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.squeeze.default,
+    aten.alias.default,
+}
+
+
+def _val(node: Node) -> torch.Tensor:
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        raise NotLowerable(f"{node.name} has no tensor metadata")
+    for s in (*val.shape, *val.stride()):
+        if not isinstance(s, int):
+            raise NotLowerable("symbolic shapes (dynamic graph): kernels are generated for static shapes")
+    return val
+
+
+def _dtype(node: Node) -> str:
+    val = _val(node)
+    if val.dtype not in _DTYPES:
+        raise NotLowerable(f"{node.name} has dtype {val.dtype}; kernels handle float32, bfloat16 and bool")
+    return _DTYPES[val.dtype]
+
+
+def _meta_like(val: torch.Tensor) -> torch.Tensor:
+    return torch.empty_strided(tuple(val.shape), tuple(val.stride()), dtype=torch.float32, device="meta")
+
+
+def _canonical(t: torch.Tensor) -> tuple[int, ...]:
+    """Strides with size-1 dims set to 0 (their stride never matters)."""
+    return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
+
+
+def _probe(shape: tuple[int, ...], view: View) -> tuple[int, ...]:
+    """How ``view`` maps a node's logical (row-major) index onto the space."""
+    return _canonical(view(torch.empty(shape, device="meta")))
+
+
+def _broadcast_to(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    extra = len(shape) - t.dim()
+    if extra < 0:
+        raise NotLowerable("operand has more dims than the op's result")
+    return t[(None,) * extra].expand(shape) if extra else t.expand(shape)
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= s
+    return tuple(reversed(strides))
+
+
+def _safe(view: View) -> View:
+    def wrapped(t: torch.Tensor) -> torch.Tensor:
+        try:
+            return view(t)
+        except RuntimeError as e:  # a view PyTorch cannot express as strides
+            raise NotLowerable(f"access not expressible as strides: {str(e).splitlines()[0]}") from e
+
+    return wrapped
+
+
+class _Builder:
+    """Turns group nodes into expressions over one iteration space."""
+
+    def __init__(self, group: FusedGroup, space: tuple[int, ...]):
+        self.group = group
+        self.space = space
+        self.placeholders = list(group.graph.find_nodes(op="placeholder"))
+        self.operands: list[Operand] = []
+        self.operand_of: dict[Node, int] = {}
+        self.accesses: list[Access] = []
+        self.access_index: dict[Access, int] = {}
+        self.memo: dict[tuple[Node, tuple[int, ...]], Expr] = {}
+        # node -> callback(view) -> Expr for nodes with a kind-specific meaning (Acc, Stat)
+        self.special: dict[Node, Callable[[View, tuple[int, ...]], Expr]] = {}
+
+    def operand(self, node: Node) -> int:
+        if node not in self.operand_of:
+            val = _val(node)
+            index = self.placeholders.index(node)
+            self.operand_of[node] = len(self.operands)
+            self.operands.append(
+                Operand(
+                    name=node.name,
+                    dtype=_dtype(node),
+                    shape=tuple(val.shape),
+                    strides=tuple(val.stride()),
+                    constant=bool(self.group.constant_inputs[index]) if self.group.constant_inputs else False,
+                    arg_index=index,
+                )
+            )
+        return self.operand_of[node]
+
+    def access(self, operand: int, strides: tuple[int, ...]) -> int:
+        acc = Access(operand, tuple(strides))
+        if acc not in self.access_index:
+            self.access_index[acc] = len(self.accesses)
+            self.accesses.append(acc)
+        return self.access_index[acc]
+
+    def load(self, node: Node, strides: tuple[int, ...]) -> Load:
+        operand = self.operand(node)
+        return Load(operand, self.access(operand, strides))
+
+    def expr(self, node: object, view: View) -> Expr:
+        if not isinstance(node, Node):
+            if isinstance(node, (int, float, bool)):
+                return Const(float(node))
+            raise NotLowerable(f"unsupported argument {node!r}")
+        shape = tuple(_val(node).shape)
+        view = _safe(view)
+        key = (node, _probe(shape, view))
+        if key in self.memo:
+            return self.memo[key]
+        if node in self.special:
+            result = self.special[node](view, key[1])
+        elif node.op == "placeholder":
+            result = self.load(node, _canonical(view(_meta_like(_val(node)))))
+        elif node.op == "call_function" and node.target in _RESHAPES:
+            result = self.expr(node.args[0], lambda t, s=shape: view(t.view(s)))
+        elif node.op == "call_function" and category(node.target) is OpCategory.POINTWISE:
+            args = [
+                self.expr(a, lambda t, s=shape: view(_broadcast_to(t, s))) if isinstance(a, Node) else a
+                for a in node.args
+            ]
+            kwargs = {
+                k: self.expr(v, lambda t, s=shape: view(_broadcast_to(t, s))) if isinstance(v, Node) else v
+                for k, v in node.kwargs.items()
+            }
+            result = translate_pointwise(node, args, kwargs)
+        else:
+            raise NotLowerable(f"op {node.target} inside a {self.group.kind} group has no kernel lowering")
+        self.memo[key] = result
+        return result
+
+
+def _c(x: object) -> Expr:
+    if isinstance(x, Expr):
+        return x
+    if isinstance(x, (int, float, bool)):
+        return Const(float(x))
+    raise NotLowerable(f"unsupported scalar {x!r}")
+
+
+def translate_pointwise(node: Node, args: list, kwargs: dict) -> Expr:
+    """One ATen pointwise op on expressions (tensor args) and scalars."""
+    t = node.target
+    name = t.overloadpacket.__name__ if hasattr(t, "overloadpacket") else str(t)
+    a = [_c(x) if not isinstance(x, (list, tuple, str, torch.dtype, type(None))) else x for x in args]
+
+    def scaled(x: Expr, alpha: object) -> Expr:
+        return x if alpha in (None, 1) else op("mul", x, _c(alpha))
+
+    if name in ("add", "sub"):
+        rhs = scaled(a[1], kwargs.get("alpha", a[2] if len(a) > 2 else 1))
+        return op(name, a[0], rhs)
+    if name == "rsub":
+        return op("sub", scaled(a[1], kwargs.get("alpha", 1)), a[0])
+    if name == "mul":
+        return op("mul", a[0], a[1])
+    if name == "div":
+        if kwargs.get("rounding_mode") is not None:
+            raise NotLowerable("div with rounding_mode")
+        return op("div", a[0], a[1])
+    if name in ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "tanh", "erf", "sigmoid", "relu", "silu"):
+        return op(name, a[0])
+    if name == "reciprocal":
+        return op("recip", a[0])
+    if name == "gelu":
+        approx = kwargs.get("approximate", a[1] if len(a) > 1 else "none")
+        return op("gelu_tanh" if approx == "tanh" else "gelu", a[0])
+    if name == "pow" and t is aten.pow.Tensor_Scalar:
+        e = float(args[1])
+        x = a[0]
+        if e == 1.0:
+            return x
+        if e == 2.0:
+            return op("mul", x, x)
+        if e == 3.0:
+            return op("mul", op("mul", x, x), x)
+        if e == 0.5:
+            return op("sqrt", x)
+        if e == -0.5:
+            return op("rsqrt", x)
+        if e == -1.0:
+            return op("recip", x)
+        return op("pow", x, Const(e))
+    if name == "pow":
+        return op("pow", a[0], a[1])
+    if name in ("maximum", "minimum"):
+        return op("max" if name == "maximum" else "min", a[0], a[1])
+    if name in ("clamp", "hardtanh", "clamp_min", "clamp_max"):
+        lo = hi = None
+        if name in ("clamp", "hardtanh"):
+            lo_key, hi_key = ("min_val", "max_val") if name == "hardtanh" else ("min", "max")
+            lo = kwargs.get(lo_key, args[1] if len(args) > 1 else (-1.0 if name == "hardtanh" else None))
+            hi = kwargs.get(hi_key, args[2] if len(args) > 2 else (1.0 if name == "hardtanh" else None))
+        elif name == "clamp_min":
+            lo = args[1]
+        else:
+            hi = args[1]
+        x = a[0]
+        if lo is not None:
+            x = op("max", x, _c(lo))
+        if hi is not None:
+            x = op("min", x, _c(hi))
+        return x
+    if name == "where":
+        return op("select", a[0], a[1], a[2])
+    if name in ("lt", "le", "gt", "ge", "eq", "ne"):
+        return op(name, a[0], a[1])
+    if name == "masked_fill":
+        return op("select", a[1], a[2], a[0])
+    if name == "leaky_relu":
+        slope = _c(args[1] if len(args) > 1 else 0.01)
+        return op("select", op("gt", a[0], Const(0.0)), a[0], op("mul", a[0], slope))
+    if name in ("hardswish", "hardsigmoid"):
+        gate = op("div", op("min", op("max", op("add", a[0], Const(3.0)), Const(0.0)), Const(6.0)), Const(6.0))
+        return op("mul", a[0], gate) if name == "hardswish" else gate
+    if name == "threshold_backward":
+        return op("select", op("le", a[1], _c(args[2])), Const(0.0), a[0])
+    if name == "tanh_backward":
+        return op("mul", a[0], op("sub", Const(1.0), op("mul", a[1], a[1])))
+    if name == "sigmoid_backward":
+        return op("mul", a[0], op("mul", a[1], op("sub", Const(1.0), a[1])))
+    if name == "_to_copy":
+        dtype = kwargs.get("dtype")
+        if kwargs.get("device") not in (None, torch.device("cpu")) or dtype not in (
+            None,
+            torch.float32,
+            torch.bfloat16,
+        ):
+            raise NotLowerable(f"_to_copy to {dtype} / {kwargs.get('device')}")
+        return op("round_bf16", a[0]) if dtype is torch.bfloat16 else a[0]
+    raise NotLowerable(f"pointwise op {t} has no kernel lowering")
+
+
+# -- kinds -----------------------------------------------------------------------------------------
+
+
+def _group_outputs(group: FusedGroup) -> list[Node]:
+    out = group.graph.output_node().args[0]
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def _coalesce(space: tuple[int, ...], strides: list[tuple[int, ...]]) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+    """Merge adjacent dims every access walks contiguously, drop size-1 dims."""
+    dims = [d for d in range(len(space)) if space[d] != 1]
+    if not dims:
+        return (1,), [(0,) for _ in strides]
+    new_space = [space[dims[0]]]
+    new_strides = [[s[dims[0]]] for s in strides]
+    for d in dims[1:]:
+        if all(s[-1] == st[d] * space[d] for s, st in zip(new_strides, strides)):
+            new_space[-1] *= space[d]
+            for s, st in zip(new_strides, strides):
+                s[-1] = st[d]
+        else:
+            new_space.append(space[d])
+            for s, st in zip(new_strides, strides):
+                s.append(st[d])
+    return tuple(new_space), [tuple(s) for s in new_strides]
+
+
+def _finish(b: _Builder, kind: str, space: tuple[int, ...], outputs: list[Output], **extra) -> KernelSpec:
+    return KernelSpec(
+        kind=kind,
+        name=b.group.group_name,
+        space=space,
+        operands=b.operands,
+        accesses=b.accesses,
+        outputs=outputs,
+        **extra,
+    )
+
+
+def _memory_order(val: torch.Tensor) -> list[int]:
+    """Dims from outermost to innermost in memory (the permutation that makes
+    a dense, possibly permuted, tensor contiguous); None if not dense."""
+    order = sorted(range(val.dim()), key=lambda d: (-val.stride()[d], -d))
+    permuted = val.permute(order)
+    if not permuted.is_contiguous():
+        raise NotLowerable("output is not a dense (possibly permuted) tensor")
+    return order
+
+
+def lower_elementwise(group: FusedGroup) -> KernelSpec:
+    outs = _group_outputs(group)
+    first = _val(outs[0])
+    shape = tuple(first.shape)
+    order = _memory_order(first)
+    for o in outs:
+        val = _val(o)
+        if tuple(val.shape) != shape or tuple(val.stride()) != tuple(first.stride()):
+            raise NotLowerable("outputs of an elementwise group differ in shape or layout")
+    # iterate in the outputs' memory order, so they are written contiguously
+    space = tuple(shape[d] for d in order)
+    b = _Builder(group, space)
+    outputs = []
+    for o in outs:
+        expr = b.expr(o, lambda t: t.permute(order))
+        outputs.append(Output(o.name, _dtype(o), shape, expr, strides=tuple(first.stride())))
+    all_strides = [a.strides for a in b.accesses] + [_contiguous_strides(space)]
+    space, coalesced = _coalesce(space, all_strides)
+    b.accesses[:] = [type(a)(a.operand, s) for a, s in zip(b.accesses, coalesced[:-1])]
+    return _finish(b, "elementwise", space, outputs)
+
+
+_ROW_REDUCTIONS = {
+    aten._softmax.default: "softmax",
+    aten._safe_softmax.default: "softmax",
+    aten._log_softmax.default: "log_softmax",
+    aten.native_layer_norm.default: "layer_norm",
+    aten.mean.dim: "mean",
+    aten.sum.dim_IntList: "sum",
+    aten.amax.default: "max",
+    aten.amin.default: "min",
+    aten.mean.default: "mean",
+    aten.sum.default: "sum",
+    aten.var.correction: "var",
+}
+
+
+def _reduced_dims(node: Node, rank: int) -> list[int]:
+    t = node.target
+    if t in (aten._softmax.default, aten._safe_softmax.default, aten._log_softmax.default):
+        dims = [node.args[1]]
+    elif t is aten.native_layer_norm.default:
+        dims = list(range(rank - len(node.args[1]), rank))
+    elif t in (aten.mean.default, aten.sum.default):
+        dims = list(range(rank))
+    else:
+        dims = node.args[1] if len(node.args) > 1 and node.args[1] is not None else list(range(rank))
+        dims = [dims] if isinstance(dims, int) else list(dims)
+    dims = sorted(d % rank for d in dims) if rank else []
+    if dims != list(range(rank - len(dims), rank)):
+        raise NotLowerable(f"{node.target} reduces dims {dims}, not the trailing ones")
+    return dims
+
+
+def lower_reduction(group: FusedGroup) -> KernelSpec:
+    reductions = [
+        n for n in group.graph.nodes if n.op == "call_function" and category(n.target) is OpCategory.REDUCTION
+    ]
+    if len(reductions) != 1 or reductions[0].target not in _ROW_REDUCTIONS:
+        what = ", ".join(str(n.target) for n in reductions)
+        raise NotLowerable(f"reduction group with {what or 'no reduction'}: only one row reduction is supported")
+    red = reductions[0]
+    kind = _ROW_REDUCTIONS[red.target]
+    x = red.args[0]
+    xval = _val(x)
+    rank = xval.dim()
+    dims = _reduced_dims(red, rank)
+    cols = math.prod(xval.shape[d] for d in dims) if dims else 1
+    rows = xval.numel() // max(cols, 1)
+    space = (rows, cols)
+    b = _Builder(group, space)
+    if kind in ("mean", "sum", "max", "min", "var") and red.kwargs.get("dtype") not in (None, xval.dtype):
+        raise NotLowerable("reduction with a dtype change")
+
+    def row_view(t: torch.Tensor) -> torch.Tensor:
+        return t.view(rows, cols)
+
+    xe = b.expr(x, row_view)
+    inv_c = Const(1.0 / cols)
+    stages: list[tuple[str, Expr]] = []
+    per_row: dict[int, Expr] = {}  # getitem index (or 0) -> per-row value
+    per_elem: Expr | None = None
+    if kind in ("softmax", "log_softmax"):
+        stages = [("max", xe), ("sum", op("exp", op("sub", xe, Stat(0))))]
+        shifted = op("sub", xe, Stat(0))
+        per_elem = (
+            op("mul", op("exp", shifted), op("recip", Stat(1)))
+            if kind == "softmax"
+            else op("sub", shifted, op("log", Stat(1)))
+        )
+    elif kind in ("mean", "sum", "max", "min"):
+        stages = [({"mean": "sum"}.get(kind, kind), xe)]
+        per_row[0] = op("mul", Stat(0), inv_c) if kind == "mean" else Stat(0)
+    elif kind == "var":
+        correction = red.kwargs.get("correction", 1)
+        correction = 1 if correction is None else correction
+        mean = op("mul", Stat(0), inv_c)
+        stages = [("sum", xe), ("sum", op("mul", op("sub", xe, mean), op("sub", xe, mean)))]
+        per_row[0] = op("mul", Stat(1), Const(1.0 / max(cols - correction, 1)))
+    else:  # layer_norm
+        _, _, weight, bias, eps = red.args
+        mean = op("mul", Stat(0), inv_c)
+        centered = op("sub", xe, mean)
+        stages = [("sum", xe), ("sum", op("mul", centered, centered))]
+        rstd = op("rsqrt", op("add", op("mul", Stat(1), inv_c), Const(float(eps))))
+        y = op("mul", centered, rstd)
+        # weight/bias [normalized_shape] broadcast over rows
+        if weight is not None:
+            y = op("mul", y, b.expr(weight, lambda t: row_view(_broadcast_to(t, tuple(xval.shape)))))
+        if bias is not None:
+            y = op("add", y, b.expr(bias, lambda t: row_view(_broadcast_to(t, tuple(xval.shape)))))
+        per_elem = y
+        per_row[1], per_row[2] = mean, rstd
+
+    red_shape = tuple(_val(red).shape) if isinstance(red.meta.get("val"), torch.Tensor) else None
+    row_stride = _canonical(torch.empty((rows, cols), device="meta"))
+    per_row_probe = _canonical(torch.empty((rows, 1), device="meta").expand(rows, cols))
+
+    def value_of(index: int | None) -> Callable[[View, tuple[int, ...]], Expr]:
+        def make(view: View, probe: tuple[int, ...]) -> Expr:
+            if index in per_row and probe == per_row_probe:
+                return per_row[index]
+            if per_elem is not None and index in (None, 0) and probe == row_stride:
+                return per_elem
+            raise NotLowerable(f"{red.target} result used with a layout the row kernel does not produce")
+
+        return make
+
+    if red_shape is not None:
+        b.special[red] = value_of(None if per_elem is not None else 0)
+    for user in red.users:
+        if user.target is operator.getitem:
+            b.special[user] = value_of(user.args[1])
+
+    outputs = []
+    for o in _group_outputs(group):
+        val = _val(o)
+        if not val.is_contiguous():
+            raise NotLowerable(f"output {o.name} is not contiguous")
+        if val.numel() == rows * cols and cols > 1:
+            expr = b.expr(o, lambda t, s=tuple(val.shape): t.view(s).view(rows, cols))
+            outputs.append(Output(o.name, _dtype(o), tuple(val.shape), expr))
+        elif val.numel() == rows:
+            expr = b.expr(o, lambda t, s=tuple(val.shape): t.view(rows, 1).expand(rows, cols))
+            outputs.append(Output(o.name, _dtype(o), tuple(val.shape), expr, per_row=True))
+        else:
+            raise NotLowerable(f"output {o.name} has {val.numel()} elements for a {rows}x{cols} reduction")
+    for o in outputs:
+        if o.per_row:
+            for acc_i in _accesses_in(o.expr):
+                if b.accesses[acc_i].strides[1] != 0:
+                    raise NotLowerable(f"per-row output {o.name} reads per-element data")
+    return _finish(b, "reduction", space, outputs, stages=stages, attrs={"reduction": kind})
+
+
+def _accesses_in(expr: Expr) -> list[int]:
+    from .expr import walk
+
+    return [n.access for n in walk([expr]) if isinstance(n, Load)]
+
+
+def lower_gemm(group: FusedGroup) -> KernelSpec:
+    anchors = [n for n in group.graph.nodes if n.op == "call_function" and category(n.target) is OpCategory.GEMM]
+    if len(anchors) != 1:
+        raise NotLowerable(f"gemm group with {len(anchors)} matrix products")
+    g = anchors[0]
+    if g.target is aten.addmm.default:
+        bias, a, bmat = g.args[:3]
+        if g.kwargs.get("beta", 1) != 1 or g.kwargs.get("alpha", 1) != 1:
+            raise NotLowerable("addmm with alpha/beta")
+    elif g.target in (aten.mm.default, aten.bmm.default):
+        (a, bmat), bias = g.args[:2], None
+    else:
+        raise NotLowerable(f"{g.target} is not lowered yet")
+    for operand in (a, bmat):
+        if not (isinstance(operand, Node) and operand.op == "placeholder"):
+            raise NotLowerable("GEMM operands must be group inputs")
+    aval, bval = _val(a), _val(bmat)
+    batched = g.target is aten.bmm.default
+    bt = aval.shape[0] if batched else 1
+    m, k = aval.shape[-2:]
+    n = bval.shape[-1]
+    space = (bt, m, n)
+    b = _Builder(group, space)
+    a_idx, b_idx = b.operand(a), b.operand(bmat)
+    a_strides = tuple(aval.stride()) if batched else (0, *aval.stride())
+    b_strides = tuple(bval.stride()) if batched else (0, *bval.stride())
+    if a_strides[2] != 1:
+        raise NotLowerable("GEMM left operand is not row-major (unit stride along K)")
+    if b.operands[a_idx].constant:
+        raise NotLowerable("constant left GEMM operand")
+
+    anchor_probe = _canonical(torch.empty(space, device="meta"))
+
+    def anchor_value(view: View, probe: tuple[int, ...]) -> Expr:
+        if probe != anchor_probe:
+            raise NotLowerable("GEMM result is read in a layout other than its own inside the group")
+        acc: Expr = Acc()
+        if bias is not None:
+            acc = op("add", acc, b.expr(bias, lambda t: _broadcast_to(t, (m, n)).view(space)))
+        return acc
+
+    b.special[g] = anchor_value
+    outputs = _anchor_outputs(group, b, space, g)
+    attrs = {"K": k, "a": a_idx, "b": b_idx, "a_strides": a_strides, "b_strides": b_strides}
+    return _finish(b, "gemm", space, outputs, attrs=attrs)
+
+
+def _anchor_outputs(
+    group: FusedGroup, b: _Builder, space: tuple[int, ...], anchor: Node, any_layout: bool = False
+) -> list[Output]:
+    """Outputs of a GEMM/conv group, incl. the column slices of a horizontal split."""
+    outputs = []
+    split = next((n for n in group.graph.nodes if n.target is aten.split_with_sizes.default), None)
+    bounds: dict[Node, tuple[int, int]] = {}
+    if split is not None:
+        if split.args[0] is not anchor or split.args[2] not in (1, -1) or len(space) != 3:
+            raise NotLowerable("split is not a column split of the GEMM result")
+        offsets = [0]
+        for size in split.args[1]:
+            offsets.append(offsets[-1] + size)
+        for user in split.users:
+            i = user.args[1]
+            bounds[user] = (offsets[i], offsets[i + 1])
+    for o in _group_outputs(group):
+        val = _val(o)
+        strides = None
+        if not val.is_contiguous():
+            if not any_layout or tuple(val.shape) != space:
+                raise NotLowerable(f"output {o.name} is not contiguous")
+            _memory_order(val)  # dense, only permuted (e.g. channels-last)
+            strides = tuple(val.stride())
+        if o in bounds:
+            outputs.append(Output(o.name, _dtype(o), tuple(val.shape), Acc(), col_range=bounds[o]))
+            continue
+        if val.numel() != math.prod(space):
+            raise NotLowerable(f"output {o.name} does not cover the anchor's result one to one")
+        # the layout (strides) only changes where a value is stored, not which value
+        expr = b.expr(o, lambda t, s=tuple(val.shape): t.view(s).view(space))
+        outputs.append(Output(o.name, _dtype(o), tuple(val.shape), expr, strides=strides))
+    if bounds and any(not isinstance(out.expr, Acc) for out in outputs):
+        raise NotLowerable("horizontal GEMM with an epilogue")
+    return outputs
+
+
+def lower_conv(group: FusedGroup) -> KernelSpec:
+    anchors = [n for n in group.graph.nodes if n.op == "call_function" and n.target is aten.convolution.default]
+    if len(anchors) != 1:
+        raise NotLowerable(f"conv group with {len(anchors)} convolutions")
+    c = anchors[0]
+    x, w, bias, stride, padding, dilation, transposed, _output_padding, groups = c.args
+    if transposed:
+        raise NotLowerable("transposed convolution")
+    xval, wval, out = _val(x), _val(w), _val(c)
+    if xval.dim() != 4:
+        raise NotLowerable(f"{xval.dim() - 2}-d convolution (only 2-d is lowered)")
+    if not (isinstance(x, Node) and x.op == "placeholder"):
+        raise NotLowerable("convolution input must be a group input")
+    space = tuple(out.shape)
+    b = _Builder(group, space)
+    x_idx, w_idx = b.operand(x), b.operand(w)
+    if not b.operands[w_idx].constant:
+        raise NotLowerable("convolution weights are not constants (training graph or parameters not frozen)")
+    anchor_probe = _canonical(torch.empty(space, device="meta"))
+
+    def anchor_value(view: View, probe: tuple[int, ...]) -> Expr:
+        if probe != anchor_probe:
+            raise NotLowerable("convolution result is read in another layout inside the group")
+        acc: Expr = Acc()
+        if bias is not None:
+            acc = op("add", acc, b.load(bias, (0, 1, 0, 0)))
+        return acc
+
+    b.special[c] = anchor_value
+    outputs = _anchor_outputs(group, b, space, c, any_layout=True)
+    pad_h, pad_w = padding
+    attrs = {
+        "input": x_idx,
+        "weight": w_idx,
+        "in_channels": xval.shape[1],
+        "in_strides": tuple(xval.stride()),
+        "in_hw": tuple(xval.shape[2:]),
+        "kernel": tuple(wval.shape[2:]),
+        "stride": tuple(stride),
+        "padding": (pad_h, pad_w, pad_h, pad_w),  # top, left, bottom, right
+        "dilation": tuple(dilation),
+        "groups": groups,
+    }
+    extra_pad = c.meta.get("fusecc_extra_padding")
+    if extra_pad:
+        attrs["padding"] = tuple(extra_pad)
+    return _finish(b, "conv2d", space, outputs, attrs=attrs)
+
+
+_LOWER_BY_KIND = {
+    "pointwise": lower_elementwise,
+    "reduction": lower_reduction,
+    "gemm": lower_gemm,
+    "conv": lower_conv,
+}
+
+
+def lower_group(group: FusedGroup) -> KernelSpec:
+    lower = _LOWER_BY_KIND.get(group.kind)
+    if lower is None:
+        raise NotLowerable(f"no kernel lowering for {group.kind} groups")
+    return lower(group)

@@ -1,0 +1,117 @@
+"""`KernelSpec`: the target-independent description of one kernel.
+
+It is the only thing that crosses from the graph side (passes, lowering)
+to the code generators: a kind, an iteration space, the tensors read
+(operands) and how each iteration point maps to their memory (accesses),
+the expression computing every output element, kind-specific attributes,
+and the tunable parameters with the values a tuner may try.
+
+Kinds and their iteration spaces:
+
+* ``elementwise`` - ``space`` is the output shape (coalesced).
+* ``reduction`` - ``space = (rows, cols)``: every row is reduced over its
+  cols by the ``stages`` (each ``(op, expr)`` yields ``Stat(i)``); outputs
+  are per element or per row.
+* ``gemm`` - ``space = (batch, M, N)``, ``attrs["K"]``; operand
+  ``attrs["a"]`` is [batch, M, K], ``attrs["b"]`` is [batch, K, N] (packed at
+  compile time when constant); outputs are epilogue expressions of ``Acc``.
+* ``conv2d`` - ``space = (N, C_out, OH, OW)``; ``attrs`` holds the input and
+  weight operands and the geometry; outputs are epilogues of ``Acc``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+from .expr import Expr, walk
+
+DTYPES = ("f32", "bf16", "bool")
+
+
+@dataclasses.dataclass(frozen=True)
+class Operand:
+    """A tensor the kernel reads: a runtime input, or a constant the kernel
+    owns (frozen weights; may be re-laid-out at compile time)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    constant: bool
+    arg_index: int  # position among the group's call arguments
+
+
+@dataclasses.dataclass(frozen=True)
+class Access:
+    """Element offset of ``operand`` at iteration point i: sum(i[d] * strides[d])."""
+
+    operand: int
+    strides: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    expr: Expr
+    per_row: bool = False  # reduction kernels: one value per row
+    col_range: tuple[int, int] | None = None  # gemm: this output holds columns [lo, hi) (horizontal fusion)
+    strides: tuple[int, ...] | None = None  # memory layout when not contiguous (elementwise follows eager's)
+
+
+@dataclasses.dataclass
+class KernelSpec:
+    kind: str
+    name: str
+    space: tuple[int, ...]
+    operands: list[Operand]
+    accesses: list[Access]
+    outputs: list[Output]
+    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    stages: list[tuple[str, Expr]] = dataclasses.field(default_factory=list)
+    tunables: dict[str, tuple] = dataclasses.field(default_factory=dict)
+
+    def runtime_operands(self) -> list[int]:
+        return [i for i, o in enumerate(self.operands) if not o.constant]
+
+    def exprs(self) -> list[Expr]:
+        return [e for _, e in self.stages] + [o.expr for o in self.outputs]
+
+    def flops_per_point(self) -> int:
+        from .expr import Op
+
+        return sum(1 for n in walk(self.exprs()) if isinstance(n, Op))
+
+    def signature(self) -> str:
+        """Stable hash of everything that determines the generated code
+        (not names, not constant values): the tuning and cache key."""
+        payload = repr(
+            (
+                self.kind,
+                self.space,
+                [(o.dtype, o.shape, o.strides, o.constant) for o in self.operands],
+                self.accesses,
+                [(o.dtype, o.shape, o.expr, o.per_row, o.col_range) for o in self.outputs],
+                sorted(self.attrs.items()),
+                self.stages,
+            )
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "space": list(self.space),
+            "operands": [
+                f"{o.name}: {o.dtype}{list(o.shape)}{' const' if o.constant else ''} strides={list(o.strides)}"
+                for o in self.operands
+            ],
+            "outputs": [f"{o.name}: {o.dtype}{list(o.shape)}{' per-row' if o.per_row else ''}" for o in self.outputs],
+            "attrs": {k: v for k, v in self.attrs.items() if isinstance(v, (int, float, str, list, tuple, bool))},
+            "stages": [s for s, _ in self.stages],
+            "signature": self.signature(),
+        }

@@ -1,0 +1,64 @@
+"""partition: every floating-point compute op not yet in a group becomes a
+one-op group, so a target sees the graph as a sequence of kernels (groups)
+and ATen calls (views, data movement, attention, unknown ops).
+
+Matches: GEMMs, convolutions, reductions and pointwise ops outside groups
+whose results are float32/bfloat16/float16. Produces: a FusedGroup of kind
+``gemm`` / ``conv`` / ``reduction`` / ``pointwise`` around each (attrs
+``single``). Integer and boolean ops (masks, indices) stay ATen calls.
+The reference target inlines these groups again at no cost.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch.fx import GraphModule
+
+from ..graph.fused_group import fuse_nodes
+from ..ops import OpCategory, node_category, op_name
+from .manager import PassContext
+
+NAME = "partition"
+INFERENCE_ONLY = False
+
+_KIND = {
+    OpCategory.GEMM: "gemm",
+    OpCategory.CONV: "conv",
+    OpCategory.REDUCTION: "reduction",
+    OpCategory.POINTWISE: "pointwise",
+}
+_FLOAT = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _is_float(node) -> bool:
+    val = node.meta.get("val")
+    vals = val if isinstance(val, (tuple, list)) else [val]
+    return any(isinstance(v, torch.Tensor) and v.dtype in _FLOAT for v in vals)
+
+
+def _attrs(kind: str, node) -> dict:
+    """The same attributes vertical fusion gives multi-op groups, plus ``single``."""
+    name = op_name(node.target)
+    if kind in ("gemm", "conv"):
+        return {"anchor": name, "epilogue": [], "single": True}
+    if kind == "reduction":
+        return {"reduction": name, "prologue": 0, "epilogue": 0, "single": True}
+    return {"ops": 1, "single": True}
+
+
+def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
+    wrapped = 0
+    for node in list(gm.graph.nodes):
+        kind = _KIND.get(node_category(node))
+        if kind is None or not _is_float(node):
+            continue
+        members = [node] + [u for u in node.users if u.target is operator.getitem]
+        if not any(u for m in members for u in m.users):
+            continue
+        fuse_nodes(gm, members, kind, _attrs(kind, node))
+        wrapped += 1
+    if wrapped:
+        ctx.decide(NAME, "graph", f"{wrapped} single ops became one-op groups", accepted=True)
+    return gm

@@ -1,0 +1,74 @@
+"""The host CPU target ("c"): groups become generated C kernels, built with
+gcc for this machine's best dialect (AVX-512, AVX2, NEON or portable C),
+cached on disk, and called in-process."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+
+import torch
+
+from ..codegen import c as c_codegen
+from ..codegen.c.dialects import DIALECTS
+from ..graph.fused_group import FusedGroup
+from ..kernels.lower import lower_group
+from ..runtime.cache import CompileCache
+from ..runtime.kernel import CompiledKernel, load_symbol
+from . import Target
+from .toolchain import Toolchain, cpu_model, host_dialect_and_flags
+
+
+class HostCTarget(Target):
+    name = "c"
+    description = "generated C kernels for this CPU (AVX-512 / AVX2 / NEON / portable), OpenMP, gcc"
+
+    def __init__(self, dialect: str | None = None, cache_dir: str | None = None):
+        detected, flags = host_dialect_and_flags()
+        self.dialect = DIALECTS[dialect or detected]
+        self.toolchain = Toolchain(os.environ.get("CC", "gcc"), flags, machine=f"{cpu_model()} {self.dialect.name}")
+        self._cache_dir = cache_dir
+
+    def cache(self, cache_dir: str | None = None) -> CompileCache:
+        return CompileCache(cache_dir or self._cache_dir)
+
+    def compile_groups(self, items: list[tuple[FusedGroup, dict[int, torch.Tensor]]], options) -> list:
+        """Lower, render and build every group (builds run in parallel)."""
+        cache = self.cache(options.cache_dir)
+        nthreads = torch.get_num_threads()
+        prepared = []
+        for group, constants in items:
+            try:
+                spec = lower_group(group)
+                source = c_codegen.render(spec, self.dialect)
+                prepared.append((group, constants, spec, source))
+            except Exception as e:  # noqa: BLE001 - reported as this group's fallback
+                prepared.append(e)
+
+        def build(entry):
+            if isinstance(entry, Exception):
+                return entry
+            group, constants, spec, source = entry
+            try:
+                path, cached, details = cache.get_or_build(
+                    source.text, self.toolchain.fingerprint(), self.toolchain.build
+                )
+                fn = load_symbol(path, source.symbol)
+                by_operand = {i: constants[o.arg_index] for i, o in enumerate(spec.operands) if o.constant}
+                consts = c_codegen.prepare(spec, source.params, by_operand)
+                ws = c_codegen.workspace_bytes(spec, source.params, nthreads)
+                info = {
+                    "symbol": source.symbol,
+                    "params": source.params,
+                    "cached": cached,
+                    "library": str(path),
+                    "source": source.text,
+                    **details,
+                }
+                return CompiledKernel(spec, fn, consts, ws, info, nthreads)
+            except Exception as e:  # noqa: BLE001
+                return e
+
+        workers = max(1, min(len(prepared), os.cpu_count() or 1))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(build, prepared))
