@@ -33,21 +33,42 @@ def assert_close(out, ref, tol: float) -> None:
     assert err <= tol, f"relative error {err:.3g} > {tol:g}"
 
 
+# Targets every differential test runs on: the ATen reference and generated C.
+TARGETS = ["aten", "c"]
+
+
 def compile_fusecc(fn, **options):
     options.setdefault("debug", True)  # every test also runs the per-pass verifier
     return torch.compile(fn, backend="fusecc", options=options)
 
 
-def check_against_eager(fn, *inputs, tol=None, grad: bool = False, **options):
-    """Compile ``fn`` with fusecc and compare outputs to eager on ``inputs``."""
+def check_against_eager(fn, *inputs, tol=None, grad: bool = False, kernels_required: bool = True, **options):
+    """Compile ``fn`` with fusecc and compare outputs to eager on ``inputs``.
+
+    On a kernel-generating target, float32 graphs must actually run
+    generated kernels with no fallback (``kernels_required``), so a
+    regression in lowering cannot hide behind the ATen fallback."""
+    from fusecc.compiler import collect_reports
+
     compiled = compile_fusecc(fn, **options)
     ctx = torch.enable_grad() if grad else torch.no_grad()
-    with ctx:
+    with ctx, collect_reports() as reports:
         ref = fn(*inputs)
         out = compiled(*inputs)
     dtype = (ref[0] if isinstance(ref, (tuple, list)) else ref).dtype
     assert_close(out, ref, tol if tol is not None else TOL.get(dtype, 1e-4))
+    if options.get("target", "aten") != "aten" and kernels_required and dtype is torch.float32:
+        assert any(r.kernels for r in reports), "no generated kernel ran"
+        fallbacks = [f for r in reports for f in r.fallbacks]
+        assert not fallbacks, fallbacks
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _kernel_cache(tmp_path_factory):
+    """Kernels built by the tests go to a private cache, not the user's."""
+    os.environ["FUSECC_CACHE_DIR"] = str(tmp_path_factory.mktemp("fusecc-cache"))
+    yield
 
 
 @pytest.fixture(autouse=True)

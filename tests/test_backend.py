@@ -156,7 +156,7 @@ def test_failing_group_runs_as_aten_with_warning(failing_target):
         fusecc.FallbackWarning, match=r"fused_reduction_\d+ x1 \(target 'test-failing-reductions' failed"
     ) as rec:
         with collect_reports() as reports:
-            out = check_against_eager(m, x, target=failing_target)
+            out = check_against_eager(m, x, target=failing_target, kernels_required=False)
     assert len([w for w in rec if issubclass(w.category, fusecc.FallbackWarning)]) == 1
     (report,) = reports
     failed = [f.subject for f in report.fallbacks]

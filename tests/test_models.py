@@ -5,7 +5,7 @@ widths) compiled with backend="fusecc" and compared to eager
 import pytest
 import torch
 
-from conftest import MODEL_TOL, assert_close, compile_fusecc
+from conftest import MODEL_TOL, TARGETS, assert_close, compile_fusecc
 from fusecc.bench import zoo
 from fusecc.compiler import collect_reports
 
@@ -21,24 +21,28 @@ EXPECTED_GROUP_KINDS = {
 }
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", list(zoo.ZOO))
-def test_zoo_model_matches_eager(name):
+def test_zoo_model_matches_eager(name, target):
     entry = zoo.get(name)
     model = entry.model("tiny")
     x = entry.example_input("tiny", batch=2)
     with torch.no_grad(), collect_reports() as reports:
         ref = model(x)
-        out = compile_fusecc(model)(x)
+        out = compile_fusecc(model, target=target)(x)
     assert_close(out, ref, MODEL_TOL[torch.float32])
     (report,) = reports
     assert not report.fallbacks, report.fallbacks
+    if target != "aten":  # every fused group became a generated kernel
+        assert len(report.kernels) == len(report.groups) > 0
     assert EXPECTED_GROUP_KINDS[name] <= {g["kind"] for g in report.groups}
     if entry.family == "cnn":
         assert not any("batch_norm" in m for g in report.groups for m in g["members"]), "BN was not folded"
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", ["resnet18", "bert_base"])
-def test_zoo_model_bf16(name):
+def test_zoo_model_bf16(name, target):
     entry = zoo.get(name)
     model = entry.model("tiny").to(torch.bfloat16)
     x = entry.example_input("tiny", batch=2)
@@ -46,7 +50,7 @@ def test_zoo_model_bf16(name):
         x = x.to(torch.bfloat16)
     with torch.no_grad():
         ref = model(x)
-        out = compile_fusecc(model)(x)
+        out = compile_fusecc(model, target=target, fallback="silent")(x)
     assert_close(out, ref, MODEL_TOL[torch.bfloat16])
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import TOL, check_against_eager
+from conftest import TARGETS, TOL, check_against_eager
 
 DTYPES = [torch.float32, torch.bfloat16]
 
@@ -26,11 +26,12 @@ UNARY = {
 }
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name", list(UNARY))
-def test_unary_chains(name, dtype):
+def test_unary_chains(name, dtype, target):
     op = UNARY[name]
-    check_against_eager(lambda x: op(op(x) * 1.5 + 0.25), torch.randn(3, 17, dtype=dtype))
+    check_against_eager(lambda x: op(op(x) * 1.5 + 0.25), torch.randn(3, 17, dtype=dtype), target=target)
 
 
 BINARY_SHAPES = [((4, 1, 8), (1, 5, 8)), ((6, 8), (8,)), ((2, 3, 4), ()), ((5, 1), (1, 7))]
@@ -44,13 +45,14 @@ BINARY = {
 }
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shapes", BINARY_SHAPES, ids=str)
 @pytest.mark.parametrize("name", list(BINARY))
-def test_binary_broadcasting(name, shapes, dtype):
+def test_binary_broadcasting(name, shapes, dtype, target):
     op = BINARY[name]
     a, b = (torch.randn(s, dtype=dtype) for s in shapes)
-    check_against_eager(lambda a, b: op(a.sigmoid(), b) + 1, a, b)
+    check_against_eager(lambda a, b: op(a.sigmoid(), b) + 1, a, b, target=target)
 
 
 REDUCTIONS = {
@@ -64,10 +66,13 @@ REDUCTIONS = {
 }
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name", list(REDUCTIONS))
-def test_reductions_with_prologue_and_epilogue(name, dtype):
-    check_against_eager(REDUCTIONS[name], torch.randn(4, 6, 33, dtype=dtype))
+def test_reductions_with_prologue_and_epilogue(name, dtype, target):
+    check_against_eager(
+        REDUCTIONS[name], torch.randn(4, 6, 33, dtype=dtype), target=target, kernels_required=name != "mean_var"
+    )
 
 
 class LinearEpilogue(nn.Module):
@@ -80,21 +85,23 @@ class LinearEpilogue(nn.Module):
         return self.act(self.fc(x)) + residual
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("act", [F.gelu, torch.relu, F.silu], ids=["gelu", "relu", "silu"])
 @pytest.mark.parametrize("lead", [(5,), (2, 7)], ids=["2d", "3d"])
-def test_gemm_with_epilogue(act, lead, dtype):
+def test_gemm_with_epilogue(act, lead, dtype, target):
     m = LinearEpilogue(act).to(dtype).eval()
-    check_against_eager(m, torch.randn(*lead, 24, dtype=dtype), torch.randn(*lead, 40, dtype=dtype))
+    check_against_eager(m, torch.randn(*lead, 24, dtype=dtype), torch.randn(*lead, 40, dtype=dtype), target=target)
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_batched_matmul_with_scale_and_softmax(dtype):
+def test_batched_matmul_with_scale_and_softmax(dtype, target):
     def attention(q, k, v):
         return ((q @ k.transpose(-1, -2)) * 0.125).softmax(-1) @ v
 
     q, k, v = (torch.randn(2, 3, 16, 8, dtype=dtype) for _ in range(3))
-    check_against_eager(attention, q, k, v)
+    check_against_eager(attention, q, k, v, target=target)
 
 
 class ConvBlock(nn.Module):
@@ -111,12 +118,13 @@ class ConvBlock(nn.Module):
         return F.relu6(self.bn(self.conv(x))) + x
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("depthwise", [False, True], ids=["dense", "depthwise"])
-def test_conv_bn_activation_residual(depthwise, dtype):
+def test_conv_bn_activation_residual(depthwise, dtype, target):
     m = ConvBlock(depthwise).to(dtype).eval()
     tol = 5e-2 if dtype is torch.bfloat16 else TOL[dtype]  # BN folding rounds folded weights to bf16
-    check_against_eager(m, torch.randn(2, 8, 10, 10, dtype=dtype), tol=tol)
+    check_against_eager(m, torch.randn(2, 8, 10, 10, dtype=dtype), tol=tol, target=target)
 
 
 class QKV(nn.Module):
@@ -131,6 +139,7 @@ class QKV(nn.Module):
         return F.scaled_dot_product_attention(q, k, k), self.v(x).relu()
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_horizontal_gemms(dtype):
-    check_against_eager(QKV().to(dtype).eval(), torch.randn(2, 9, 32, dtype=dtype))
+def test_horizontal_gemms(dtype, target):
+    check_against_eager(QKV().to(dtype).eval(), torch.randn(2, 9, 32, dtype=dtype), target=target)

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import TOL, assert_close, compile_fusecc
+from conftest import TARGETS, TOL, assert_close, compile_fusecc
 
 UNARY = [torch.relu, torch.sigmoid, torch.tanh, F.gelu, F.silu, lambda x: x * 0.5, lambda x: -x]
 BINARY = [torch.add, torch.mul, torch.sub, torch.maximum]
@@ -64,9 +64,9 @@ class Program(nn.Module):
         return tuple(values[i] for i in self.outputs)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(programs(), st.sampled_from([torch.float32, torch.bfloat16]))
-def test_random_programs_match_eager(program, dtype):
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(), st.sampled_from([torch.float32, torch.bfloat16]), st.sampled_from(TARGETS))
+def test_random_programs_match_eager(program, dtype, target):
     batch, width, n_inputs, steps, outputs = program
     torch.manual_seed(0)
     model = Program(width, steps, outputs).to(dtype).eval()
@@ -74,5 +74,5 @@ def test_random_programs_match_eager(program, dtype):
     torch._dynamo.reset()
     with torch.no_grad():
         ref = model(*inputs)
-        out = compile_fusecc(model)(*inputs)
+        out = compile_fusecc(model, target=target, fallback="silent")(*inputs)
     assert_close(out, ref, TOL[dtype] * (10 if dtype is torch.bfloat16 else 1))

@@ -7,13 +7,14 @@ import copy
 import pytest
 import torch
 
-from conftest import assert_close, compile_fusecc
+from conftest import TARGETS, assert_close, compile_fusecc
 from fusecc.bench import zoo
 from fusecc.compiler import collect_reports
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", ["resnet18", "bert_base", "llama"])
-def test_one_training_step_matches_eager(name):
+def test_one_training_step_matches_eager(name, target):
     entry = zoo.get(name)
     model = entry.model("tiny").train()
     twin = copy.deepcopy(model)
@@ -29,7 +30,7 @@ def test_one_training_step_matches_eager(name):
         return loss.detach(), grads
 
     with collect_reports() as reports:
-        loss, grads = step(model, compile_fusecc(model))
+        loss, grads = step(model, compile_fusecc(model, target=target))
     ref_loss, ref_grads = step(twin, twin)
     assert_close(loss, ref_loss, 1e-4)
     assert grads.keys() == ref_grads.keys() and grads

@@ -89,6 +89,8 @@ OPS: dict[str, tuple[int, Callable[..., float]]] = {
     "gelu": (1, _gelu),
     "gelu_tanh": (1, _gelu_tanh),
     "recip": (1, lambda a: 1.0 / a),
+    "sin": (1, math.sin),
+    "cos": (1, math.cos),
     "pow": (2, lambda a, b: a**b),
     # comparisons yield 1.0 / 0.0; select picks by "cond != 0"
     "lt": (2, lambda a, b: float(a < b)),

@@ -13,6 +13,7 @@ runs as ATen and the reason is reported as a fallback.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from collections.abc import Callable
@@ -206,7 +207,7 @@ def translate_pointwise(node: Node, args: list, kwargs: dict) -> Expr:
         if kwargs.get("rounding_mode") is not None:
             raise NotLowerable("div with rounding_mode")
         return op("div", a[0], a[1])
-    if name in ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "tanh", "erf", "sigmoid", "relu", "silu"):
+    if name in ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "tanh", "erf", "sigmoid", "relu", "silu", "sin", "cos"):
         return op(name, a[0])
     if name == "reciprocal":
         return op("recip", a[0])
@@ -265,6 +266,23 @@ def translate_pointwise(node: Node, args: list, kwargs: dict) -> Expr:
         return op("select", op("le", a[1], _c(args[2])), Const(0.0), a[0])
     if name == "tanh_backward":
         return op("mul", a[0], op("sub", Const(1.0), op("mul", a[1], a[1])))
+    if name == "silu_backward":  # d/dx x*s(x) = s * (1 + x * (1 - s))
+        sig = op("sigmoid", a[1])
+        return op("mul", a[0], op("mul", sig, op("add", Const(1.0), op("mul", a[1], op("sub", Const(1.0), sig)))))
+    if name == "gelu_backward":
+        g, x = a[0], a[1]
+        approx = kwargs.get("approximate", args[2] if len(args) > 2 else "none")
+        if approx == "tanh":
+            k0, k1 = math.sqrt(2.0 / math.pi), 0.044715
+            inner = op("mul", Const(k0), op("add", x, op("mul", Const(k1), op("mul", op("mul", x, x), x))))
+            t = op("tanh", inner)
+            dinner = op("mul", Const(k0), op("add", Const(1.0), op("mul", Const(3 * k1), op("mul", x, x))))
+            left = op("mul", Const(0.5), op("add", Const(1.0), t))
+            right = op("mul", op("mul", op("mul", Const(0.5), x), op("sub", Const(1.0), op("mul", t, t))), dinner)
+            return op("mul", g, op("add", left, right))
+        cdf = op("mul", Const(0.5), op("add", Const(1.0), op("erf", op("mul", x, Const(1 / math.sqrt(2.0))))))
+        pdf = op("mul", Const(1 / math.sqrt(2 * math.pi)), op("exp", op("mul", Const(-0.5), op("mul", x, x))))
+        return op("mul", g, op("add", cdf, op("mul", x, pdf)))
     if name == "sigmoid_backward":
         return op("mul", a[0], op("mul", a[1], op("sub", Const(1.0), a[1])))
     if name == "_to_copy":
@@ -376,37 +394,45 @@ def _reduced_dims(node: Node, rank: int) -> list[int]:
     else:
         dims = node.args[1] if len(node.args) > 1 and node.args[1] is not None else list(range(rank))
         dims = [dims] if isinstance(dims, int) else list(dims)
-    dims = sorted(d % rank for d in dims) if rank else []
-    if dims != list(range(rank - len(dims), rank)):
-        raise NotLowerable(f"{node.target} reduces dims {dims}, not the trailing ones")
-    return dims
+        if not dims:
+            dims = list(range(rank))
+    return sorted({d % rank for d in dims}) if rank else []
 
 
 def lower_reduction(group: FusedGroup) -> KernelSpec:
+    """Reductions over any dims: the space is (kept dims..., reduced dims...),
+    the kept dims enumerate rows, the reduced ones the elements of a row."""
     reductions = [
         n for n in group.graph.nodes if n.op == "call_function" and category(n.target) is OpCategory.REDUCTION
     ]
     if len(reductions) != 1 or reductions[0].target not in _ROW_REDUCTIONS:
         what = ", ".join(str(n.target) for n in reductions)
-        raise NotLowerable(f"reduction group with {what or 'no reduction'}: only one row reduction is supported")
+        raise NotLowerable(f"reduction group with {what or 'no reduction'}: only one reduction is supported")
     red = reductions[0]
     kind = _ROW_REDUCTIONS[red.target]
     x = red.args[0]
     xval = _val(x)
+    xshape = tuple(xval.shape)
     rank = xval.dim()
-    dims = _reduced_dims(red, rank)
-    cols = math.prod(xval.shape[d] for d in dims) if dims else 1
-    rows = xval.numel() // max(cols, 1)
-    space = (rows, cols)
+    reduced = _reduced_dims(red, rank)
+    kept = [d for d in range(rank) if d not in reduced]
+    perm = kept + reduced
+    row_dims = tuple(xshape[d] for d in kept)
+    col_dims = tuple(xshape[d] for d in reduced)
+    rows, cols = math.prod(row_dims), math.prod(col_dims)
+    space = row_dims + col_dims
     b = _Builder(group, space)
     if kind in ("mean", "sum", "max", "min", "var") and red.kwargs.get("dtype") not in (None, xval.dtype):
         raise NotLowerable("reduction with a dtype change")
 
-    def row_view(t: torch.Tensor) -> torch.Tensor:
-        return t.view(rows, cols)
+    def elem_view(t: torch.Tensor) -> torch.Tensor:  # a tensor shaped like x -> the space
+        return t.permute(perm)
 
-    xe = b.expr(x, row_view)
-    inv_c = Const(1.0 / cols)
+    def row_view(t: torch.Tensor) -> torch.Tensor:  # one value per row -> the space
+        return t.view(row_dims + (1,) * len(col_dims)).expand(space)
+
+    xe = b.expr(x, elem_view)
+    inv_c = Const(1.0 / max(cols, 1))
     stages: list[tuple[str, Expr]] = []
     per_row: dict[int, Expr] = {}  # getitem index (or 0) -> per-row value
     per_elem: Expr | None = None
@@ -436,27 +462,26 @@ def lower_reduction(group: FusedGroup) -> KernelSpec:
         y = op("mul", centered, rstd)
         # weight/bias [normalized_shape] broadcast over rows
         if weight is not None:
-            y = op("mul", y, b.expr(weight, lambda t: row_view(_broadcast_to(t, tuple(xval.shape)))))
+            y = op("mul", y, b.expr(weight, lambda t: elem_view(_broadcast_to(t, xshape))))
         if bias is not None:
-            y = op("add", y, b.expr(bias, lambda t: row_view(_broadcast_to(t, tuple(xval.shape)))))
+            y = op("add", y, b.expr(bias, lambda t: elem_view(_broadcast_to(t, xshape))))
         per_elem = y
         per_row[1], per_row[2] = mean, rstd
 
-    red_shape = tuple(_val(red).shape) if isinstance(red.meta.get("val"), torch.Tensor) else None
-    row_stride = _canonical(torch.empty((rows, cols), device="meta"))
-    per_row_probe = _canonical(torch.empty((rows, 1), device="meta").expand(rows, cols))
+    elem_probe = _canonical(elem_view(torch.empty(xshape, device="meta")))
+    row_probe = _canonical(row_view(torch.empty(row_dims, device="meta")))
 
     def value_of(index: int | None) -> Callable[[View, tuple[int, ...]], Expr]:
         def make(view: View, probe: tuple[int, ...]) -> Expr:
-            if index in per_row and probe == per_row_probe:
+            if index in per_row and probe == row_probe:
                 return per_row[index]
-            if per_elem is not None and index in (None, 0) and probe == row_stride:
+            if per_elem is not None and index in (None, 0) and probe == elem_probe:
                 return per_elem
-            raise NotLowerable(f"{red.target} result used with a layout the row kernel does not produce")
+            raise NotLowerable(f"{red.target} result used with a layout the reduction kernel does not produce")
 
         return make
 
-    if red_shape is not None:
+    if isinstance(red.meta.get("val"), torch.Tensor):
         b.special[red] = value_of(None if per_elem is not None else 0)
     for user in red.users:
         if user.target is operator.getitem:
@@ -465,22 +490,37 @@ def lower_reduction(group: FusedGroup) -> KernelSpec:
     outputs = []
     for o in _group_outputs(group):
         val = _val(o)
-        if not val.is_contiguous():
-            raise NotLowerable(f"output {o.name} is not contiguous")
-        if val.numel() == rows * cols and cols > 1:
-            expr = b.expr(o, lambda t, s=tuple(val.shape): t.view(s).view(rows, cols))
-            outputs.append(Output(o.name, _dtype(o), tuple(val.shape), expr))
+        shape = tuple(val.shape)
+        if shape == xshape and cols > 1:  # one value per element, stored with its own strides
+            expr = b.expr(o, elem_view)
+            space_strides = tuple(val.stride()[d] for d in perm)
+            outputs.append(Output(o.name, _dtype(o), shape, expr, space_strides=space_strides))
         elif val.numel() == rows:
-            expr = b.expr(o, lambda t, s=tuple(val.shape): t.view(rows, 1).expand(rows, cols))
-            outputs.append(Output(o.name, _dtype(o), tuple(val.shape), expr, per_row=True))
+            if not val.is_contiguous():
+                raise NotLowerable(f"per-row output {o.name} is not contiguous")
+            expr = b.expr(o, lambda t: row_view(t.view(row_dims)))
+            row_strides = _contiguous_strides(row_dims) + (0,) * len(col_dims)
+            outputs.append(Output(o.name, _dtype(o), shape, expr, per_row=True, space_strides=row_strides))
         else:
-            raise NotLowerable(f"output {o.name} has {val.numel()} elements for a {rows}x{cols} reduction")
+            raise NotLowerable(f"output {o.name} of shape {list(shape)} is neither per element nor per row")
     for o in outputs:
         if o.per_row:
             for acc_i in _accesses_in(o.expr):
-                if b.accesses[acc_i].strides[1] != 0:
+                if any(b.accesses[acc_i].strides[len(row_dims) :]):
                     raise NotLowerable(f"per-row output {o.name} reads per-element data")
-    return _finish(b, "reduction", space, outputs, stages=stages, attrs={"reduction": kind})
+    # merge adjacent row dims, and adjacent reduced dims, that every access walks alike
+    strides = [a.strides for a in b.accesses] + [o.space_strides for o in outputs]
+    nrow = len(row_dims)
+    row_space, row_strides = _coalesce(row_dims, [st[:nrow] for st in strides]) if nrow else ((), [()] * len(strides))
+    col_space, col_strides = (
+        _coalesce(col_dims, [st[nrow:] for st in strides]) if col_dims else ((1,), [(0,)] * len(strides))
+    )
+    merged = [r + c for r, c in zip(row_strides, col_strides)]
+    b.accesses[:] = [type(a)(a.operand, st) for a, st in zip(b.accesses, merged)]
+    outputs = [dataclasses.replace(o, space_strides=st) for o, st in zip(outputs, merged[len(b.accesses) :])]
+    space = tuple(row_space) + tuple(col_space)
+    attrs = {"reduction": kind, "row_rank": len(row_space)}
+    return _finish(b, "reduction", space, outputs, stages=stages, attrs=attrs)
 
 
 def _accesses_in(expr: Expr) -> list[int]:
@@ -515,8 +555,6 @@ def lower_gemm(group: FusedGroup) -> KernelSpec:
     a_idx, b_idx = b.operand(a), b.operand(bmat)
     a_strides = tuple(aval.stride()) if batched else (0, *aval.stride())
     b_strides = tuple(bval.stride()) if batched else (0, *bval.stride())
-    if a_strides[2] != 1:
-        raise NotLowerable("GEMM left operand is not row-major (unit stride along K)")
     if b.operands[a_idx].constant:
         raise NotLowerable("constant left GEMM operand")
 
@@ -560,16 +598,15 @@ def _anchor_outputs(
                 raise NotLowerable(f"output {o.name} is not contiguous")
             _memory_order(val)  # dense, only permuted (e.g. channels-last)
             strides = tuple(val.stride())
-        if o in bounds:
-            outputs.append(Output(o.name, _dtype(o), tuple(val.shape), Acc(), col_range=bounds[o]))
+        if o in bounds:  # a column slice of the anchor's value (incl. its bias)
+            expr = b.expr(anchor, lambda t: t.view(space))
+            outputs.append(Output(o.name, _dtype(o), tuple(val.shape), expr, col_range=bounds[o]))
             continue
         if val.numel() != math.prod(space):
             raise NotLowerable(f"output {o.name} does not cover the anchor's result one to one")
         # the layout (strides) only changes where a value is stored, not which value
         expr = b.expr(o, lambda t, s=tuple(val.shape): t.view(s).view(space))
         outputs.append(Output(o.name, _dtype(o), tuple(val.shape), expr, strides=strides))
-    if bounds and any(not isinstance(out.expr, Acc) for out in outputs):
-        raise NotLowerable("horizontal GEMM with an epilogue")
     return outputs
 
 
@@ -581,6 +618,14 @@ def lower_conv(group: FusedGroup) -> KernelSpec:
     x, w, bias, stride, padding, dilation, transposed, _output_padding, groups = c.args
     if transposed:
         raise NotLowerable("transposed convolution")
+    pad_h, pad_w = padding
+    pads = [pad_h, pad_w, pad_h, pad_w]  # top, left, bottom, right
+    if isinstance(x, Node) and x.target is aten.constant_pad_nd.default:  # zero pad folded in
+        extra = list(x.args[1]) + [0] * (4 - len(x.args[1]))  # (left, right, top, bottom)
+        pads = [pads[0] + extra[2], pads[1] + extra[0], pads[2] + extra[3], pads[3] + extra[1]]
+        if min(pads) < 0:
+            raise NotLowerable("negative padding (cropping) before a convolution")
+        x = x.args[0]
     xval, wval, out = _val(x), _val(w), _val(c)
     if xval.dim() != 4:
         raise NotLowerable(f"{xval.dim() - 2}-d convolution (only 2-d is lowered)")
@@ -589,8 +634,6 @@ def lower_conv(group: FusedGroup) -> KernelSpec:
     space = tuple(out.shape)
     b = _Builder(group, space)
     x_idx, w_idx = b.operand(x), b.operand(w)
-    if not b.operands[w_idx].constant:
-        raise NotLowerable("convolution weights are not constants (training graph or parameters not frozen)")
     anchor_probe = _canonical(torch.empty(space, device="meta"))
 
     def anchor_value(view: View, probe: tuple[int, ...]) -> Expr:
@@ -603,7 +646,6 @@ def lower_conv(group: FusedGroup) -> KernelSpec:
 
     b.special[c] = anchor_value
     outputs = _anchor_outputs(group, b, space, c, any_layout=True)
-    pad_h, pad_w = padding
     attrs = {
         "input": x_idx,
         "weight": w_idx,
@@ -612,13 +654,10 @@ def lower_conv(group: FusedGroup) -> KernelSpec:
         "in_hw": tuple(xval.shape[2:]),
         "kernel": tuple(wval.shape[2:]),
         "stride": tuple(stride),
-        "padding": (pad_h, pad_w, pad_h, pad_w),  # top, left, bottom, right
+        "padding": tuple(pads),  # top, left, bottom, right
         "dilation": tuple(dilation),
         "groups": groups,
     }
-    extra_pad = c.meta.get("fusecc_extra_padding")
-    if extra_pad:
-        attrs["padding"] = tuple(extra_pad)
     return _finish(b, "conv2d", space, outputs, attrs=attrs)
 
 

@@ -60,6 +60,7 @@ class Output:
     per_row: bool = False  # reduction kernels: one value per row
     col_range: tuple[int, int] | None = None  # gemm: this output holds columns [lo, hi) (horizontal fusion)
     strides: tuple[int, ...] | None = None  # memory layout when not contiguous (elementwise follows eager's)
+    space_strides: tuple[int, ...] | None = None  # reductions: element offset per iteration-space dim
 
 
 @dataclasses.dataclass
@@ -94,7 +95,7 @@ class KernelSpec:
                 self.space,
                 [(o.dtype, o.shape, o.strides, o.constant) for o in self.operands],
                 self.accesses,
-                [(o.dtype, o.shape, o.expr, o.per_row, o.col_range) for o in self.outputs],
+                [(o.dtype, o.shape, o.expr, o.per_row, o.col_range, o.strides, o.space_strides) for o in self.outputs],
                 sorted(self.attrs.items()),
                 self.stages,
             )

@@ -6,8 +6,29 @@ produces and when it refuses. Any pass can be switched off
 (``options={"passes": {"fold_bn": False}}``) and the graph still runs.
 """
 
-from . import constant_fold, cse, dce, fold_bn, horizontal_fusion, partition, remove_noops, vertical_fusion
+from . import (
+    channels_last,
+    constant_fold,
+    cse,
+    dce,
+    fold_bn,
+    horizontal_fusion,
+    partition,
+    remove_noops,
+    vertical_fusion,
+)
 
-PIPELINE = [constant_fold, remove_noops, cse, dce, fold_bn, horizontal_fusion, vertical_fusion, partition, dce]
+PIPELINE = [
+    constant_fold,
+    remove_noops,
+    cse,
+    dce,
+    fold_bn,
+    channels_last,
+    horizontal_fusion,
+    vertical_fusion,
+    partition,
+    dce,
+]
 
 PASS_NAMES = list(dict.fromkeys(p.NAME for p in PIPELINE))

@@ -141,14 +141,30 @@ class _Grouper:
 
     # -- the three phases -------------------------------------------------
 
+    def zero_pad_prologue(self, conv: Node) -> Node | None:
+        """A zero ``constant_pad_nd`` of H/W feeding only this convolution:
+        it folds into the convolution's (possibly asymmetric) padding."""
+        pad = conv.args[0]
+        if not (isinstance(pad, Node) and pad.target is aten.constant_pad_nd.default and self.free(pad)):
+            return None
+        value = pad.args[2] if len(pad.args) > 2 else 0
+        if len(pad.users) != 1 or value != 0 or len(pad.args[1]) > 4:
+            return None
+        return pad
+
     def epilogues(self) -> None:
         for node in list(self.gm.graph.nodes):
             cat = node_category(node)
             if cat not in (OpCategory.GEMM, OpCategory.CONV) or not self.free(node):
                 continue
             members = {node}
+            pad = self.zero_pad_prologue(node) if cat is OpCategory.CONV else None
+            if pad is not None:
+                members.add(pad)
             chain = self.grow_epilogue(members, node)
             attrs = {"anchor": op_name(node.target), "epilogue": [op_name(n.target) for n in chain]}
+            if pad is not None:
+                attrs["prologue"] = ["aten.constant_pad_nd.default"]
             self.add(members, cat.value, attrs)
 
     def reductions(self) -> None:

@@ -10,6 +10,7 @@ foreign call plus one ``torch.empty`` per output.
 from __future__ import annotations
 
 import ctypes
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 
 from ..kernels.spec import KernelSpec
 
+log = logging.getLogger("fusecc")
 _TORCH_DTYPE = {"f32": torch.float32, "bf16": torch.bfloat16, "bool": torch.bool}
 _loaded: dict[str, ctypes.CDLL] = {}
 
@@ -61,25 +63,42 @@ class CompiledKernel(torch.nn.Module):
             (o.arg_index, o.shape, o.strides, _TORCH_DTYPE[o.dtype]) for o in spec.operands if not o.constant
         ]
         self._outputs = [(o.shape, o.strides or _contiguous(o.shape), _TORCH_DTYPE[o.dtype]) for o in spec.outputs]
-        self._checked = False
+        self._warned = False
 
-    def _check(self, args: Sequence[torch.Tensor]) -> None:
+    def _conform(self, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The runtime inputs, each in the layout the kernel was compiled for.
+
+        Layouts come from compile-time shape propagation; an ATen op whose
+        real output strides differ from its fake ones would otherwise make
+        the kernel misread memory. Such an input is copied into the expected
+        layout (and logged once); a wrong shape or dtype is an error."""
+        inputs = []
         for index, shape, strides, dtype in self._expected:
             t = args[index]
-            layout_ok = all(a == b for n, a, b in zip(shape, t.stride(), strides) if n > 1)
-            if tuple(t.shape) != shape or not layout_ok or t.dtype != dtype:
+            if tuple(t.shape) != shape or t.dtype != dtype:
                 raise RuntimeError(
-                    f"kernel {self.spec.name}: argument {index} is {t.dtype}{list(t.shape)} strides {t.stride()}, "
-                    f"compiled for {dtype}{list(shape)} strides {strides}"
+                    f"kernel {self.spec.name}: argument {index} is {t.dtype}{list(t.shape)}, "
+                    f"compiled for {dtype}{list(shape)}"
                 )
-        self._checked = True
+            if not all(a == b for n, a, b in zip(shape, t.stride(), strides) if n > 1):
+                if not self._warned:
+                    log.warning(
+                        "fusecc: kernel %s got argument %d with strides %s, compiled for %s; copying",
+                        self.spec.name,
+                        index,
+                        t.stride(),
+                        strides,
+                    )
+                    self._warned = True
+                t = torch.empty_strided(shape, strides, dtype=dtype).copy_(t)
+            inputs.append(t)
+        return inputs
 
     def forward(self, *args: torch.Tensor):
-        if not self._checked:
-            self._check(args)
         ptrs = list(self._template)
-        for slot, index in self._runtime:
-            ptrs[slot] = args[index].data_ptr()
+        inputs = self._conform(args)
+        for (slot, _), t in zip(self._runtime, inputs):
+            ptrs[slot] = t.data_ptr()
         outs = [torch.empty_strided(shape, strides, dtype=dtype) for shape, strides, dtype in self._outputs]
         ptrs.extend(o.data_ptr() for o in outs)
         scratch = torch.empty(self.workspace, dtype=torch.uint8) if self.workspace else None

@@ -45,7 +45,11 @@ class Toolchain:
         result = subprocess.run(cmd, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if result.returncode != 0:
-            raise RuntimeError(f"{Path(cmd[0]).name} failed ({' '.join(cmd)}):\n{result.stderr[-4000:]}")
+            errors = [line for line in result.stderr.splitlines() if "error" in line]
+            first = errors[0] if errors else (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise RuntimeError(
+                f"{Path(cmd[0]).name} failed: {first.strip()}\ncommand: {' '.join(cmd)}\n{result.stderr[-4000:]}"
+            )
         return {"command": " ".join(cmd), "seconds": round(seconds, 4)}
 
 

@@ -20,7 +20,7 @@ import torch
 from ...kernels.spec import KernelSpec
 from .common import SIGNATURE, declarations, vstore
 from .dialects import Dialect
-from .gemm import epilogue_stores, microkernel
+from .gemm import epilogue_stores, microkernel, pack_panels
 
 B_BLOCK_FLOATS = 1 << 15  # packed im2col block: 128 KiB, sized for L2
 
@@ -46,24 +46,69 @@ def is_depthwise(spec: KernelSpec) -> bool:
     return geo["cin_g"] == 1 and geo["cout_g"] == 1
 
 
-def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
-    if is_depthwise(spec):
-        return {"algo": ("depthwise",)}
+def _pixels_linear(strides: tuple[int, ...], geo: dict) -> bool:
+    """(N, OH, OW) of a [N, C, OH, OW] layout walk as one pixel dim."""
+    sn, _, sh, sw = strides
+    return (geo["oh"] == 1 or sh == sw * geo["ow"]) and (geo["n"] == 1 or sn == sh * geo["oh"])
+
+
+def is_nhwc(spec: KernelSpec) -> bool:
+    """Input and outputs channels-last (the channel stride is 1)."""
+    geo = _geometry(spec)
+    if geo["xsc"] != 1 and geo["cin"] > 1:
+        return False
+    for o in spec.outputs:
+        strides = o.strides or torch.empty(o.shape, device="meta").stride()
+        if (strides[1] != 1 and geo["cout"] > 1) or not _pixels_linear(tuple(strides), geo):
+            return False
+    return all(_pixels_linear(a.strides, geo) for a in spec.accesses)
+
+
+def _runtime_weights(spec: KernelSpec) -> bool:
+    return not spec.operands[spec.attrs["weight"]].constant
+
+
+def _algorithms(spec: KernelSpec) -> tuple[str, ...]:
+    geo = _geometry(spec)
+    if is_nhwc(spec) and not _runtime_weights(spec):
+        if is_depthwise(spec):
+            return ("nhwc_depthwise", "depthwise")
+        if geo["g"] == 1:
+            return ("nhwc_gemm", "im2col")
+    return ("depthwise",) if is_depthwise(spec) else ("im2col",)
+
+
+def _tiles(dialect: Dialect) -> tuple:
     regs = dialect.vector_registers
-    return {
-        "algo": ("im2col",),
-        "tile": tuple((mr, nv) for mr in (4, 6, 8, 12) for nv in (1, 2, 3, 4) if mr * nv + nv + 1 <= regs),
-    }
+    return tuple((mr, nv) for mr in (4, 6, 8, 12, 14) for nv in (1, 2, 3, 4) if mr * nv + nv + 1 <= regs)
+
+
+def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
+    algos = _algorithms(spec)
+    out = {"algo": algos}
+    if any(a in ("im2col", "nhwc_gemm") for a in algos):
+        out["tile"] = _tiles(dialect)
+    if "nhwc_gemm" in algos:
+        out["schedule"] = ("pixel_major", "channel_major")
+        out["kc"] = (64, 128, 256, 512, 1 << 30)
+    return out
 
 
 def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
-    if is_depthwise(spec):
-        return {"algo": "depthwise", "vl": dialect.vl}
     geo = _geometry(spec)
+    algo = _algorithms(spec)[0]
+    params = {"algo": algo, "vl": dialect.vl}
+    if algo in ("depthwise", "nhwc_depthwise"):
+        return params
     mr, nv = {"avx512": (6, 4), "avx2": (6, 2), "neon": (6, 4), "scalar": (4, 4)}[dialect.name]
-    nv = max(1, min(nv, math.ceil(geo["P"] / dialect.vl)))
-    mr = max(1, min(mr, geo["cout_g"]))
-    return {"algo": "im2col", "tile": (mr, nv), "vl": dialect.vl}
+    vector_extent = geo["cout"] if algo == "nhwc_gemm" else geo["P"]
+    row_extent = geo["n"] * geo["P"] if algo == "nhwc_gemm" else geo["cout_g"]
+    nv = max(1, min(nv, math.ceil(vector_extent / dialect.vl)))
+    mr = max(1, min(mr, row_extent))
+    if algo == "nhwc_gemm":
+        params["schedule"] = nhwc_schedule(geo)
+        params["kc"] = 256
+    return {**params, "tile": (mr, nv)}
 
 
 def _block_panels(geo: dict, nr: int) -> int:
@@ -80,24 +125,47 @@ def _check_pixels(spec: KernelSpec, geo: dict) -> None:
 def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
     geo = _geometry(spec)
     vl = params["vl"]
+    if params["algo"] == "nhwc_depthwise":
+        return 64
+    if params["algo"] == "nhwc_gemm":
+        mr, _ = params["tile"]
+        if params.get("schedule") == "channel_major":
+            return 0 if _nhwc_direct(geo) else 4 * math.ceil(geo["n"] * geo["P"] / mr) * mr * geo["K"] + 128
+        return nthreads * (4 * mr * geo["K"] + 128) + 64
     if params["algo"] == "depthwise":
         hp = geo["h"] + geo["pt"] + geo["pb"]
         wq = math.ceil((geo["w"] + geo["pl"] + geo["pr"]) / geo["sw"]) + 2 * vl + geo["kw"] * geo["dw"]
         per_thread = geo["sw"] * hp * wq
     else:
-        _, nv = params["tile"]
+        mr, nv = params["tile"]
         nr = nv * vl
         per_thread = geo["K"] * nr * _block_panels(geo, nr)
+        if _runtime_weights(spec):  # weights packed per call, shared by the threads
+            return _weight_pack_bytes(geo, mr) + nthreads * (4 * per_thread + 64) + 64
     return nthreads * (4 * per_thread + 64) + 64
+
+
+def _weight_pack_bytes(geo: dict, mr: int) -> int:
+    return 4 * geo["g"] * math.ceil(geo["cout_g"] / mr) * mr * geo["K"] + 64
 
 
 def prepare(spec: KernelSpec, params: dict, constants: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     out = dict(constants)
     w_i = spec.attrs["weight"]
-    if params["algo"] == "depthwise":
-        out[w_i] = constants[w_i].float().contiguous()
-        return out
     geo = _geometry(spec)
+    if w_i not in constants:  # runtime weights: the kernel packs them per call
+        return out
+    if params["algo"] == "depthwise":  # read in place, with its own strides
+        out[w_i] = constants[w_i].float()
+        return out
+    if params["algo"] == "nhwc_depthwise":  # [taps][C]: one channel vector per tap
+        out[w_i] = constants[w_i].float().reshape(geo["cout"], geo["kh"] * geo["kw"]).t().contiguous()
+        return out
+    if params["algo"] == "nhwc_gemm":  # [K = (ky, kx, ci)][Cout] in NR-wide panels
+        _, nv = params["tile"]
+        w = constants[w_i].float().permute(2, 3, 1, 0).reshape(geo["K"], geo["cout"])
+        out[w_i] = pack_panels(w, nv * params["vl"])
+        return out
     mr, _ = params["tile"]
     w = constants[w_i].float().reshape(geo["g"], geo["cout_g"], geo["K"])
     mt = math.ceil(geo["cout_g"] / mr)
@@ -112,6 +180,10 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     if any(o.dtype != "f32" for o in spec.operands) or any(o.dtype != "f32" for o in spec.outputs):
         raise NotImplementedError("bfloat16 convolution kernels are not generated yet")
     geo = _geometry(spec)
+    if params["algo"] == "nhwc_gemm":
+        return _render_nhwc_gemm(spec, name, vl, params, geo)
+    if params["algo"] == "nhwc_depthwise":
+        return _render_nhwc_depthwise(spec, name, vl, params, geo)
     _check_pixels(spec, geo)
     if params["algo"] == "depthwise":
         return _render_depthwise(spec, name, vl, params, geo)
@@ -186,13 +258,35 @@ def _render_im2col(spec: KernelSpec, name: str, vl: int, params: dict, geo: dict
           }}"""
     full, part = _epilogue(spec, geo)
     ws_per_thread = k * pblock + 16
+    if _runtime_weights(spec):
+        ws0, ws1, ws2, ws3 = spec.operands[w_i].strides
+        wbytes = _weight_pack_bytes(geo, mr)
+        wsetup = f"""  const float* FC_RESTRICT wraw = (const float*)args[{w_i}];
+  float* FC_RESTRICT wpack_rt = (float*)(((uintptr_t)ws + 63) & ~(uintptr_t)63);
+  const float* FC_RESTRICT wpack = wpack_rt;
+  ws += {wbytes};"""
+        wpack_loop = f"""    #pragma omp for collapse(2) schedule(static)
+    for (long grp = 0; grp < {geo["g"]}L; ++grp)
+      for (long t = 0; t < {mtiles}L; ++t)
+        for (long kk = 0; kk < {k}L; ++kk) {{
+          const long ci = kk / {geo["kh"] * geo["kw"]}L, rr = kk % {geo["kh"] * geo["kw"]}L;
+          const long ky = rr / {geo["kw"]}L, kx = rr % {geo["kw"]}L;
+          for (long i = 0; i < {mr}L; ++i) {{
+            const long co = t * {mr}L + i;
+            wpack_rt[((grp * {mtiles}L + t) * {k}L + kk) * {mr}L + i] = co < {geo["cout_g"]}L
+              ? wraw[(grp * {geo["cout_g"]}L + co) * {ws0}L + ci * {ws1}L + ky * {ws2}L + kx * {ws3}L] : 0.0f;
+          }}
+        }}"""
+    else:
+        wsetup = f"  const float* FC_RESTRICT wpack = (const float*)args[{w_i}];"
+        wpack_loop = ""
     return f"""
 {microkernel(f"{name}_ukr", mr, nv, vl, "1", str(mr))}
 static void {name}_tile(void* const* args, const float* FC_RESTRICT a, const float* FC_RESTRICT bp,
                         long nimg, long co0, long rows, long pix0) {{
 {declarations(spec, in_entry=False)}
   float tile[{mr * nr}] __attribute__((aligned(64)));
-  {name}_ukr({k}L, a, bp, tile);
+  {name}_ukr({k}L, a, 0, bp, tile);
   for (long i = 0; i < rows; ++i) {{
     const long co = co0 + i;
     for (long c = 0; c < {nr}; c += {vl}) {{
@@ -210,8 +304,8 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, const flo
 
 {SIGNATURE.format(name=name)} {{
   const float* FC_RESTRICT x = (const float*)args[{x_i}];
-  const float* FC_RESTRICT wpack = (const float*)args[{w_i}];
   char* ws = (char*)args[{len(spec.operands) + len(spec.outputs)}];
+{wsetup}
   const long tasks0 = {geo["n"] * geo["g"] * pblocks}L;
   long mchunks = (2L * nthreads + tasks0 - 1) / tasks0;
   if (mchunks > {mtiles}L) mchunks = {mtiles}L;
@@ -225,6 +319,7 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, const flo
     const int tid = 0;
 #endif
     float* FC_RESTRICT bblk = (float*)(((uintptr_t)(ws + (size_t)tid * {4 * ws_per_thread}) + 63) & ~(uintptr_t)63);
+{wpack_loop}
     #pragma omp for schedule(static)
     for (long task = 0; task < tasks0 * mchunks; ++task) {{
       const long mc = task % mchunks, rest = task / mchunks;
@@ -256,6 +351,7 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, const flo
 
 
 def _render_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, geo: dict) -> str:
+    wstr = spec.operands[spec.attrs["weight"]].strides
     hp = geo["h"] + geo["pt"] + geo["pb"]
     wq = math.ceil((geo["w"] + geo["pl"] + geo["pr"]) / geo["sw"]) + 2 * vl + geo["kw"] * geo["dw"]
     plane = geo["sw"] * hp * wq
@@ -266,7 +362,7 @@ def _render_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, geo: d
             q, off = divmod(kx * geo["dw"], geo["sw"])
             phase, shift = off, q  # column x = ox*sw + kx*dw -> phase (kx*dw) % sw, index ox + (kx*dw) // sw
             taps.append(
-                f"acc = vfma(vset1(wc[{ky * geo['kw'] + kx}]), "
+                f"acc = vfma(vset1(wc[{ky * wstr[2] + kx * wstr[3]}]), "
                 f"vload(phases + {phase * hp * wq}L + (oy * {geo['sh']}L + {ky * geo['dh']}L) * {wq}L + ox + {shift}L), acc);"
             )
     full, part = _epilogue(spec, geo)
@@ -306,6 +402,227 @@ def _render_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, geo: d
 {chr(10).join("            " + x for x in part)}
           }}
         }}
+    }}
+  }}
+}}
+"""
+
+
+# -- channels-last (NHWC) kernels ------------------------------------------------------------------
+
+
+def _nhwc_epilogue(spec: KernelSpec, geo: dict) -> tuple[list[str], list[str]]:
+    """Epilogue at (pixel over all images, output channel), vector along channels."""
+    import dataclasses
+
+    flat = dataclasses.replace(
+        spec, accesses=[dataclasses.replace(a, strides=(a.strides[3], a.strides[1])) for a in spec.accesses]
+    )
+
+    def store(j: int, o, value: str, valid: str | None) -> str:
+        strides = o.strides or torch.empty(o.shape, device="meta").stride()
+        return vstore(o.dtype, f"out{j} + pix * {strides[3]}L + co", value, valid)
+
+    return (
+        epilogue_stores(flat, ["pix"], "co", None, store),
+        epilogue_stores(flat, ["pix"], "co", "rem", store),
+    )
+
+
+def _nhwc_direct(geo: dict) -> bool:
+    """1x1, stride 1, no padding, dense NHWC input: the GEMM reads pixels in place."""
+    return (
+        geo["kh"] == geo["kw"] == 1
+        and geo["sh"] == geo["sw"] == 1
+        and not any(geo[p] for p in ("pt", "pl", "pb", "pr"))
+        and _pixels_linear((geo["xsn"], geo["xsc"], geo["xsh"], geo["xsw"]), {**geo, "oh": geo["h"], "ow": geo["w"]})
+    )
+
+
+def nhwc_schedule(geo: dict) -> str:
+    """pixel_major: tasks are pixel tiles sweeping all weights (weights small
+    enough to stay in L2); channel_major: the activations are packed once and
+    tasks are weight panels sweeping all pixels (deep layers: few pixels,
+    megabytes of weights that should be read once)."""
+    weights = 4 * geo["K"] * geo["cout"]
+    acts = 4 * geo["K"] * geo["n"] * geo["P"]
+    return "channel_major" if weights > (1 << 20) and (acts <= (8 << 20) or _nhwc_direct(geo)) else "pixel_major"
+
+
+def _pack_rows(geo: dict, dst: str) -> str:
+    """Copy the im2col rows of pixels [pix0, pix0 + rows) to ``dst`` ([rows][K])."""
+    k, cin = geo["K"], geo["cin"]
+    return f"""for (long i = 0; i < rows; ++i) {{
+          const long p = pix0 + i, nimg = p / {geo["P"]}L, rest = p % {geo["P"]}L;
+          const long oy = rest / {geo["ow"]}L, ox = rest % {geo["ow"]}L;
+          for (long ky = 0; ky < {geo["kh"]}L; ++ky) {{
+            const long iy = oy * {geo["sh"]}L - {geo["pt"]}L + ky * {geo["dh"]}L;
+            for (long kx = 0; kx < {geo["kw"]}L; ++kx) {{
+              const long ix = ox * {geo["sw"]}L - {geo["pl"]}L + kx * {geo["dw"]}L;
+              float* FC_RESTRICT d = {dst} + i * {k}L + (ky * {geo["kw"]}L + kx) * {cin}L;
+              if (iy < 0 || iy >= {geo["h"]}L || ix < 0 || ix >= {geo["w"]}L) {{ memset(d, 0, {4 * cin}); continue; }}
+              memcpy(d, x + nimg * {geo["xsn"]}L + iy * {geo["xsh"]}L + ix * {geo["xsw"]}L, {4 * cin});
+            }}
+          }}
+        }}"""
+
+
+def _render_nhwc_gemm(spec: KernelSpec, name: str, vl: int, params: dict, geo: dict) -> str:
+    mr, nv = params["tile"]
+    nr = nv * vl
+    k, cout = geo["K"], geo["cout"]
+    pixels = geo["n"] * geo["P"]
+    mtiles = math.ceil(pixels / mr)
+    panels = math.ceil(cout / nr)
+    x_i, w_i = spec.attrs["input"], spec.attrs["weight"]
+    direct = _nhwc_direct(geo)
+    schedule = params.get("schedule", "pixel_major")
+    full, part = _nhwc_epilogue(spec, geo)
+    kernels = [microkernel(f"{name}_ukr{r}", r, nv, vl, "lda", "1", params.get("kc", 256)) for r in range(1, mr + 1)]
+    tile_fn = f"""
+static void {name}_tile(void* const* args, const float* FC_RESTRICT a, long lda, const float* FC_RESTRICT bp,
+                        long pix0, long rows, long co0) {{
+{declarations(spec, in_entry=False)}
+  float tile[{mr * nr}] __attribute__((aligned(64)));
+  switch (rows) {{
+{chr(10).join(f"    case {r}: {name}_ukr{r}({k}L, a, lda, bp, tile); break;" for r in range(1, mr + 1))}
+    default: return;
+  }}
+  for (long i = 0; i < rows; ++i) {{
+    const long pix = pix0 + i;
+    for (long c = 0; c < {nr}; c += {vl}) {{
+      const long co = co0 + c;
+      const vf acc = vload(tile + i * {nr} + c);
+      if (co + {vl} <= {cout}L) {{
+{chr(10).join("        " + x for x in full)}
+      }} else if (co < {cout}L) {{
+        const int rem = (int)({cout}L - co);
+{chr(10).join("        " + x for x in part)}
+      }}
+    }}
+  }}
+}}
+"""
+    head = f"""
+{SIGNATURE.format(name=name)} {{
+  const float* FC_RESTRICT x = (const float*)args[{x_i}];
+  const float* FC_RESTRICT wpack = (const float*)args[{w_i}];
+  char* ws = (char*)args[{len(spec.operands) + len(spec.outputs)}];
+  (void)ws;"""
+    tile_rows = f"const long rows = {pixels}L - pix0 < {mr}L ? {pixels}L - pix0 : {mr}L;"
+    if schedule == "channel_major":
+        if direct:
+            pack, a_of = "", f"x + pix0 * {geo['xsw']}L, {geo['xsw']}L"
+        else:
+            pack = f"""
+    #pragma omp for schedule(static)
+    for (long mt = 0; mt < {mtiles}L; ++mt) {{
+      const long pix0 = mt * {mr}L;
+      {tile_rows}
+      {_pack_rows(geo, "(apack + pix0 * " + str(k) + "L)")}
+    }}"""
+            a_of = f"apack + pix0 * {k}L, {k}L"
+        body = f"""
+  float* FC_RESTRICT apack = (float*)(((uintptr_t)ws + 63) & ~(uintptr_t)63);
+  (void)apack;
+  long mchunks = (2L * nthreads + {panels}L - 1) / {panels}L;
+  if (mchunks > {mtiles}L) mchunks = {mtiles}L;
+  const long per_chunk = ({mtiles}L + mchunks - 1) / mchunks;
+  #pragma omp parallel num_threads(nthreads)
+  {{{pack}
+    #pragma omp for schedule(static)
+    for (long task = 0; task < {panels}L * mchunks; ++task) {{
+      const long p = task / mchunks, mc = task % mchunks;
+      const long t_end = (mc + 1) * per_chunk < {mtiles}L ? (mc + 1) * per_chunk : {mtiles}L;
+      for (long mt = mc * per_chunk; mt < t_end; ++mt) {{
+        const long pix0 = mt * {mr}L;
+        {tile_rows}
+        {name}_tile(args, {a_of}, wpack + p * {k * nr}L, pix0, rows, p * {nr}L);
+      }}
+    }}
+  }}
+}}
+"""
+    else:
+        if direct:
+            rows_code = f"const float* FC_RESTRICT a = x + pix0 * {geo['xsw']}L; const long lda = {geo['xsw']}L;"
+        else:
+            rows_code = f"float* FC_RESTRICT a = atile; const long lda = {k}L;\n        " + _pack_rows(geo, "atile")
+        body = f"""
+  long pchunks = (2L * nthreads + {mtiles}L - 1) / {mtiles}L;
+  if (pchunks > {panels}L) pchunks = {panels}L;
+  if (pchunks < 1) pchunks = 1;
+  const long per_chunk = ({panels}L + pchunks - 1) / pchunks;
+  #pragma omp parallel num_threads(nthreads) if ({mtiles}L * pchunks > 1)
+  {{
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    float* FC_RESTRICT atile = (float*)(((uintptr_t)(ws + (size_t)tid * {4 * mr * k + 128}) + 63) & ~(uintptr_t)63);
+    (void)atile;
+    #pragma omp for schedule(static)
+    for (long task = 0; task < {mtiles}L * pchunks; ++task) {{
+      const long mt = task / pchunks, pc = task % pchunks;
+      const long pix0 = mt * {mr}L;
+      {tile_rows}
+      {rows_code}
+      const long p_end = (pc + 1) * per_chunk < {panels}L ? (pc + 1) * per_chunk : {panels}L;
+      for (long p = pc * per_chunk; p < p_end; ++p)
+        {name}_tile(args, a, lda, wpack + p * {k * nr}L, pix0, rows, p * {nr}L);
+    }}
+  }}
+}}
+"""
+    return "\n".join(kernels) + tile_fn + head + body
+
+
+def _render_nhwc_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, geo: dict) -> str:
+    c = geo["cout"]
+    taps = geo["kh"] * geo["kw"]
+    x_i, w_i = spec.attrs["input"], spec.attrs["weight"]
+    full, part = _nhwc_epilogue(spec, geo)
+
+    pixel_ptr = f"row + ix * {geo['xsw']}L"
+
+    def body(partial: bool) -> str:
+        load = (lambda p: f"vloadn({p}, rem)") if partial else (lambda p: f"vload({p})")
+        lines = [f"vf wv{t} = {load(f'wts + {t}L * {c}L + co')};" for t in range(taps)]
+        lines.append(f"for (long ox = 0; ox < {geo['ow']}L; ++ox) {{")
+        lines.append("  vf acc = vzero();")
+        for ky in range(geo["kh"]):
+            lines.append(f"  {{ const long iy = oy * {geo['sh']}L - {geo['pt']}L + {ky * geo['dh']}L;")
+            lines.append(f"    if (iy >= 0 && iy < {geo['h']}L) {{")
+            lines.append(f"      const float* FC_RESTRICT row = x + nimg * {geo['xsn']}L + iy * {geo['xsh']}L + co;")
+            for kx in range(geo["kw"]):
+                lines.append(
+                    f"      {{ const long ix = ox * {geo['sw']}L - {geo['pl']}L + {kx * geo['dw']}L; "
+                    f"if (ix >= 0 && ix < {geo['w']}L) acc = vfma(wv{ky * geo['kw'] + kx}, "
+                    f"{load(pixel_ptr)}, acc); }}"
+                )
+            lines.append("    }")
+            lines.append("  }")
+        lines.append(f"  const long pix = (nimg * {geo['oh']}L + oy) * {geo['ow']}L + ox;")
+        lines.extend("  " + x for x in (part if partial else full))
+        lines.append("}")
+        return "\n".join("        " + x for x in lines)
+
+    return f"""
+{SIGNATURE.format(name=name)} {{
+{declarations(spec)}
+  const float* FC_RESTRICT x = in{x_i};
+  const float* FC_RESTRICT wts = in{w_i};
+  #pragma omp parallel for num_threads(nthreads) schedule(static) if ({geo["n"] * geo["oh"]}L > 1)
+  for (long row_task = 0; row_task < {geo["n"] * geo["oh"]}L; ++row_task) {{
+    const long nimg = row_task / {geo["oh"]}L, oy = row_task % {geo["oh"]}L;
+    for (long co = 0; co < {c}L; co += {vl}) {{
+      if (co + {vl} <= {c}L) {{
+{body(False)}
+      }} else {{
+        const int rem = (int)({c}L - co);
+{body(True)}
+      }}
     }}
   }}
 }}

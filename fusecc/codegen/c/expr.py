@@ -28,6 +28,8 @@ _CALLS = {
     "gelu_tanh": "gelu_tanh",
     "recip": "recip",
     "round_bf16": "round_bf16",
+    "sin": "sin",
+    "cos": "cos",
 }
 _COMPARE = {"lt", "le", "gt", "ge", "eq", "ne"}
 

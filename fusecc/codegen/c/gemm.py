@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from ...kernels.expr import Acc, Load
+from ...kernels.expr import Load
 from ...kernels.spec import KernelSpec
 from .common import SIGNATURE, declarations, vload, vstore
 from .dialects import Dialect
@@ -29,7 +29,7 @@ from .expr import ExprEmitter
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
     regs = dialect.vector_registers
     pairs = [(mr, nv) for mr in (1, 2, 4, 6, 8, 12, 14) for nv in (1, 2, 3, 4) if mr * nv + nv + 1 <= regs]
-    return {"tile": tuple(pairs)}
+    return {"tile": tuple(pairs), "kc": (64, 128, 256, 384, 512, 1 << 30)}
 
 
 def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
@@ -39,7 +39,7 @@ def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
     mr, nv = choice
     nv = max(1, min(nv, math.ceil(n / vl)))  # do not pad a narrow N up to a wide panel
     mr = max(1, min(mr, m))
-    return {"tile": (mr, nv), "vl": vl}
+    return {"tile": (mr, nv), "kc": 256, "vl": vl}
 
 
 def _panel(params: dict, vl: int) -> tuple[int, int, int]:
@@ -47,23 +47,37 @@ def _panel(params: dict, vl: int) -> tuple[int, int, int]:
     return mr, nv, nv * vl
 
 
-def microkernel(fn: str, mr: int, nv: int, vl: int, a_row: str, a_k: str) -> str:
-    """``static inline void fn(long K, const float* a, const float* bp, float* tile)``:
-    tile[MR x NR] = sum_k a[i*a_row + k*a_k] * bp[k*NR + l] (a broadcast, bp loaded)."""
+def microkernel(fn: str, mr: int, nv: int, vl: int, a_row: str, a_k: str, kc: int = 256, a_dtype: str = "f32") -> str:
+    """``static inline void fn(long K, const float* a, long lda, const float* bp, float* tile)``:
+    tile[MR x NR] = sum_k a[i*a_row + k*a_k] * bp[k*NR + l] (a broadcast, bp loaded);
+    ``a_row``/``a_k`` are C expressions and may use ``lda``. K is walked in
+    blocks of ``kc`` so the A rows of a block stay in L1; the accumulators
+    live in registers within a block and in ``tile`` between blocks."""
     nr = nv * vl
+    a_type = "uint16_t" if a_dtype == "bf16" else "float"
     lines = [
-        f"static inline void {fn}(long K, const float* FC_RESTRICT a, const float* FC_RESTRICT bp, float* FC_RESTRICT tile) {{"
+        f"static inline void {fn}(long K, const {a_type}* FC_RESTRICT a, long lda, const float* FC_RESTRICT bp, "
+        "float* FC_RESTRICT tile) {",
+        "  (void)lda;",
+        f"  for (long k0 = 0; k0 < K; k0 += {kc}) {{",
+        f"  const long k1 = k0 + {kc} < K ? k0 + {kc} : K;",
     ]
     for i in range(mr):
-        lines.append("  " + " ".join(f"vf c{i}_{j} = vzero();" for j in range(nv)))
-    lines.append("  for (long k = 0; k < K; ++k) {")
+        lines.append(
+            "  " + " ".join(f"vf c{i}_{j} = k0 ? vload(tile + {i * nr + j * vl}) : vzero();" for j in range(nv))
+        )
+    lines.append("  for (long k = k0; k < k1; ++k) {")
     lines.append("    " + " ".join(f"const vf b{j} = vload(bp + k * {nr} + {j * vl});" for j in range(nv)))
     for i in range(mr):
         fmas = " ".join(f"c{i}_{j} = vfma(a{i}, b{j}, c{i}_{j});" for j in range(nv))
-        lines.append(f"    {{ const vf a{i} = vset1(a[{i} * ({a_row}) + k * ({a_k})]); {fmas} }}")
+        elem = f"a[{i} * ({a_row}) + k * ({a_k})]"
+        if a_dtype == "bf16":
+            elem = f"fc_bf16_to_f32({elem})"
+        lines.append(f"    {{ const vf a{i} = vset1({elem}); {fmas} }}")
     lines.append("  }")
     for i in range(mr):
         lines.append("  " + " ".join(f"vstore(tile + {i * nr + j * vl}, c{i}_{j});" for j in range(nv)))
+    lines.append("  }")
     lines.append("}")
     return "\n".join(lines)
 
@@ -115,7 +129,7 @@ def epilogue_stores(spec: KernelSpec, point: list[str], col: str, valid: str | N
     em = ExprEmitter(True, load, acc=lambda: "acc", prefix="e")
     lines = []
     for j, o in enumerate(spec.outputs):
-        value = "acc" if isinstance(o.expr, Acc) else em.emit(o.expr)
+        value = em.emit(o.expr)
         lines.extend(em.lines)
         em.lines = []
         lines.append(out_offset(j, o, value, valid))
@@ -127,15 +141,16 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     k = spec.attrs["K"]
     mr, nv, nr = _panel(params, vl)
     a_i, b_i = spec.attrs["a"], spec.attrs["b"]
-    sab, sam, _ = spec.attrs["a_strides"]
+    sab, sam, sak = spec.attrs["a_strides"]
     sbb, sbk, sbn = spec.attrs["b_strides"]
-    if any(o.dtype != "f32" for o in spec.operands) or any(o.dtype != "f32" for o in spec.outputs):
-        raise NotImplementedError("bfloat16 GEMM kernels are not generated yet")
+    a_dtype, b_dtype = spec.operands[a_i].dtype, spec.operands[b_i].dtype
+    a_type = "uint16_t" if a_dtype == "bf16" else "float"
     panels = math.ceil(n / nr)
     mtiles = math.ceil(m / mr)
     b_const = spec.operands[b_i].constant
 
-    kernels = [microkernel(f"{name}_ukr{r}", r, nv, vl, f"{sam}L", "1") for r in range(1, mr + 1)]
+    kc = params.get("kc", 256)
+    kernels = [microkernel(f"{name}_ukr{r}", r, nv, vl, f"{sam}L", f"{sak}L", kc, a_dtype) for r in range(1, mr + 1)]
 
     def store(j: int, o, value: str, valid: str | None) -> str:
         if o.col_range is None:
@@ -154,12 +169,12 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     full = epilogue_stores(spec, ["bi", "mm"], "nn", None, store)
     part = epilogue_stores(spec, ["bi", "mm"], "nn", "rem", store)
     tile_fn = f"""
-static void {name}_tile(void* const* args, const float* FC_RESTRICT a, const float* FC_RESTRICT bp,
+static void {name}_tile(void* const* args, const {a_type}* FC_RESTRICT a, const float* FC_RESTRICT bp,
                         long bi, long m0, long rows, long n0) {{
 {declarations(spec, in_entry=False)}
   float tile[{mr * nr}] __attribute__((aligned(64)));
   switch (rows) {{
-{chr(10).join(f"    case {r}: {name}_ukr{r}({k}L, a, bp, tile); break;" for r in range(1, mr + 1))}
+{chr(10).join(f"    case {r}: {name}_ukr{r}({k}L, a, {sam}L, bp, tile); break;" for r in range(1, mr + 1))}
     default: return;
   }}
   for (long i = 0; i < rows; ++i) {{
@@ -177,6 +192,10 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, const flo
   }}
 }}
 """
+    b_type = "uint16_t" if b_dtype == "bf16" else "float"
+    b_elem = "src[kk * {sbk}L + l * {sbn}L]".format(sbk=sbk, sbn=sbn)
+    if b_dtype == "bf16":
+        b_elem = f"fc_bf16_to_f32({b_elem})"
     if b_const:
         pack = ""
         bp_expr = f"in{b_i} + p * {k * nr}L"
@@ -187,21 +206,22 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, const flo
     for (long bi = 0; bi < {batch}L; ++bi)
       for (long p = 0; p < {panels}L; ++p) {{
         float* FC_RESTRICT dst = bpack + (bi * {panels}L + p) * {k * nr}L;
-        const float* src = in{b_i} + bi * {sbb}L + p * {nr}L * {sbn}L;
+        const {b_type}* src = in{b_i} + bi * {sbb}L + p * {nr}L * {sbn}L;
         const long cols = {n}L - p * {nr}L < {nr}L ? {n}L - p * {nr}L : {nr}L;
         for (long kk = 0; kk < {k}L; ++kk)
           for (long l = 0; l < {nr}L; ++l)
-            dst[kk * {nr}L + l] = l < cols ? src[kk * {sbk}L + l * {sbn}L] : 0.0f;
+            dst[kk * {nr}L + l] = l < cols ? {b_elem} : 0.0f;
       }}
 """
         bp_expr = f"bpack + (bi * {panels}L + p) * {k * nr}L"
     work = batch * panels * mtiles
+    b_ptr_type = b_type if not b_const else "float"
     return f"""
 {chr(10).join(kernels)}
 {tile_fn}
 {SIGNATURE.format(name=name)} {{
-  const float* FC_RESTRICT a_base = (const float*)args[{a_i}];
-  const float* FC_RESTRICT in{b_i} = (const float*)args[{b_i}];
+  const {a_type}* FC_RESTRICT a_base = (const {a_type}*)args[{a_i}];
+  const {b_ptr_type}* FC_RESTRICT in{b_i} = (const {b_ptr_type}*)args[{b_i}];
   float* FC_RESTRICT bpack = (float*)args[{len(spec.operands) + len(spec.outputs)}];
   (void)bpack;
   #pragma omp parallel num_threads(nthreads) if ({work}L > 1)

@@ -112,6 +112,10 @@ static inline @f @rsqrt(@f x) { return @div(@set1(1.0f), @sqrt(x)); }
 
 _LANEWISE = r"""
 static inline float slog(float x) { return logf(x); }
+static inline float ssin(float x) { return sinf(x); }
+static inline float scos(float x) { return cosf(x); }
+static inline vf vsin(vf x) { float t[VL]; vstore(t, x); for (int i = 0; i < VL; ++i) t[i] = sinf(t[i]); return vload(t); }
+static inline vf vcos(vf x) { float t[VL]; vstore(t, x); for (int i = 0; i < VL; ++i) t[i] = cosf(t[i]); return vload(t); }
 static inline float spow(float a, float b) { return powf(a, b); }
 static inline float sround_bf16(float x) { return fc_bf16_to_f32(fc_f32_to_bf16(x)); }
 static inline vf vlog(vf x) { float t[VL]; vstore(t, x); for (int i = 0; i < VL; ++i) t[i] = logf(t[i]); return vload(t); }
