@@ -7,6 +7,9 @@ Layout of ``<dump_dir>/<graph name>/``::
     NN_<pass>.diff          unified diff of that pass's change
     groups.txt              every fused group with its member ops and body
     final.py                the graph that runs (groups lowered or inlined)
+    kernels/<group>.c       every generated kernel's source; summary.json
+                            records its compile command, time, cache hit,
+                            parameters and KernelSpec
     summary.json            the GraphReport: passes, timings, groups,
                             fallbacks, decisions
 
@@ -95,5 +98,13 @@ class DumpWriter:
 
     def final(self, gm: GraphModule, report: GraphReport) -> None:
         self._write("final.py", readable(gm))
+        if report.kernels:
+            folder = self.dir / "kernels"
+            folder.mkdir(exist_ok=True)
+            for kern in report.kernels:
+                source = kern.get("source")
+                if source:
+                    (folder / f"{kern['group']}.c").write_text(source)
+                    kern["source_file"] = f"kernels/{kern['group']}.c"
         report.dump_path = str(self.dir)
         self._write("summary.json", json.dumps(report.to_json(), indent=2, default=str))

@@ -30,7 +30,9 @@ def _field(default: Any, help: str, *, choices: tuple[str, ...] | None = None, *
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    target: str = _field("aten", "where fused groups run; see `fusecc --help` for the registered targets")
+    target: str = _field(
+        "c", "where fused groups run: generated C kernels ('c'), plain ATen ('aten'), ...; see `fusecc --help`"
+    )
     passes: dict = _field({}, "switch passes on or off by name, e.g. {'fold_bn': False}; env form: 'fold_bn=0,cse=1'")
     freeze: bool = _field(
         True,

@@ -72,6 +72,26 @@ def _graph_section(console: Console, folder: Path, report: GraphReport, show_all
         if len(shown) < len(report.groups):
             console.print(f"... {len(report.groups) - len(shown)} more groups (--all shows them)")
 
+    if report.kernels:
+        table = Table(title=f"generated kernels ({report.kernels[0].get('dialect', '')})", title_justify="left")
+        for col in ("group", "kind", "space", "parameters", "build s", "cache", "source"):
+            table.add_column(col)
+        shown = report.kernels if show_all else report.kernels[:30]
+        for kern in shown:
+            params = {k: v for k, v in kern.get("params", {}).items() if k != "vl"}
+            table.add_row(
+                kern["group"],
+                kern.get("spec", {}).get("kind", kern["kind"]),
+                str(kern.get("spec", {}).get("space", "")),
+                ", ".join(f"{k}={v}" for k, v in params.items()),
+                f"{kern.get('seconds', 0):.2f}",
+                "hit" if kern.get("cached") else "built",
+                kern.get("source_file", ""),
+            )
+        console.print(table)
+        if len(shown) < len(report.kernels):
+            console.print(f"... {len(report.kernels) - len(shown)} more kernels (--all shows them)")
+
     if report.fallbacks:
         console.print("[bold]fallbacks to ATen[/]")
         for f in report.fallbacks:

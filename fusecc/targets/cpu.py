@@ -15,6 +15,7 @@ from ..graph.fused_group import FusedGroup
 from ..kernels.lower import lower_group
 from ..runtime.cache import CompileCache
 from ..runtime.kernel import CompiledKernel, load_symbol
+from ..errors import UnsupportedError
 from . import Target
 from .toolchain import Toolchain, cpu_model, host_dialect_and_flags
 
@@ -34,6 +35,12 @@ class HostCTarget(Target):
 
     def compile_groups(self, items: list[tuple[FusedGroup, dict[int, torch.Tensor]]], options) -> list:
         """Lower, render and build every group (builds run in parallel)."""
+        if not self.toolchain.available():
+            error = UnsupportedError(
+                f"target 'c' needs a C compiler: {self.toolchain.cc!r} was not found "
+                "(install gcc, set CC, or use options={'target': 'aten'})"
+            )
+            return [error] * len(items)
         cache = self.cache(options.cache_dir)
         nthreads = torch.get_num_threads()
         prepared = []
@@ -63,6 +70,8 @@ class HostCTarget(Target):
                     "cached": cached,
                     "library": str(path),
                     "source": source.text,
+                    "spec": spec.describe(),
+                    "dialect": self.dialect.name,
                     **details,
                 }
                 return CompiledKernel(spec, fn, consts, ws, info, nthreads)
