@@ -6,7 +6,7 @@ from fusecc import OptionError, Options
 
 def test_defaults():
     opts = Options.resolve({}, environ={})
-    assert opts.target == "aten" and opts.freeze and not opts.debug and opts.dump_dir is None
+    assert opts.target == "c" and opts.freeze and not opts.debug and opts.dump_dir is None
     assert opts.pass_enabled("fold_bn")
 
 

@@ -1,17 +1,20 @@
 """A compiled kernel as the graph calls it.
 
-`CompiledKernel` replaces a FusedGroup's call in the graph: it takes the
-group's arguments (constant ones are ignored - the kernel holds its own,
-possibly re-laid-out, copies), allocates outputs and scratch, and calls the
-C function through ctypes with one pointer array. Per call that is one
-foreign call plus one ``torch.empty`` per output.
+`CompiledKernel` replaces a FusedGroup's call in the graph. ``run`` takes
+the group's arguments (constant ones are ignored - the kernel holds its own,
+possibly re-laid-out, copies), allocates the outputs, and calls the C
+function through ctypes with one pointer array. Everything that does not
+change between calls (constant pointers, the argument-array type, expected
+layouts) is computed once; the per-call path is a few list operations, one
+foreign call and one ``torch.empty_strided`` per output. Scratch memory is
+allocated once per thread and reused.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Sequence
+import threading
 from pathlib import Path
 
 import torch
@@ -21,12 +24,14 @@ from ..kernels.spec import KernelSpec
 log = logging.getLogger("fusecc")
 _TORCH_DTYPE = {"f32": torch.float32, "bf16": torch.bfloat16, "bool": torch.bool}
 _loaded: dict[str, ctypes.CDLL] = {}
+_loaded_lock = threading.Lock()
 
 
 def load_symbol(path: Path, symbol: str):
-    lib = _loaded.get(str(path))
-    if lib is None:
-        lib = _loaded[str(path)] = ctypes.CDLL(str(path))
+    with _loaded_lock:
+        lib = _loaded.get(str(path))
+        if lib is None:
+            lib = _loaded[str(path)] = ctypes.CDLL(str(path))
     fn = getattr(lib, symbol)
     fn.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
     fn.restype = None
@@ -34,7 +39,11 @@ def load_symbol(path: Path, symbol: str):
 
 
 def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return torch.empty(shape, device="meta").stride()
+    return tuple(torch.empty(shape, device="meta").stride())
+
+
+def _same_layout(shape: tuple[int, ...], a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    return all(x == y for n, x, y in zip(shape, a, b) if n > 1)
 
 
 class CompiledKernel(torch.nn.Module):
@@ -50,58 +59,84 @@ class CompiledKernel(torch.nn.Module):
         super().__init__()
         self.spec = spec
         self.fn = fn
-        self.info = info  # source path, command, params, timings (dumps / inspect)
+        self.info = info  # source, command, parameters, timings (dumps / inspect)
         self.workspace = workspace
         # scratch was sized for this many threads; never hand the kernel more
         self.max_threads = max_threads
-        self._consts = [prepared[i] for i in range(len(spec.operands)) if spec.operands[i].constant]
-        self._slots = len(spec.operands) + len(spec.outputs) + 1
-        const_ptrs = iter([t.data_ptr() for t in self._consts])
-        self._template = [None if not o.constant else next(const_ptrs) for o in spec.operands]
-        self._runtime = [(i, o.arg_index) for i, o in enumerate(spec.operands) if not o.constant]
-        self._expected = [
-            (o.arg_index, o.shape, o.strides, _TORCH_DTYPE[o.dtype]) for o in spec.operands if not o.constant
-        ]
+        ops = spec.operands
+        self._consts = [prepared[i] for i, o in enumerate(ops) if o.constant]
+        self._const_ptrs = {i: prepared[i].data_ptr() for i, o in enumerate(ops) if o.constant}
+        self._runtime = [o.arg_index for o in ops if not o.constant]
+        self._expected = [(o.shape, o.strides, _TORCH_DTYPE[o.dtype]) for o in ops if not o.constant]
         self._outputs = [(o.shape, o.strides or _contiguous(o.shape), _TORCH_DTYPE[o.dtype]) for o in spec.outputs]
+        self._array = ctypes.c_void_p * (len(ops) + len(spec.outputs) + 1)
+        # operand slots: None for a runtime input (filled per call), else the constant's pointer
+        self._order = [self._const_ptrs.get(i) for i in range(len(ops))]
+        self._all_runtime_first = all(p is None for p in self._order[: len(self._runtime)]) and all(
+            p is not None for p in self._order[len(self._runtime) :]
+        )
+        self._single = len(spec.outputs) == 1
         self._warned = False
+        self._scratch = threading.local()  # reused across calls; one per thread
 
-    def _conform(self, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """The runtime inputs, each in the layout the kernel was compiled for.
+    def _conform(self, t: torch.Tensor, shape, strides, dtype) -> torch.Tensor:
+        """An input whose layout differs from the compiled one (an ATen op whose
+        real strides differ from its fake ones) is copied into the expected
+        layout and logged once; a wrong shape or dtype is an error."""
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise RuntimeError(
+                f"kernel {self.spec.name}: got {t.dtype}{list(t.shape)}, compiled for {dtype}{list(shape)}"
+            )
+        if _same_layout(shape, t.stride(), strides):
+            return t
+        if not self._warned:
+            log.warning(
+                "fusecc: kernel %s got an input with strides %s, compiled for %s; copying",
+                self.spec.name,
+                t.stride(),
+                strides,
+            )
+            self._warned = True
+        return torch.empty_strided(shape, strides, dtype=dtype).copy_(t)
 
-        Layouts come from compile-time shape propagation; an ATen op whose
-        real output strides differ from its fake ones would otherwise make
-        the kernel misread memory. Such an input is copied into the expected
-        layout (and logged once); a wrong shape or dtype is an error."""
+    def _workspace_ptr(self) -> int | None:
+        if not self.workspace:
+            return None
+        buf = getattr(self._scratch, "buf", None)
+        if buf is None:
+            buf = self._scratch.buf = torch.empty(self.workspace, dtype=torch.uint8)
+        return buf.data_ptr()
+
+    def run(self, *args: torch.Tensor):
         inputs = []
-        for index, shape, strides, dtype in self._expected:
+        for index, (shape, strides, dtype) in zip(self._runtime, self._expected):
             t = args[index]
-            if tuple(t.shape) != shape or t.dtype != dtype:
-                raise RuntimeError(
-                    f"kernel {self.spec.name}: argument {index} is {t.dtype}{list(t.shape)}, "
-                    f"compiled for {dtype}{list(shape)}"
-                )
-            if not all(a == b for n, a, b in zip(shape, t.stride(), strides) if n > 1):
-                if not self._warned:
-                    log.warning(
-                        "fusecc: kernel %s got argument %d with strides %s, compiled for %s; copying",
-                        self.spec.name,
-                        index,
-                        t.stride(),
-                        strides,
-                    )
-                    self._warned = True
-                t = torch.empty_strided(shape, strides, dtype=dtype).copy_(t)
+            if t.stride() != strides or t.dtype is not dtype:
+                t = self._conform(t, shape, strides, dtype)
             inputs.append(t)
-        return inputs
-
-    def forward(self, *args: torch.Tensor):
-        ptrs = list(self._template)
-        inputs = self._conform(args)
-        for (slot, _), t in zip(self._runtime, inputs):
-            ptrs[slot] = t.data_ptr()
         outs = [torch.empty_strided(shape, strides, dtype=dtype) for shape, strides, dtype in self._outputs]
-        ptrs.extend(o.data_ptr() for o in outs)
-        scratch = torch.empty(self.workspace, dtype=torch.uint8) if self.workspace else None
-        ptrs.append(scratch.data_ptr() if scratch is not None else None)
-        self.fn((ctypes.c_void_p * self._slots)(*ptrs), min(torch.get_num_threads(), self.max_threads))
-        return outs[0] if len(outs) == 1 else tuple(outs)
+        if self._all_runtime_first:
+            ptrs = [t.data_ptr() for t in inputs] + self._order[len(inputs) :]
+        else:
+            it = iter(inputs)
+            ptrs = [next(it).data_ptr() if p is None else p for p in self._order]
+        ptrs += [o.data_ptr() for o in outs]
+        ptrs.append(self._workspace_ptr())
+        self.fn(self._array(*ptrs), min(torch.get_num_threads(), self.max_threads))
+        return outs[0] if self._single else tuple(outs)
+
+    forward = run
+
+    def as_function(self):
+        """``run`` as a plain function named after the kernel: the graph
+        calls it directly (no nn.Module call machinery), and dumped graphs
+        read ``kernel_fused_conv_3(x, w)``."""
+        run = self.run
+
+        def call(*args):
+            return run(*args)
+
+        call.__name__ = call.__qualname__ = self.spec.name
+        call.__module__ = "kernel"
+        call.kernel = self
+        return call

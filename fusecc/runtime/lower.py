@@ -65,9 +65,21 @@ def lower(gm: GraphModule, target: Target, report: GraphReport, options: Options
         info = getattr(compiled, "info", None)
         if info is not None:
             report.kernels.append({"group": group.group_name, "kind": group.kind, **info})
-        setattr(gm, node.target, compiled if isinstance(compiled, torch.nn.Module) else _KernelModule(compiled))
+        if hasattr(compiled, "as_function"):  # call the kernel directly from the graph
+            with gm.graph.inserting_before(node):
+                direct = gm.graph.call_function(compiled.as_function(), tuple(node.args))
+            direct.meta = dict(node.meta)
+            node.replace_all_uses_with(direct)
+            gm.graph.erase_node(node)
+            delattr(gm, node.target)
+        else:
+            setattr(gm, node.target, compiled if isinstance(compiled, torch.nn.Module) else _KernelModule(compiled))
 
-    unknown = Counter(op_name(n.target) for n in gm.graph.nodes if node_category(n) is OpCategory.UNKNOWN)
+    unknown = Counter(
+        op_name(n.target)
+        for n in gm.graph.nodes
+        if node_category(n) is OpCategory.UNKNOWN and not hasattr(n.target, "kernel")
+    )
     for name, count in sorted(unknown.items()):
         report.fallbacks.append(Fallback(name, "fusecc has no lowering for this op", count))
     if unknown and options.fallback == "error":
