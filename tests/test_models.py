@@ -21,7 +21,7 @@ EXPECTED_GROUP_KINDS = {
 }
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", [*TARGETS, "tvm-llvm"])
 @pytest.mark.parametrize("name", list(zoo.ZOO))
 def test_zoo_model_matches_eager(name, target):
     entry = zoo.get(name)

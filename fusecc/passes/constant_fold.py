@@ -16,7 +16,7 @@ import operator
 import torch
 from torch.fx import GraphModule, Node
 
-from ..graph.constants import constant_value, is_constant, register_constant
+from ..graph.constants import constant_value, fake_value, is_constant, register_constant
 from ..ops import OpCategory, node_category
 from .manager import PassContext
 
@@ -80,10 +80,12 @@ def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
 
 
 def _replace_with_constant(gm: GraphModule, node: Node, value: torch.Tensor) -> None:
-    name = register_constant(gm, value.contiguous(), "_folded")
+    # Stored as computed (strides included) so the recorded metadata and the
+    # tensor every kernel or ATen op will read agree exactly.
+    name = register_constant(gm, value, "_folded")
     with gm.graph.inserting_before(node):
         const = gm.graph.get_attr(name)
-    const.meta = dict(node.meta)
+    const.meta = {**node.meta, "val": fake_value(gm, value)}
     node.replace_all_uses_with(const)
     if node.op == "call_function" and node.target is operator.getitem:
         gm.graph.erase_node(node)

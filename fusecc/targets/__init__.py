@@ -60,10 +60,14 @@ def get(name: str) -> Target:
 register(AtenTarget())
 
 
-def _register_c() -> None:
+def _register_builtin() -> None:
     from .cpu import HostCTarget
+    from .cuda import CudaTarget
+    from .tvm_target import TvmLlvmTarget
 
     register(HostCTarget())
+    register(CudaTarget())
+    register(TvmLlvmTarget())
 
 
-_register_c()
+_register_builtin()

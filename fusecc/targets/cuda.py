@@ -1,0 +1,124 @@
+"""The CUDA target ("cuda"): groups become CUDA C kernels, built with nvcc
+into fat binaries for sm_80 and sm_90 (plus PTX), cached like the C
+kernels, loaded with the CUDA driver API and launched on PyTorch's current
+stream."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import shutil
+
+import torch
+
+from ..codegen.cuda import CudaSource, render
+from ..errors import UnsupportedError
+from ..graph.fused_group import FusedGroup
+from ..kernels.lower import lower_group
+from ..kernels.spec import KernelSpec
+from ..runtime.cache import CompileCache
+from . import Target
+from .toolchain import Toolchain
+
+ARCHS = ("80", "90")
+
+
+def nvcc_toolchain(archs: tuple[str, ...] = ARCHS, output: str = "-fatbin") -> Toolchain:
+    nvcc = os.environ.get("NVCC") or shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    gencode = []
+    for arch in archs:
+        gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    gencode += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]  # PTX for newer GPUs
+    return Toolchain(nvcc, ("-O3", "-std=c++17", *gencode, output), machine="cuda " + ",".join(archs))
+
+
+def build_cuda(toolchain: Toolchain, source_path, output_path) -> dict:
+    """nvcc wants .cu: copy the cache's .c source aside and compile that."""
+    cu = source_path.with_suffix(".cu")
+    cu.write_text(source_path.read_text())
+    return toolchain.build(cu, output_path, shared=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _driver():
+    name = ctypes.util.find_library("cuda") or "libcuda.so.1"
+    lib = ctypes.CDLL(name)
+    lib.cuModuleLoadData.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
+    lib.cuModuleGetFunction.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_char_p]
+    lib.cuLaunchKernel.argtypes = [
+        ctypes.c_void_p, *[ctypes.c_uint] * 6, ctypes.c_uint, ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p,
+    ]  # fmt: skip
+    return lib
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        raise RuntimeError(f"CUDA driver call {what} failed with error {result}")
+
+
+class CudaKernel(torch.nn.Module):
+    """A loaded CUDA kernel; arguments are CUDA tensors."""
+
+    def __init__(self, spec: KernelSpec, source: CudaSource, binary: bytes, prepared: dict, info: dict):
+        super().__init__()
+        self.spec, self.source, self.info = spec, source, info
+        torch.cuda.init()
+        lib = _driver()
+        self._binary = ctypes.create_string_buffer(binary)
+        module, fn = ctypes.c_void_p(), ctypes.c_void_p()
+        _check(lib.cuModuleLoadData(ctypes.byref(module), self._binary), "cuModuleLoadData")
+        _check(lib.cuModuleGetFunction(ctypes.byref(fn), module, source.symbol.encode()), "cuModuleGetFunction")
+        self._module, self._fn = module, fn
+        self._consts = {i: t.cuda() for i, t in prepared.items()}
+        self._dtypes = {"f32": torch.float32, "bf16": torch.bfloat16, "bool": torch.bool}
+
+    def run(self, *args: torch.Tensor):
+        ops = self.spec.operands
+        values = [self._consts[i] if o.constant else args[o.arg_index] for i, o in enumerate(ops)]
+        outs = [
+            torch.empty_strided(o.shape, o.strides or torch.empty(o.shape, device="meta").stride(),
+                                dtype=self._dtypes[o.dtype], device=values[0].device)
+            for o in self.spec.outputs
+        ]  # fmt: skip
+        holders = [ctypes.c_void_p(t.data_ptr()) for t in values + outs] + [ctypes.c_void_p(0)]
+        params = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
+        stream = torch.cuda.current_stream().cuda_stream
+        (gx, gy, gz), (bx, by, bz) = self.source.grid, self.source.block
+        _check(_driver().cuLaunchKernel(self._fn, gx, gy, gz, bx, by, bz, 0, stream, params, None), "cuLaunchKernel")
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    forward = run
+
+
+class CudaTarget(Target):
+    name = "cuda"
+    description = "generated CUDA kernels (nvcc, sm_80/sm_90 + PTX), launched on the current stream"
+
+    def __init__(self):
+        self.toolchain = nvcc_toolchain()
+
+    def compile_groups(self, items: list[tuple[FusedGroup, dict]], options) -> list:
+        if not torch.cuda.is_available():
+            error = UnsupportedError("target 'cuda' needs a CUDA device; none is available")
+            return [error] * len(items)
+        if not self.toolchain.available():
+            return [UnsupportedError(f"target 'cuda' needs nvcc ({self.toolchain.cc} not found)")] * len(items)
+        cache = CompileCache(options.cache_dir)
+        results = []
+        for group, constants in items:
+            try:
+                spec = lower_group(group)
+                source = render(spec)
+                path, cached, details = cache.get_or_build(
+                    source.text, self.toolchain.fingerprint(), functools.partial(build_cuda, self.toolchain)
+                )
+                by_operand = {i: constants[o.arg_index] for i, o in enumerate(spec.operands) if o.constant}
+                info = {"symbol": source.symbol, "params": source.params, "cached": cached, "source": source.text,
+                        "spec": spec.describe(), "dialect": "cuda", **details}  # fmt: skip
+                results.append(CudaKernel(spec, source, path.read_bytes(), by_operand, info))
+            except Exception as e:  # noqa: BLE001 - that group's fallback
+                results.append(e)
+        return results
