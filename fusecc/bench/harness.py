@@ -166,7 +166,13 @@ def to_markdown(results: list[dict], peer_names: list[str], info: dict, command:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--gemm" in argv:
+        from .gemm import main as gemm_main
+
+        return gemm_main(argv)
     parser = argparse.ArgumentParser(prog="fusecc bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gemm", action="store_true", help="benchmark the generated GEMM against MLAS and MKL")
     parser.add_argument("--models", nargs="+", default=list(zoo.ZOO), choices=list(zoo.ZOO))
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--peers", nargs="+", default=DEFAULT_PEERS, choices=list(peer_builders.PEERS))

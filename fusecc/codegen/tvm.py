@@ -48,7 +48,7 @@ class _Translator:
         memo = {} if memo is None else memo
         if e in memo:
             return memo[e]
-        te, tir = self.te, self.tir
+        tir = self.tir
         f32 = "float32"
         if isinstance(e, Const):
             v = tir.const(e.value, f32)
