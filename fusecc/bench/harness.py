@@ -171,8 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         from .gemm import main as gemm_main
 
         return gemm_main(argv)
+    if "--overhead" in argv:
+        from .overhead import main as overhead_main
+
+        return overhead_main(argv)
     parser = argparse.ArgumentParser(prog="fusecc bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gemm", action="store_true", help="benchmark the generated GEMM against MLAS and MKL")
+    parser.add_argument("--overhead", action="store_true", help="per-call overhead of a one-op graph")
     parser.add_argument("--models", nargs="+", default=list(zoo.ZOO), choices=list(zoo.ZOO))
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--peers", nargs="+", default=DEFAULT_PEERS, choices=list(peer_builders.PEERS))
