@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench)
 
+    # `bench` forwards everything after it to the harness's own parser, before
+    # argparse sees it: REMAINDER refuses a remainder that starts with an option.
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return _cmd_bench(argparse.Namespace(rest=argv[1:]))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -28,3 +28,10 @@ def test_explain_command_on_a_zoo_model():
 def test_unknown_model_is_rejected():
     result = run_cli("explain", "resnet1000")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_bench_forwards_its_options_to_the_harness():
+    # options after `bench` belong to the harness (argparse.REMAINDER alone rejects them)
+    result = run_cli("bench", "--overhead")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fusecc (c kernel)" in result.stdout and "overhead vs eager" in result.stdout
