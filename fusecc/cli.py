@@ -45,6 +45,36 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from .bench import zoo
+    from .compiler import collect_reports
+
+    entry = zoo.get(args.model)
+    model, x = entry.model(args.size), entry.example_input(args.size, args.batch)
+    options = {"tune": "tune", "tune_trials": args.trials, "cache_dir": args.cache_dir}
+    with torch.no_grad(), collect_reports() as reports:
+        torch.compile(model, backend="fusecc", options=options)(x)
+    table = Table(title=f"fusecc tune {args.model} (batch {args.batch}): microseconds per call, median")
+    for column in ("kernel", "kind", "default", "best", "speedup", "measured now", "records", "best parameters"):
+        table.add_column(column, justify="left" if column in ("kernel", "kind", "best parameters") else "right")
+    for report in reports:
+        for k in report.kernels:
+            t = k.get("tuning") or {}
+            default, best = t.get("default_us"), t.get("best_us")
+            shown = {p: v for p, v in k["params"].items() if p != "vl"}
+            table.add_row(
+                k["group"], k["kind"], f"{default:.1f}" if default else "-", f"{best:.1f}" if best else "-",
+                f"{default / best:.2f}x" if default and best else "-", str(t.get("measured_now", 0)),
+                str(t.get("records", 0)), str(shown),
+            )  # fmt: skip
+    Console().print(table)
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench.harness import main as bench_main
 
@@ -74,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("tune", help="tune the kernels of a zoo model on this machine (results go to the database)")
+    p.add_argument("model", choices=list(ZOO))
+    p.add_argument("--size", choices=["full", "tiny"], default="full")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--trials", type=int, default=16, help="measurements per kernel (earlier ones count)")
+    p.add_argument("--cache-dir", default=None, help="kernel cache and tuning database folder")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("bench", help="benchmark the model zoo against eager, inductor and ONNX Runtime", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

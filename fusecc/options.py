@@ -49,6 +49,13 @@ class Options:
     dump_dir: str | None = _field(None, "write IR dumps (graphs per pass, groups, timings, summary.json) here")
     cache_dir: str | None = _field(None, "compiled-kernel cache (default: $XDG_CACHE_HOME/fusecc or ~/.cache/fusecc)")
     verbose: bool = _field(False, "log what each pass did to stderr")
+    tune: str = _field(
+        "off",
+        "kernel parameters: defaults ('off'), the best measured in the tuning database ('use'), "
+        "or measure candidates now and keep the best ('tune'); see `fusecc tune`",
+        choices=("off", "use", "tune"),
+    )
+    tune_trials: int = _field(16, "with tune='tune': measurements per kernel (those already in the database count)")
 
     # -- construction -----------------------------------------------------
 
@@ -85,6 +92,8 @@ class Options:
                 raise OptionError(f"option 'passes': value for {name!r} must be True or False, got {enabled!r}")
         from .targets import TARGETS
 
+        if self.tune_trials < 1:
+            raise OptionError(f"option 'tune_trials' must be at least 1, got {self.tune_trials}")
         if self.target not in TARGETS:
             raise OptionError(_unknown_message("target", self.target, list(TARGETS), where="option 'target'"))
 
@@ -127,10 +136,10 @@ def _unknown_message(kind: str, name: object, known: list[str], where: str = "")
 
 
 def _check_type(f: dataclasses.Field, value: Any) -> None:
-    expected = {"bool": bool, "str": str, "dict": dict, "str | None": (str, type(None))}[str(f.type)]
+    expected = {"bool": bool, "int": int, "str": str, "dict": dict, "str | None": (str, type(None))}[str(f.type)]
     # bool is a subclass of int but no int option exists; reject 1/0 for bools
     # anyway so {'debug': 1} gets the same clear error as {'debug': 'yes'}.
-    if not isinstance(value, expected):
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         want = str(f.type).replace("dict", "dict of pass name -> bool")
         raise OptionError(f"option {f.name!r} expects {want}, got {type(value).__name__} {value!r}")
     choices = f.metadata["choices"]
@@ -162,4 +171,9 @@ def _parse_env(f: dataclasses.Field, text: str) -> Any:
         return out
     if kind == "str | None":
         return text or None
+    if kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise OptionError(f"{name}={text!r} is not an integer") from None
     return text

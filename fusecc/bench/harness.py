@@ -66,8 +66,22 @@ def bench_one(
     size: str = "full",
 ) -> dict[str, object]:
     entry = zoo.get(name)
-    model = entry.model(size)
-    x = entry.example_input(size, batch)
+    return bench_module(name, entry.model(size), entry.example_input(size, batch), batch, peer_names, budget_s,
+                        console, fusecc_options)  # fmt: skip
+
+
+def bench_module(
+    name: str,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    batch: int,
+    peer_names: list[str],
+    budget_s: float,
+    console: Console,
+    fusecc_options: dict | None = None,
+) -> dict[str, object]:
+    """Build every peer on (model, x), check it against eager, time them
+    interleaved in this process."""
     with torch.no_grad():
         ref = model(x)
     result: dict[str, object] = {"model": name, "batch": batch, "peers": {}}
@@ -78,7 +92,7 @@ def bench_one(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if peer == "fusecc":
+                if peer.startswith("fusecc"):
                     run, compile_s = builder(model, x, fusecc_options)
                 else:
                     run, compile_s = builder(model, x)
@@ -171,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         from .gemm import main as gemm_main
 
         return gemm_main(argv)
+    if "--blocks" in argv:
+        from .blocks import main as blocks_main
+
+        return blocks_main(argv)
     if "--overhead" in argv:
         from .overhead import main as overhead_main
 
@@ -178,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fusecc bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gemm", action="store_true", help="benchmark the generated GEMM against MLAS and MKL")
     parser.add_argument("--overhead", action="store_true", help="per-call overhead of a one-op graph")
+    parser.add_argument("--blocks", action="store_true", help="residual blocks alone (fused, unfused, peers)")
     parser.add_argument("--models", nargs="+", default=list(zoo.ZOO), choices=list(zoo.ZOO))
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--peers", nargs="+", default=DEFAULT_PEERS, choices=list(peer_builders.PEERS))

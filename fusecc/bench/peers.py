@@ -56,6 +56,12 @@ def fusecc(model: torch.nn.Module, x: torch.Tensor, options: dict | None = None)
     return _first_call(torch.compile(model, backend="fusecc", options=options or None), x)
 
 
+def fusecc_unfused(model: torch.nn.Module, x: torch.Tensor, options: dict | None = None) -> tuple[Runner, float]:
+    """fusecc with block fusion off: every layer its own kernel."""
+    passes = {**(options or {}).get("passes", {}), "block_fusion": False}
+    return fusecc(model, x, {**(options or {}), "passes": passes})
+
+
 def onnxruntime(model: torch.nn.Module, x: torch.Tensor) -> tuple[Runner, float]:
     import onnx
     import onnxruntime as ort
@@ -88,4 +94,5 @@ PEERS: dict[str, Callable[..., tuple[Runner, float]]] = {
     "inductor_freeze": inductor_freeze,
     "onnxruntime": onnxruntime,
     "fusecc": fusecc,
+    "fusecc_unfused": fusecc_unfused,
 }

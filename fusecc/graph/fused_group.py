@@ -141,7 +141,7 @@ def fuse_nodes(
         name,
         kind,
         attrs,
-        members=[op_name(n.target) for n in members if n.op == "call_function" and n.target is not operator.getitem],
+        members=_member_ops(gm, members),
         constant_inputs=[x.op == "get_attr" for x in inputs],
     )
     gm.add_submodule(name, module)
@@ -163,6 +163,22 @@ def fuse_nodes(
     if not _is_topologically_ordered(gm.graph):
         _stable_topological_sort_in_place(gm.graph)
     return call
+
+
+def _member_ops(gm: GraphModule, nodes: list[Node]) -> list[str]:
+    """ATen op names of the members, looking through nested groups (blocks)."""
+    ops: list[str] = []
+    for n in nodes:
+        if n.op == "call_function" and n.target is not operator.getitem:
+            ops.append(op_name(n.target))
+        elif n.op == "call_module" and isinstance(inner := gm.get_submodule(n.target), FusedGroup):
+            ops.extend(inner.members)
+    return ops
+
+
+def nested_groups(group: FusedGroup) -> list[tuple[Node, FusedGroup]]:
+    """The FusedGroups a group's body calls (the layers of a block)."""
+    return groups(group)
 
 
 def _stable_topological_sort_in_place(graph: Graph) -> None:
@@ -204,6 +220,8 @@ def inline_group(gm: GraphModule, call: Node) -> None:
     """Replace a FusedGroup call by the group's own nodes (the inverse of
     `fuse_nodes`); used to run a group as plain ATen with no call overhead."""
     group = gm.get_submodule(call.target)
+    for node, inner in nested_groups(group):  # a block's layers become the parent's groups
+        gm.add_submodule(node.target, inner)
     env: dict[Node, object] = {}
     placeholders = group.graph.find_nodes(op="placeholder")
     env.update(zip(placeholders, call.args))

@@ -661,7 +661,48 @@ def lower_conv(group: FusedGroup) -> KernelSpec:
     return _finish(b, "conv2d", space, outputs, attrs=attrs)
 
 
+def lower_block(group: FusedGroup) -> KernelSpec:
+    """A block: each layer (a nested conv group) lowers on its own to a
+    ``conv2d`` spec; the block spec lists them with ``operand_maps`` saying,
+    per layer operand, which block operand it is (-1: the previous layer's
+    output, which never leaves the kernel)."""
+    from ..graph.fused_group import nested_groups
+
+    calls = nested_groups(group)
+    if not calls:
+        raise NotLowerable("block without layers")
+    b = _Builder(group, ())
+    layers, maps = [], []
+    previous: Node | None = None
+    for call, layer_group in calls:
+        spec = lower_conv(layer_group)
+        if len(spec.outputs) != 1:
+            raise NotLowerable(f"block layer {layer_group.group_name} has {len(spec.outputs)} outputs")
+        mapping = []
+        for o in spec.operands:
+            arg = call.args[o.arg_index]
+            if arg is previous and previous is not None:
+                mapping.append(-1)
+            elif isinstance(arg, Node) and arg.op == "placeholder":
+                mapping.append(b.operand(arg))
+            else:
+                raise NotLowerable(f"block layer {layer_group.group_name} reads {arg} from inside the block")
+        if previous is not None and mapping[spec.attrs["input"]] != -1:
+            raise NotLowerable(f"block layer {layer_group.group_name} does not read the previous layer")
+        layers.append(spec)
+        maps.append(tuple(mapping))
+        previous = call
+    out_node = _group_outputs(group)
+    if out_node != [previous]:
+        raise NotLowerable("a block's only output must be its last layer's")
+    last = layers[-1].outputs[0]
+    output = Output(last.name, last.dtype, last.shape, Acc(), strides=last.strides)
+    attrs = {"layers": tuple(layers), "operand_maps": tuple(maps), "pattern": group.attrs.get("pattern", "")}
+    return _finish(b, "block", layers[-1].space, [output], attrs=attrs)
+
+
 _LOWER_BY_KIND = {
+    "block": lower_block,
     "pointwise": lower_elementwise,
     "reduction": lower_reduction,
     "gemm": lower_gemm,

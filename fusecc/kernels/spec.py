@@ -112,7 +112,18 @@ class KernelSpec:
                 for o in self.operands
             ],
             "outputs": [f"{o.name}: {o.dtype}{list(o.shape)}{' per-row' if o.per_row else ''}" for o in self.outputs],
-            "attrs": {k: v for k, v in self.attrs.items() if isinstance(v, (int, float, str, list, tuple, bool))},
+            "attrs": {
+                k: _describe_attr(v)
+                for k, v in self.attrs.items()
+                if isinstance(v, (int, float, str, list, tuple, bool))
+            },
             "stages": [s for s, _ in self.stages],
             "signature": self.signature(),
         }
+
+
+def _describe_attr(value: Any) -> Any:
+    """Attributes for dumps; nested specs (a block's layers) described in turn."""
+    if isinstance(value, (list, tuple)):
+        return [_describe_attr(v) for v in value]
+    return value.describe() if isinstance(value, KernelSpec) else value

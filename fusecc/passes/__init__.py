@@ -7,6 +7,7 @@ produces and when it refuses. Any pass can be switched off
 """
 
 from . import (
+    block_fusion,
     channels_last,
     constant_fold,
     cse,
@@ -28,6 +29,7 @@ PIPELINE = [
     horizontal_fusion,
     vertical_fusion,
     partition,
+    block_fusion,
     dce,
 ]
 

@@ -19,7 +19,7 @@ from torch.fx import GraphModule
 
 from ..errors import FallbackWarning, UnsupportedError
 from ..graph.constants import constant_value
-from ..graph.fused_group import groups, inline_group
+from ..graph.fused_group import groups, inline_group, nested_groups
 from ..ops import OpCategory, node_category, op_name
 from ..options import Options
 from ..report import Fallback, GraphReport
@@ -45,14 +45,35 @@ def _constants(gm: GraphModule, call) -> dict[int, torch.Tensor]:
 
 def lower(gm: GraphModule, target: Target, report: GraphReport, options: Options) -> GraphModule:
     found = groups(gm)
+    while found:
+        found = _lower_groups(gm, found, target, report, options)
+    _report_unknown_ops(gm, report, options)
+    return gm
+
+
+def _lower_groups(gm, found, target: Target, report: GraphReport, options: Options) -> list:
+    """Compile ``found`` and put the kernels in the graph; returns the groups
+    that need another round: the layers of a block the target could not run
+    as one kernel (they are compiled one by one - unfused, not fallbacks)."""
+    again = []
     results = target.compile_groups([(g, _constants(gm, node)) for node, g in found], options)
     for (node, group), compiled in zip(found, results):
+        layers = nested_groups(group)
+        if layers and (compiled is None or isinstance(compiled, Exception)):
+            why = "runs its layers inline" if compiled is None else f"failed: {_first_line(compiled)}"
+            report.decide(
+                "lower", group.group_name, f"block kernel on {target.name} {why}; layers compiled separately", False
+            )
+            names = {n.target for n, _ in layers}
+            inline_group(gm, node)
+            again.extend((n, g) for n, g in groups(gm) if n.target in names)
+            continue
         if isinstance(compiled, Exception):
             if options.fallback == "error":
                 raise UnsupportedError(
                     f"target {target.name!r} failed to compile group {group.group_name} ({group.kind}): {compiled}"
                 ) from compiled
-            reason = str(compiled).strip().splitlines()[0] if str(compiled).strip() else type(compiled).__name__
+            reason = _first_line(compiled)
             report.fallbacks.append(
                 Fallback(
                     group.group_name, f"target {target.name!r} failed to compile this {group.kind} group: {reason}"
@@ -75,6 +96,15 @@ def lower(gm: GraphModule, target: Target, report: GraphReport, options: Options
         else:
             setattr(gm, node.target, compiled if isinstance(compiled, torch.nn.Module) else _KernelModule(compiled))
 
+    return again
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _report_unknown_ops(gm: GraphModule, report: GraphReport, options: Options) -> None:
     unknown = Counter(
         op_name(n.target)
         for n in gm.graph.nodes
@@ -94,4 +124,3 @@ def lower(gm: GraphModule, target: Target, report: GraphReport, options: Options
         )
     gm.graph.lint()
     gm.recompile()
-    return gm

@@ -20,7 +20,7 @@ import torch
 from ...kernels.spec import KernelSpec
 from .common import SIGNATURE, declarations, vstore
 from .dialects import Dialect
-from .gemm import epilogue_stores, microkernel, pack_panels
+from .gemm import epilogue_stores, microkernel, pack_panels, tile_columns
 
 B_BLOCK_FLOATS = 1 << 15  # packed im2col block: 128 KiB, sized for L2
 
@@ -490,16 +490,7 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, long lda,
   }}
   for (long i = 0; i < rows; ++i) {{
     const long pix = pix0 + i;
-    for (long c = 0; c < {nr}; c += {vl}) {{
-      const long co = co0 + c;
-      const vf acc = vload(tile + i * {nr} + c);
-      if (co + {vl} <= {cout}L) {{
-{chr(10).join("        " + x for x in full)}
-      }} else if (co < {cout}L) {{
-        const int rem = (int)({cout}L - co);
-{chr(10).join("        " + x for x in part)}
-      }}
-    }}
+{tile_columns(nr, vl, "co", "co0", cout, full, part, "    ")}
   }}
 }}
 """

@@ -138,6 +138,25 @@ def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
     return 4 * batch * math.ceil(n / nr) * nr * spec.attrs["K"] + 64
 
 
+def tile_columns(
+    nr: int, vl: int, col: str, col0: str, limit: int, full: list[str], part: list[str], indent: str
+) -> str:
+    """C loop over the vectors of one accumulator-tile row (``tile + i * NR``):
+    ``col`` = ``col0`` + offset; the epilogue ``full`` runs on whole vectors,
+    ``part`` (with ``rem`` lanes) on the one that crosses ``limit``."""
+    inner = indent + "    "
+    return f"""{indent}for (long c = 0; c < {nr}; c += {vl}) {{
+{indent}  const long {col} = {col0} + c;
+{indent}  const vf acc = vload(tile + i * {nr} + c);
+{indent}  if ({col} + {vl} <= {limit}L) {{
+{chr(10).join(inner + x for x in full)}
+{indent}  }} else if ({col} < {limit}L) {{
+{inner}const int rem = (int)({limit}L - {col});
+{chr(10).join(inner + x for x in part)}
+{indent}  }}
+{indent}}}"""
+
+
 def epilogue_stores(spec: KernelSpec, point: list[str], col: str, valid: str | None, out_offset) -> list[str]:
     """Vector epilogue at one (.., row, col) point: the value of every output
     from the accumulator ``acc``; loads use the access strides over the space;
@@ -203,16 +222,7 @@ static void {name}_tile(void* const* args, const {a_type}* FC_RESTRICT a, const 
   }}
   for (long i = 0; i < rows; ++i) {{
     const long mm = m0 + i;
-    for (long c = 0; c < {nr}; c += {vl}) {{
-      const long nn = n0 + c;
-      const vf acc = vload(tile + i * {nr} + c);
-      if (nn + {vl} <= {n}L) {{
-{chr(10).join("        " + x for x in full)}
-      }} else if (nn < {n}L) {{
-        const int rem = (int)({n}L - nn);
-{chr(10).join("        " + x for x in part)}
-      }}
-    }}
+{tile_columns(nr, vl, "nn", "n0", n, full, part, "    ")}
   }}
 }}
 """

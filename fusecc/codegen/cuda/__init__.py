@@ -342,6 +342,7 @@ __device__ __forceinline__ float fc_im2col_{name}(const {_CTYPE[spec.operands[x_
 
 
 _KINDS = {"elementwise": _elementwise, "reduction": _reduction, "gemm": _gemm, "conv2d": _conv}
+KINDS = frozenset(_KINDS)  # a block is run as its layers (the target unfuses it)
 
 
 def render(spec: KernelSpec) -> CudaSource:

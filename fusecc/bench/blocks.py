@@ -1,0 +1,107 @@
+"""Residual blocks alone: ``fusecc bench --blocks``.
+
+Each block is built from plain ``torch.nn`` layers (conv, batch norm,
+activation; random weights, eval mode) at the shapes the block-fusion issue
+names, and timed against eager, inductor (default and freezing), ONNX
+Runtime, and fusecc with block fusion switched off (every layer its own
+kernel) - so the table shows what fusing the block buys. Inputs are
+channels-last, as they are between the layers of a channels-last network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from .harness import bench_module, machine_info, print_table, to_markdown
+
+PEERS = ["eager", "inductor", "inductor_freeze", "onnxruntime", "fusecc_unfused", "fusecc"]
+
+
+def _conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2: 1x1 expand, ReLU6, depthwise 3x3, ReLU6, 1x1 project (+ x)."""
+
+    def __init__(self, cin: int, cout: int, expand: int, stride: int = 1):
+        super().__init__()
+        hidden = cin * expand
+        layers = [*_conv_bn(cin, hidden), nn.ReLU6()] if expand != 1 else []
+        layers += [*_conv_bn(hidden, hidden, 3, stride, hidden), nn.ReLU6(), *_conv_bn(hidden, cout)]
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: 3x3, ReLU, 3x3, + x, ReLU."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(*_conv_bn(c, c, 3), nn.ReLU(), *_conv_bn(c, c, 3))
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + x)
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial batch-norm statistics, so folding them is tested too."""
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    return model.eval()
+
+
+# name -> (module factory, input shape without batch)
+BLOCKS = {
+    "inverted_residual 24-144-24 @56": (lambda: InvertedResidual(24, 24, 6), (24, 56, 56)),
+    "inverted_residual 32-192-32 @28": (lambda: InvertedResidual(32, 32, 6), (32, 28, 28)),
+    "inverted_residual 96-576-96 @14": (lambda: InvertedResidual(96, 96, 6), (96, 14, 14)),
+    "inverted_residual 24-144-32 s2 @56": (lambda: InvertedResidual(24, 32, 6, stride=2), (24, 56, 56)),
+    "basic 64 @56": (lambda: BasicBlock(64), (64, 56, 56)),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fusecc bench --blocks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--blocks", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--budget", type=float, default=3.0, help="timing seconds per (block, batch)")
+    parser.add_argument("--only", nargs="+", choices=list(BLOCKS), help="a subset of the blocks")
+    parser.add_argument("--peers", nargs="+", default=PEERS)
+    parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--markdown", metavar="PATH")
+    args = parser.parse_args(argv)
+    console = Console(width=200 if not Console().is_terminal else None)
+    info = machine_info()
+    console.print(f"machine: {info}")
+    results = []
+    for name in args.only or list(BLOCKS):
+        factory, shape = BLOCKS[name]
+        for batch in args.batch:
+            torch.manual_seed(0)
+            model = _randomize_bn(factory())
+            # inside a network a block's input comes from channels-last layers
+            x = torch.randn(batch, *shape).to(memory_format=torch.channels_last)
+            results.append(bench_module(name, model, x, batch, args.peers, args.budget, console))
+    print_table(results, args.peers, console)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": info, "results": results}, fh, indent=2)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(to_markdown(results, args.peers, info, "fusecc bench " + " ".join(argv or [])))
+    return 0

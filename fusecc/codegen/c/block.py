@@ -1,0 +1,345 @@
+"""Block kernels: an inverted residual (optional 1x1 expand, depthwise kxk,
+1x1 project with the residual add) as one kernel, in NHWC.
+
+Each thread owns a run of output rows of one image and walks it in bands:
+  1. expand - the input rows the band's depthwise window needs go through the
+     expand GEMM into a *ring* of padded rows (zero columns at the sides, so
+     the depthwise loop has no bounds checks); rows already in the ring from
+     the previous band are not recomputed;
+  2. depthwise - the band's output rows, from the ring, into a band buffer;
+  3. project - the band buffer through the project GEMM, epilogue (bias,
+     residual) fused, straight to the output.
+The expanded tensor (the block's largest, t x the input) never exists in
+full: ring and band buffer are sized to stay in L2. This is ConvFirst's
+block fusion ("temporal locality, no round trip of intermediates").
+
+The layers are the ``conv2d`` specs of the block's nested groups; their
+epilogues are rendered by the same code as a lone convolution's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from ...kernels.spec import KernelSpec
+from .common import SIGNATURE, vstore
+from .dialects import Dialect
+from .gemm import epilogue_stores, microkernel, pack_panels, tile_columns
+
+L2_BUDGET = 192 * 1024  # bytes of ring + band buffer per thread
+
+
+def _geo(layer: KernelSpec) -> dict:
+    from .conv import _geometry
+
+    return _geometry(layer)
+
+
+def _roles(spec: KernelSpec) -> tuple[KernelSpec | None, KernelSpec, KernelSpec]:
+    layers = spec.attrs["layers"]
+    if len(layers) == 3:
+        return layers[0], layers[1], layers[2]
+    if len(layers) == 2:
+        return None, layers[0], layers[1]
+    raise NotImplementedError(f"block kernels have 2 or 3 layers, not {len(layers)}")
+
+
+def _check(spec: KernelSpec) -> None:
+    expand, dw, project = _roles(spec)
+    for layer, m in zip(spec.attrs["layers"], spec.attrs["operand_maps"]):
+        if any(o.dtype != "f32" for o in layer.operands) or layer.outputs[0].dtype != "f32":
+            raise NotImplementedError("block kernels are float32")
+        if any(m[a.operand] == -1 for a in layer.accesses):
+            raise NotImplementedError("a layer's epilogue reads the previous layer's output")
+        for a in layer.accesses:
+            if layer is not project and (a.strides[0] or a.strides[2] or a.strides[3]):
+                raise NotImplementedError("an inner layer's epilogue reads a per-pixel tensor")
+    g = _geo(dw)
+    if g["cin_g"] != 1 or g["cout_g"] != 1:
+        raise NotImplementedError("the middle layer of a block is not depthwise")
+    for layer in (expand, project):
+        if layer is not None:
+            lg = _geo(layer)
+            if (lg["kh"], lg["kw"], lg["sh"], lg["sw"], lg["g"]) != (1, 1, 1, 1, 1) or any(
+                lg[p] for p in ("pt", "pl", "pb", "pr")
+            ):
+                raise NotImplementedError("expand/project layers of a block are 1x1 convolutions")
+    first = expand or dw
+    fg = _geo(first)
+    c, h, w = fg["cin"], fg["h"], fg["w"]
+    if not _dense_nhwc((fg["n"], c, h, w), (fg["xsn"], fg["xsc"], fg["xsh"], fg["xsw"])):
+        raise NotImplementedError("the block input is not dense channels-last")
+    out = spec.outputs[0]
+    if not _dense_nhwc(out.shape, out.strides or torch.empty(out.shape, device="meta").stride()):
+        raise NotImplementedError("the block output is not dense channels-last")
+
+
+def _dense_nhwc(shape, strides) -> bool:
+    """Laid out as a dense NHWC tensor (strides of size-1 dims do not matter)."""
+    n, c, h, w = shape
+    want = (h * w * c, 1, w * c, c)
+    return all(size == 1 or s == t for size, s, t in zip(shape, strides, want))
+
+
+def _panel_tile(channels: int, dialect: Dialect) -> tuple[int, int]:
+    """(MR, NV) for a GEMM layer producing ``channels``: the panel width
+    that pads the channels least, the most rows the registers allow."""
+    vl, regs = dialect.vl, dialect.vector_registers
+    vectors = math.ceil(channels / vl)
+    nv = min((4, 3, 2, 1), key=lambda v: (math.ceil(vectors / v) * v - vectors, -v))
+    nv = min(nv, vectors)
+    mr = max(m for m in (1, 2, 4, 6, 8, 12, 14) if m * nv + nv + 1 <= regs)
+    return mr, nv
+
+
+def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
+    return {"band": (1, 2, 4, 8, 16)}
+
+
+def _band(spec: KernelSpec, nthreads: int = 2) -> int:
+    _, dw, _ = _roles(spec)
+    g = _geo(dw)
+    ring_row = 4 * (g["w"] + g["pl"] + g["pr"]) * g["cout"]
+    band_row = 4 * g["ow"] * g["cout"]
+    band = max(1, math.ceil(64 / g["ow"]))  # >= 64 pixels per project GEMM
+    while band > 1 and ring_row * ((band - 1) * g["sh"] + g["kh"]) + band_row * band > L2_BUDGET:
+        band -= 1
+    return min(band, g["oh"])
+
+
+def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
+    _check(spec)
+    expand, _, project = _roles(spec)
+    tiles = [_panel_tile(_geo(layer)["cout"], dialect) if layer is not None else None for layer in (expand, project)]
+    return {"band": _band(spec), "tiles": tiles, "vl": dialect.vl}
+
+
+def _ring_rows(spec: KernelSpec, params: dict) -> int:
+    _, dw, _ = _roles(spec)
+    g = _geo(dw)
+    return (params["band"] - 1) * g["sh"] + g["kh"]
+
+
+def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
+    _, dw, _ = _roles(spec)
+    g = _geo(dw)
+    ring_row = (g["w"] + g["pl"] + g["pr"]) * g["cout"]
+    per_thread = ring_row * (_ring_rows(spec, params) + 1) + params["band"] * g["ow"] * g["cout"]
+    return nthreads * (4 * per_thread + 128) + 64
+
+
+def _weight_operand(spec: KernelSpec, index: int) -> int:
+    layer = spec.attrs["layers"][index]
+    return spec.attrs["operand_maps"][index][layer.attrs["weight"]]
+
+
+def prepare(spec: KernelSpec, params: dict, constants: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    out = {i: t.float() for i, t in constants.items()}
+    expand, dw, project = _roles(spec)
+    offset = 1 if expand is not None else 0
+    tiles = params["tiles"]
+    for index, layer, tile in ((0, expand, tiles[0]), (offset + 1, project, tiles[1])):
+        if layer is None:
+            continue
+        w_i = _weight_operand(spec, index)
+        g = _geo(layer)
+        out[w_i] = pack_panels(constants[w_i].float().reshape(g["cout"], g["cin"]).t(), tile[1] * params["vl"])
+    g = _geo(dw)
+    w_i = _weight_operand(spec, offset)
+    out[w_i] = constants[w_i].float().reshape(g["cout"], g["kh"] * g["kw"]).t().contiguous()
+    return out
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+def _bind(spec: KernelSpec, index: int) -> str:
+    """Declarations naming layer ``index``'s operands as in its own spec."""
+    layer = spec.attrs["layers"][index]
+    mapping = spec.attrs["operand_maps"][index]
+    return " ".join(
+        f"const float* FC_RESTRICT in{k} = (const float*)args[{m}]; (void)in{k};"
+        for k, m in enumerate(mapping)
+        if m >= 0 and k != layer.attrs["weight"]
+    )
+
+
+def _pixel_stride(layer: KernelSpec, access) -> int:
+    """The stride of an epilogue operand over the flat (n, oh, ow) pixel index."""
+    n, _, oh, ow = layer.space
+    sn, _, sh, sw = access.strides
+    step = sw if ow > 1 else sh if oh > 1 else sn
+    if (oh > 1 and sh != step * ow) or (n > 1 and sn != step * oh * ow):
+        raise NotImplementedError("an epilogue operand is not laid out pixel after pixel")
+    return step
+
+
+def _epilogue(layer: KernelSpec, valid: str | None) -> list[str]:
+    """The layer's epilogue at (pix, co), stored to ``dst + row * ldd + co``."""
+    flat = dataclasses.replace(
+        layer,
+        accesses=[dataclasses.replace(a, strides=(_pixel_stride(layer, a), a.strides[1])) for a in layer.accesses],
+    )
+
+    def store(j: int, o, value: str, n: str | None) -> str:
+        return vstore("f32", "dst + row * ldd + co", value, n)
+
+    return epilogue_stores(flat, ["pix"], "co", valid, store)
+
+
+def _gemm_rows(spec: KernelSpec, name: str, index: int, tile: tuple[int, int], vl: int) -> str:
+    """``name(args, a, lda, rows, wp, dst, ldd, pix0)``: dst[rows][C] = epilogue(a[rows][K] @ W)."""
+    layer = spec.attrs["layers"][index]
+    g = _geo(layer)
+    mr, nv = tile
+    nr, k, c = nv * vl, g["cin"], g["cout"]
+    kc = k if k <= 512 else 512
+    ukrs = [microkernel(f"{name}_u{r}", r, nv, vl, "lda", "1", kc) for r in range(1, mr + 1)]
+    full, part = _epilogue(layer, None), _epilogue(layer, "rem")
+    return (
+        "\n".join(ukrs)
+        + f"""
+static void {name}(void* const* args, const float* FC_RESTRICT a, long lda, long rows,
+                   const float* FC_RESTRICT wp, float* FC_RESTRICT dst, long ldd, long pix0) {{
+  {_bind(spec, index)}
+  float tile[{mr * nr}] __attribute__((aligned(64)));
+  for (long p = 0; p < {math.ceil(c / nr)}L; ++p) {{
+    const float* FC_RESTRICT bp = wp + p * {k * nr}L;
+    for (long m0 = 0; m0 < rows; m0 += {mr}L) {{
+      const long r = rows - m0 < {mr}L ? rows - m0 : {mr}L;
+      switch (r) {{
+{chr(10).join(f"        case {r}: {name}_u{r}({k}L, a + m0 * lda, lda, bp, tile); break;" for r in range(1, mr + 1))}
+        default: break;
+      }}
+      for (long i = 0; i < r; ++i) {{
+        const long row = m0 + i, pix = pix0 + row;
+{tile_columns(nr, vl, "co", f"p * {nr}L", c, full, part, "        ")}
+      }}
+    }}
+  }}
+}}
+"""
+    )
+
+
+def _depthwise_row(spec: KernelSpec, name: str, index: int, vl: int) -> str:
+    """``name(args, rows_in, wts, dst, pix0)``: one output row of the depthwise
+    layer from ``kh`` padded input rows (column 0 = image column -pad_left)."""
+    layer = spec.attrs["layers"][index]
+    g = _geo(layer)
+    c, taps = g["cout"], g["kh"] * g["kw"]
+
+    def body(partial: bool) -> list[str]:
+        load = (lambda p: f"vloadn({p}, rem)") if partial else (lambda p: f"vload({p})")
+        lines = [f"const vf w{t} = {load(f'wts + {t * c}L + co')};" for t in range(taps)]
+        lines.append(f"for (long ox = 0; ox < {g['ow']}L; ++ox) {{")
+        lines.append("  vf acc = vzero();")
+        for ky in range(g["kh"]):
+            for kx in range(g["kw"]):
+                ptr = f"rows_in[{ky}] + (ox * {g['sw']}L + {kx}L) * {c}L + co"
+                lines.append(f"  acc = vfma(w{ky * g['kw'] + kx}, {load(ptr)}, acc);")
+        lines.append("  const long row = ox, pix = pix0 + ox; const long ldd = " + f"{c}L;")
+        lines.extend("  " + x for x in _epilogue(layer, "rem" if partial else None))
+        lines.append("}")
+        return lines
+
+    return f"""
+static void {name}(void* const* args, const float* const* rows_in, const float* FC_RESTRICT wts,
+                   float* FC_RESTRICT dst, long pix0) {{
+  {_bind(spec, index)}
+  for (long co = 0; co < {c}L; co += {vl}) {{
+    if (co + {vl} <= {c}L) {{
+{chr(10).join("      " + x for x in body(False))}
+    }} else {{
+      const int rem = (int)({c}L - co);
+{chr(10).join("      " + x for x in body(True))}
+    }}
+  }}
+}}
+"""
+
+
+def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
+    _check(spec)
+    expand, dw, project = _roles(spec)
+    off = 1 if expand is not None else 0
+    g = _geo(dw)
+    first = _geo(expand) if expand is not None else g
+    cin, ce, h, w = first["cin"], g["cout"], g["h"], g["w"]
+    oh, ow, kh, sh, pt, pl, pr = g["oh"], g["ow"], g["kh"], g["sh"], g["pt"], g["pl"], g["pr"]
+    co = _geo(project)["cout"]
+    n = g["n"]
+    band, ring = params["band"], _ring_rows(spec, params)
+    row_w = (w + pl + pr) * ce
+    per_thread = row_w * (ring + 1) + band * ow * ce
+    x_i = spec.attrs["operand_maps"][0][(expand or dw).attrs["input"]]
+    out_i = len(spec.operands)
+    w_dw, w_pr = _weight_operand(spec, off), _weight_operand(spec, off + 1)
+
+    parts = []
+    if expand is not None:
+        parts.append(_gemm_rows(spec, f"{name}_expand", 0, params["tiles"][0], vl))
+        fill = f"""{name}_expand(args, x + (nimg * {h}L + r) * {w * cin}L, {cin}L, {w}L, (const float*)args[{_weight_operand(spec, 0)}],
+                 slot + {pl * ce}L, {ce}L, (nimg * {h}L + r) * {w}L);"""
+    else:
+        fill = f"memcpy(slot + {pl * ce}L, x + (nimg * {h}L + r) * {w * cin}L, {4 * w * cin});"
+    parts.append(_depthwise_row(spec, f"{name}_dw", off, vl))
+    parts.append(_gemm_rows(spec, f"{name}_project", off + 1, params["tiles"][1], vl))
+    parts.append(f"""
+{SIGNATURE.format(name=name)} {{
+  const float* FC_RESTRICT x = (const float*)args[{x_i}];
+  float* FC_RESTRICT out = (float*)args[{out_i}];
+  char* ws = (char*)args[{out_i + 1}];
+  /* rows of one image are split over the threads when images are fewer */
+  long chunks = ({n}L >= nthreads) ? 1 : (nthreads + {n}L - 1) / {n}L;
+  if (chunks > {oh}L) chunks = {oh}L;
+  const long per_chunk = ({oh}L + chunks - 1) / chunks;
+  #pragma omp parallel num_threads(nthreads) if ({n}L * chunks > 1)
+  {{
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    float* FC_RESTRICT ringbuf = (float*)(((uintptr_t)(ws + (size_t)tid * {4 * per_thread + 128}) + 63) & ~(uintptr_t)63);
+    float* FC_RESTRICT zero = ringbuf + {ring * row_w}L;
+    float* FC_RESTRICT dband = zero + {row_w}L;
+    memset(zero, 0, {4 * row_w});
+    #pragma omp for schedule(static)
+    for (long task = 0; task < {n}L * chunks; ++task) {{
+      const long nimg = task / chunks, y0 = (task % chunks) * per_chunk;
+      const long y1 = y0 + per_chunk < {oh}L ? y0 + per_chunk : {oh}L;
+      long have = -(1L << 40);  /* expanded rows [.., have) are in the ring */
+      for (long oy0 = y0; oy0 < y1; oy0 += {band}L) {{
+        const long oy1 = oy0 + {band}L < y1 ? oy0 + {band}L : y1;
+        long r = oy0 * {sh}L - {pt}L;
+        if (r < have) r = have;
+        if (r < 0) r = 0;
+        long r_end = (oy1 - 1) * {sh}L - {pt}L + {kh}L;
+        if (r_end > {h}L) r_end = {h}L;
+        for (; r < r_end; ++r) {{
+          float* FC_RESTRICT slot = ringbuf + (r % {ring}L) * {row_w}L;
+          {"memset(slot, 0, " + str(4 * pl * ce) + ");" if pl else ""}
+          {"memset(slot + " + str((pl + w) * ce) + "L, 0, " + str(4 * pr * ce) + ");" if pr else ""}
+          {fill}
+        }}
+        if (r_end > have) have = r_end;
+        for (long oy = oy0; oy < oy1; ++oy) {{
+          const float* rows_in[{kh}];
+          for (long ky = 0; ky < {kh}L; ++ky) {{
+            const long iy = oy * {sh}L - {pt}L + ky;
+            rows_in[ky] = (iy >= 0 && iy < {h}L) ? ringbuf + (iy % {ring}L) * {row_w}L : zero;
+          }}
+          {name}_dw(args, rows_in, (const float*)args[{w_dw}], dband + (oy - oy0) * {ow * ce}L, (nimg * {oh}L + oy) * {ow}L);
+        }}
+        {name}_project(args, dband, {ce}L, (oy1 - oy0) * {ow}L, (const float*)args[{w_pr}],
+                       out + (nimg * {oh}L + oy0) * {ow * co}L, {co}L, (nimg * {oh}L + oy0) * {ow}L);
+      }}
+    }}
+  }}
+}}
+""")
+    return "\n".join(parts)

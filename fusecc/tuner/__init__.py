@@ -1,0 +1,69 @@
+"""The auto-tuner: per target, measured kernel parameters.
+
+``options={"tune": "off" | "use" | "tune"}``: ``use`` takes the best record
+of the tuning database for each kernel (and the default parameters where
+there is none); ``tune`` first measures candidates until the kernel has
+``tune_trials`` measurements in the database (so tuning a model again with
+the same budget measures nothing; a larger budget measures only the rest). The search space is the renderer's ``tunables(spec)``,
+the order comes from `search.Search` (default first, then an xgboost cost
+model), timing from `measure.median_us`, and every measurement - failures
+included - goes to the `database.TuningDatabase`, so tuning the same model
+again measures nothing new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .database import TuningDatabase, canonical
+from .measure import median_us
+from .search import Search
+
+__all__ = ["KernelTuner", "TuningDatabase", "database_path"]
+
+
+def database_path(cache_dir: str | None) -> Path:
+    from ..runtime.cache import default_cache_dir
+
+    return Path(cache_dir or default_cache_dir()) / "tuning.sqlite3"
+
+
+class KernelTuner:
+    def __init__(self, db: TuningDatabase, target_key: str, trials: int, on_measure: Callable | None = None):
+        self.db = db
+        self.target_key = target_key
+        self.trials = trials
+        self.on_measure = on_measure or (lambda *a: None)
+
+    def choose(
+        self,
+        signature: str,
+        default: dict,
+        space: dict[str, tuple],
+        build: Callable[[dict], Callable[[], object]],
+        measure: bool,
+    ) -> tuple[dict, dict]:
+        """Parameters for one kernel, and a record of how they were chosen.
+        ``build(params)`` returns a call that runs the kernel once (or raises)."""
+        valid = {k: tuple(v) + ((default[k],) if k in default else ()) for k, v in space.items()}
+        new = 0
+        if measure and space:
+            search = Search(default, space)
+            measured = self.db.measured(self.target_key, signature)
+            while len(measured) < self.trials and (params := search.next(measured)) is not None:
+                try:
+                    us, error = median_us(build(params)), ""
+                except Exception as e:  # noqa: BLE001 - a candidate that fails is recorded, not fatal
+                    us, error = None, f"{type(e).__name__}: {e}"[:500]
+                self.db.record(self.target_key, signature, params, us, error)
+                measured[canonical(params)] = us
+                new += 1
+                self.on_measure(signature, params, us)
+        best = self.db.best(self.target_key, signature, valid)
+        measured = self.db.measured(self.target_key, signature)
+        info = {"measured_now": new, "records": len(measured), "default_us": measured.get(canonical(default))}
+        if best is None:
+            return default, {**info, "source": "default"}
+        params, us = best
+        return params, {**info, "source": "database", "best_us": us}

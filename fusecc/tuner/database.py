@@ -1,0 +1,128 @@
+"""The tuning database: measured kernel parameters, per (target, kernel signature).
+
+One SQLite file (``<cache dir>/tuning.sqlite3``), written by any number of
+processes at once (WAL journal, busy timeout; every write is one
+transaction). A record is trusted only if it still parses and its
+parameters are inside the kernel's current search space; a file SQLite
+cannot read is moved aside (``.corrupt-<time>``) with a warning and a new
+one is started - tuning results are a cache of measurements, never a
+reason to fail a compile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS measurements (
+    target TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    params TEXT NOT NULL,          -- canonical JSON
+    median_us REAL,                -- NULL: the candidate failed to build or run
+    error TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (target, signature, params)
+);
+"""
+
+
+class TuningWarning(UserWarning):
+    """The tuning database was unusable and has been replaced."""
+
+
+def canonical(params: dict) -> str:
+    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in sorted(params.items())}, sort_keys=True)
+
+
+def _decode(text: str) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()}
+
+
+class TuningDatabase:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._ensure_usable()
+
+    # -- opening, and surviving a damaged file ----------------------------
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=30.0)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            yield conn
+            conn.commit()
+        finally:
+            conn.close()
+
+    def _ensure_usable(self) -> None:
+        try:
+            with self._connect() as conn:
+                conn.executescript(SCHEMA)
+                ok = conn.execute("PRAGMA quick_check").fetchone()
+                if not ok or ok[0] != "ok":
+                    raise sqlite3.DatabaseError(f"quick_check: {ok}")
+        except sqlite3.DatabaseError as e:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(str(self.path) + suffix)
+                if src.exists():
+                    os.replace(src, str(aside) + suffix)
+            warnings.warn(
+                f"fusecc: tuning database {self.path} was unreadable ({e}); moved to {aside.name}, starting a new one",
+                TuningWarning,
+                stacklevel=3,
+            )
+            with self._connect() as conn:
+                conn.executescript(SCHEMA)
+
+    # -- records ----------------------------------------------------------
+
+    def record(self, target: str, signature: str, params: dict, median_us: float | None, error: str = "") -> None:
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?)",
+                (target, signature, canonical(params), median_us, error or None, time.time()),
+            )
+
+    def measured(self, target: str, signature: str) -> dict[str, float | None]:
+        """canonical params -> median microseconds (None: failed)."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT params, median_us FROM measurements WHERE target = ? AND signature = ?", (target, signature)
+            ).fetchall()
+        return dict(rows)
+
+    def best(self, target: str, signature: str, space: dict[str, tuple] | None = None) -> tuple[dict, float] | None:
+        """The fastest valid record: its parameters must parse and, when
+        ``space`` is given, every value must be one the space still offers."""
+        for text, us in sorted(
+            ((p, us) for p, us in self.measured(target, signature).items() if us is not None and us > 0),
+            key=lambda item: item[1],
+        ):
+            try:
+                params = _decode(text)
+            except (ValueError, AttributeError):
+                continue
+            if space is not None and any(
+                k not in params or _freeze(params[k]) not in {_freeze(v) for v in vals} for k, vals in space.items()
+            ):
+                continue
+            return params, us
+        return None
+
+    def count(self) -> int:
+        with self._connect() as conn:
+            return conn.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+
+
+def _freeze(value):
+    return tuple(_freeze(v) for v in value) if isinstance(value, (list, tuple)) else value

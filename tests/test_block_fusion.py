@@ -1,0 +1,105 @@
+"""Block fusion: which residual blocks become one kernel, why others are
+refused, and that the block kernels compute what eager does (fp32 1e-4)."""
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import check_against_eager
+from fusecc.bench.blocks import BasicBlock, InvertedResidual, _randomize_bn
+from fusecc.compiler import collect_reports
+
+
+def _nhwc(*shape):
+    """Blocks sit between channels-last layers inside a network."""
+    return torch.randn(*shape).to(memory_format=torch.channels_last)
+
+
+def _compile_report(model, x, **options):
+    with torch.no_grad(), collect_reports() as reports:
+        check_against_eager(model, x, **options)
+    return reports[0]
+
+
+def _block_kernels(report):
+    return [k for k in report.kernels if k["kind"] == "block"]
+
+
+@pytest.mark.parametrize(
+    "cin, cout, expand, stride, hw, batch",
+    [
+        (24, 24, 6, 1, (14, 14), 1),  # residual, channels a multiple of the vector width
+        (16, 24, 6, 2, (15, 13), 2),  # stride 2, odd sizes, no residual
+        (10, 10, 3, 1, (9, 7), 3),  # channel counts that leave partial vectors everywhere
+        (32, 16, 1, 1, (8, 8), 1),  # no expand layer (MobileNetV2's first block)
+        (8, 8, 6, 1, (1, 1), 2),  # 1x1 spatial: all padding
+    ],
+)
+def test_inverted_residual_is_one_kernel_and_matches_eager(cin, cout, expand, stride, hw, batch):
+    torch.manual_seed(0)
+    model = _randomize_bn(InvertedResidual(cin, cout, expand, stride))
+    report = _compile_report(model, _nhwc(batch, cin, *hw), target="c")
+    blocks = _block_kernels(report)
+    assert len(blocks) == 1, [k["kind"] for k in report.kernels]
+    layers = 3 if expand != 1 else 2
+    assert [layer["kind"] for layer in blocks[0]["spec"]["attrs"]["layers"]] == ["conv2d"] * layers
+    (decision,) = [d for d in report.decisions if d.pass_name == "block_fusion" and d.accepted]
+    assert "inverted residual" in decision.message
+    assert ("+ residual" in decision.message) == (stride == 1 and cin == cout)
+    # the block replaced all its convolutions: no conv kernel of its own is left
+    assert not [k for k in report.kernels if k["kind"] == "conv"]
+
+
+def test_tf_padding_blocks_of_a_real_model_fuse():
+    """Hugging Face MobileNetV2 pads TF-style (asymmetric, a separate pad op)."""
+    from fusecc.bench import zoo
+
+    entry = zoo.get("mobilenet_v2")
+    report = _compile_report(entry.model("tiny"), entry.example_input("tiny", 1), target="c", tol=1e-3)
+    assert len(_block_kernels(report)) >= 10
+    assert not [d for d in report.decisions if d.pass_name == "lower" and "block" in d.message]
+
+
+def test_block_fusion_off_runs_every_layer_alone():
+    model = _randomize_bn(InvertedResidual(16, 16, 4))
+    report = _compile_report(model, _nhwc(1, 16, 8, 8), target="c", passes={"block_fusion": False})
+    assert not _block_kernels(report) and len([k for k in report.kernels if k["kind"] == "conv"]) == 3
+
+
+def test_residual_blocks_of_full_convolutions_are_refused_with_the_reason():
+    report = _compile_report(_randomize_bn(BasicBlock(8)), _nhwc(1, 8, 8, 8), target="c")
+    assert not _block_kernels(report)
+    refused = [d for d in report.decisions if d.pass_name == "block_fusion" and not d.accepted]
+    assert refused and "full kxk convolutions" in refused[0].message and "3x3 8->8" in refused[0].message
+
+
+def test_an_intermediate_used_outside_stays_out_of_the_block():
+    class Leaky(nn.Module):
+        def __init__(self, escape: int):
+            super().__init__()
+            self.block = _randomize_bn(InvertedResidual(8, 8, 4))
+            self.escape = escape
+
+        def forward(self, x):
+            inner = self.block.body[: self.escape](x)  # an intermediate escapes the block
+            return self.block(x), inner.mean()
+
+    # the expand output escapes: depthwise + project still fuse, without it
+    report = _compile_report(Leaky(3).eval(), _nhwc(1, 8, 6, 6), target="c")
+    (decision,) = [d for d in report.decisions if d.pass_name == "block_fusion" and d.accepted]
+    assert "[dw3x3/s1 32, 1x1 32->8]" in decision.message
+    # the depthwise output escapes: no block, and the dump says why
+    report = _compile_report(Leaky(6).eval(), _nhwc(1, 8, 6, 6), target="c")
+    assert not _block_kernels(report)
+    refused = [d for d in report.decisions if d.pass_name == "block_fusion" and not d.accepted]
+    assert any("is used outside the block" in d.message for d in refused), refused
+
+
+@pytest.mark.parametrize("target", ["aten", "tvm-llvm"])
+def test_targets_without_block_kernels_run_the_layers(target):
+    if target == "tvm-llvm":
+        pytest.importorskip("tvm")
+    model = _randomize_bn(InvertedResidual(8, 8, 2))
+    report = _compile_report(model, _nhwc(1, 8, 6, 6), target=target, kernels_required=False)
+    assert not _block_kernels(report)
+    assert any(d.pass_name == "lower" and "layers compiled separately" in d.message for d in report.decisions)

@@ -1,0 +1,143 @@
+"""The auto-tuner: database (persistence, validity, corruption, concurrency),
+search order, robust timing, and tuning through torch.compile and the CLI."""
+
+import multiprocessing
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fusecc.compiler import collect_reports
+from fusecc.tuner import KernelTuner, TuningDatabase
+from fusecc.tuner.database import TuningWarning, canonical
+from fusecc.tuner.measure import robust_median
+from fusecc.tuner.search import Search
+
+SPACE = {"tile": ((6, 4), (12, 2), (8, 3)), "kc": (64, 256)}
+DEFAULT = {"tile": (6, 4), "kc": 256, "vl": 16}
+
+
+def test_database_keeps_the_fastest_valid_record(tmp_path):
+    db = TuningDatabase(tmp_path / "t.sqlite3")
+    db.record("cpu", "sig", {**DEFAULT, "tile": (12, 2)}, 50.0)
+    db.record("cpu", "sig", DEFAULT, 80.0)
+    db.record("cpu", "sig", {**DEFAULT, "tile": (8, 3)}, None, "build failed")
+    db.record("cpu", "sig", {**DEFAULT, "tile": (99, 1)}, 1.0)  # outside today's search space
+    db.record("other-cpu", "sig", DEFAULT, 0.5)
+    params, us = db.best("cpu", "sig", {"tile": SPACE["tile"], "kc": SPACE["kc"]})
+    assert params["tile"] == (12, 2) and us == 50.0
+    assert TuningDatabase(tmp_path / "t.sqlite3").count() == 5  # persisted
+
+
+def test_a_corrupted_database_is_moved_aside_not_trusted(tmp_path):
+    path = tmp_path / "t.sqlite3"
+    path.write_bytes(b"this is not an sqlite file" * 100)
+    with pytest.warns(TuningWarning, match="unreadable"):
+        db = TuningDatabase(path)
+    assert db.count() == 0
+    assert list(tmp_path.glob("t.sqlite3.corrupt-*"))
+    db.record("cpu", "sig", DEFAULT, 10.0)
+    assert db.best("cpu", "sig") is not None
+
+
+def _writer(path, worker):
+    db = TuningDatabase(path)
+    for i in range(40):
+        db.record("cpu", f"sig{worker}", {"i": i}, float(i + 1))
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    path = tmp_path / "t.sqlite3"
+    TuningDatabase(path)
+    procs = [multiprocessing.get_context("spawn").Process(target=_writer, args=(path, w)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert TuningDatabase(path).count() == 120
+
+
+def test_search_measures_the_default_first_then_every_candidate_once():
+    search = Search(DEFAULT, SPACE)
+    measured = {}
+    order = []
+    while (params := search.next(measured)) is not None:
+        order.append(canonical(params))
+        # a cost the model can learn: fewer rows per tile is slower
+        measured[canonical(params)] = 100.0 / params["tile"][0] + params["kc"] / 1000
+    assert order[0] == canonical(DEFAULT)
+    assert len(order) == len(set(order)) == 6
+
+
+def test_robust_median_ignores_a_preempted_run():
+    assert robust_median([1.0, 1.1, 0.9, 1.0, 50.0, 1.05]) == pytest.approx(1.0, abs=0.05)
+
+
+def test_tuner_measures_up_to_the_budget_and_never_again(tmp_path):
+    db = TuningDatabase(tmp_path / "t.sqlite3")
+    calls = []
+
+    def build(params):
+        calls.append(params)
+        if params["tile"] == (8, 3):
+            raise RuntimeError("does not compile")
+        return lambda: sum(range(1000 * params["tile"][0]))
+
+    tuner = KernelTuner(db, "cpu", trials=4)
+    params, info = tuner.choose("sig", DEFAULT, SPACE, build, measure=True)
+    assert info["measured_now"] == 4 and len(calls) == 4 and info["source"] == "database"
+    assert info["best_us"] <= info["default_us"]
+    again, info2 = KernelTuner(db, "cpu", trials=4).choose("sig", DEFAULT, SPACE, build, measure=True)
+    assert info2["measured_now"] == 0 and len(calls) == 4 and again == params
+
+
+def _linear():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU()).eval(), torch.randn(32, 64)
+
+
+def _compile(model, x, **options):
+    torch._dynamo.reset()
+    with torch.no_grad(), collect_reports() as reports:
+        out = torch.compile(model, backend="fusecc", options=options)(x)
+    return out, reports[0].kernels
+
+
+def test_tune_through_torch_compile_then_use(tmp_path):
+    model, x = _linear()
+    with torch.no_grad():
+        ref = model(x)
+    out, kernels = _compile(model, x, tune="tune", tune_trials=3, cache_dir=str(tmp_path))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    (kernel,) = kernels
+    assert kernel["tuning"]["measured_now"] == 3 and kernel["tuning"]["records"] == 3
+    # tuning again measures nothing; "use" takes the same parameters from the database
+    _, again = _compile(model, x, tune="tune", tune_trials=3, cache_dir=str(tmp_path))
+    assert again[0]["tuning"]["measured_now"] == 0
+    out, used = _compile(model, x, tune="use", cache_dir=str(tmp_path))
+    assert used[0]["params"] == kernel["params"] and used[0]["tuning"]["source"] == "database"
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_compiles_survive_a_corrupted_database(tmp_path):
+    (tmp_path / "tuning.sqlite3").write_bytes(b"\x00garbage" * 512)
+    model, x = _linear()
+    with pytest.warns(TuningWarning):
+        out, kernels = _compile(model, x, tune="use", cache_dir=str(tmp_path))
+    assert kernels and kernels[0]["tuning"]["source"] == "default"
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_tune_command_prints_the_table(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "fusecc.cli", "tune", "mobilenet_v2", "--size", "tiny", "--trials", "2",
+         "--cache-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fusecc tune mobilenet_v2" in result.stdout and "block" in result.stdout
+    assert "fusecc tune [" in result.stderr  # progress, one line per measurement
+    assert TuningDatabase(tmp_path / "tuning.sqlite3").count() > 0
