@@ -26,3 +26,8 @@ class UnsupportedError(FuseccError):
 
 class FallbackWarning(UserWarning):
     """Part of a graph runs as plain ATen instead of fusecc's code."""
+
+
+class KeepUnfused(FuseccError):
+    """A target chose not to run a block as one kernel (e.g. the tuner
+    measured its layers faster one by one); the layers are compiled instead."""

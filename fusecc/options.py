@@ -49,6 +49,11 @@ class Options:
     dump_dir: str | None = _field(None, "write IR dumps (graphs per pass, groups, timings, summary.json) here")
     cache_dir: str | None = _field(None, "compiled-kernel cache (default: $XDG_CACHE_HOME/fusecc or ~/.cache/fusecc)")
     verbose: bool = _field(False, "log what each pass did to stderr")
+    profile: bool = _field(
+        False,
+        "time every generated kernel after compiling and record achieved GFLOP/s and GB/s against this "
+        "machine's measured peaks (blocks also against their layers run one by one); `fusecc inspect` shows it",
+    )
     tune: str = _field(
         "off",
         "kernel parameters: defaults ('off'), the best measured in the tuning database ('use'), "

@@ -18,7 +18,7 @@ def _nhwc(*shape):
 def _compile_report(model, x, **options):
     with torch.no_grad(), collect_reports() as reports:
         check_against_eager(model, x, **options)
-    return reports[0]
+    return reports[-1]  # the model's graph (measuring peaks compiles a GEMM of its own first)
 
 
 def _block_kernels(report):
@@ -103,3 +103,30 @@ def test_targets_without_block_kernels_run_the_layers(target):
     report = _compile_report(model, _nhwc(1, 8, 6, 6), target=target, kernels_required=False)
     assert not _block_kernels(report)
     assert any(d.pass_name == "lower" and "layers compiled separately" in d.message for d in report.decisions)
+
+
+def test_profile_records_the_roofline_of_blocks_and_their_layers(tmp_path):
+    """options profile=True: every kernel timed against measured peaks; a
+    block also against its layers as separate kernels; inspect shows it."""
+    from rich.console import Console
+
+    from fusecc.inspect import inspect_dump
+
+    model = _randomize_bn(InvertedResidual(16, 16, 6))
+    report = _compile_report(
+        model, _nhwc(1, 16, 28, 28), target="c", profile=True, dump_dir=str(tmp_path / "dump"),
+        cache_dir=str(tmp_path / "cache"),
+    )  # fmt: skip
+    (block,) = _block_kernels(report)
+    profile = block["profile"]
+    assert profile["peaks"]["gflops"] > 1 and profile["peaks"]["gbps"] > 0.1
+    assert len(profile["layers"]) == 3 and profile["unfused_us"] > 0
+    # 2 * pixels * (16*96 + 9*96 + 96*16) flops (plus the epilogues), whatever the time
+    assert profile["mflop"] == pytest.approx(2 * 28 * 28 * (16 * 96 + 9 * 96 + 96 * 16) / 1e6, rel=0.15)
+    # the block moves less than its layers together (the expanded tensor stays inside)
+    assert profile["mbytes"] < sum(layer["mbytes"] for layer in profile["layers"])
+    assert 0 < profile["efficiency"] and profile["bound"] in ("compute", "memory")
+    console = Console(record=True, width=200)
+    inspect_dump(tmp_path / "dump", console=console)
+    text = console.export_text()
+    assert "efficiency (peaks measured here" in text and "fusion gain" in text and "layer" in text

@@ -141,3 +141,33 @@ def test_tune_command_prints_the_table(tmp_path):
     assert "fusecc tune mobilenet_v2" in result.stdout and "block" in result.stdout
     assert "fusecc tune [" in result.stderr  # progress, one line per measurement
     assert TuningDatabase(tmp_path / "tuning.sqlite3").count() > 0
+
+
+def test_a_block_is_kept_only_where_it_beats_its_layers(tmp_path):
+    from fusecc.bench.blocks import InvertedResidual, _randomize_bn
+    from fusecc.targets.tuning import LAYERS
+
+    model = _randomize_bn(InvertedResidual(8, 8, 4))
+    x = torch.randn(1, 8, 14, 14).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = model(x)
+    _, kernels = _compile(model, x, tune="tune", tune_trials=2, cache_dir=str(tmp_path))
+    (block,) = [k for k in kernels if k["kind"] == "block"]
+    assert block["tuning"]["layers_us"] > 0  # the alternative was measured too
+    # pretend the layers were faster: "use" must now run them, and say why
+    db = TuningDatabase(tmp_path / "tuning.sqlite3")
+    (key,) = _targets_keys(db)
+    db.record(key, block["spec"]["signature"], LAYERS, 1e-3)
+    torch._dynamo.reset()
+    with torch.no_grad(), collect_reports() as reports:
+        out = torch.compile(model, backend="fusecc", options={"tune": "use", "cache_dir": str(tmp_path)})(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    assert [k["kind"] for k in reports[0].kernels] == ["conv", "conv", "conv"]
+    assert any("measured the layers one by one faster" in d.message for d in reports[0].decisions)
+
+
+def _targets_keys(db):
+    import sqlite3
+
+    with sqlite3.connect(db.path) as conn:
+        return [row[0] for row in conn.execute("SELECT DISTINCT target FROM measurements")]

@@ -39,7 +39,10 @@ def _fusecc_kernel(weight_t: torch.Tensor, m: int):
             return x @ self.w
 
     x = torch.randn(m, weight_t.shape[0])
-    compiled = fusecc.compile_exported(torch.export.export(MatMul().eval(), (x,)), {"target": "c", "fallback": "error"})
+    compiled = fusecc.compile_exported(
+        torch.export.export(MatMul().eval(), (x,)),
+        {"target": "c", "fallback": "error", "tune": "off", "profile": False},
+    )
     kernels = [n.target.kernel for n in compiled.gm.graph.nodes if hasattr(n.target, "kernel")]
     (kernel,) = kernels
     w_arg = torch.empty(0)  # the constant argument is ignored: the kernel holds the packed weight

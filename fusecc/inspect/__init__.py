@@ -92,6 +92,10 @@ def _graph_section(console: Console, folder: Path, report: GraphReport, show_all
         if len(shown) < len(report.kernels):
             console.print(f"... {len(report.kernels) - len(shown)} more kernels (--all shows them)")
 
+    profiled = [k for k in report.kernels if k.get("profile")]
+    if profiled:
+        _efficiency_table(console, profiled, show_all)
+
     if report.fallbacks:
         console.print("[bold]fallbacks to ATen[/]")
         for f in report.fallbacks:
@@ -103,6 +107,34 @@ def _graph_section(console: Console, folder: Path, report: GraphReport, show_all
         console.print(f"[bold]refused candidates[/] ({len(refused)})")
         for d in refused if show_all else refused[:10]:
             console.print(f"  [{d.pass_name}] {d.subject}: {d.message}")
+
+
+def _efficiency_table(console: Console, kernels: list[dict], show_all: bool) -> None:
+    """The roofline view: each kernel (and each layer of a block, run as a
+    kernel of its own) against the machine's measured peaks."""
+    peaks = kernels[0]["profile"]["peaks"]
+    table = Table(
+        title=f"efficiency (peaks measured here: {peaks['gflops']:.0f} GFLOP/s, {peaks['gbps']:.0f} GB/s)",
+        title_justify="left",
+    )
+    for col in ("kernel", "kind", "us", "MFLOP", "GFLOP/s", "GB/s", "bound", "of roof", "unfused us", "fusion gain"):
+        table.add_column(col, justify="left" if col in ("kernel", "kind", "bound") else "right")
+
+    def row(name: str, kind: str, p: dict, unfused: str = "", gain: str = "") -> None:
+        table.add_row(
+            name, kind, f"{p['time_us']:.1f}", f"{p['mflop']:.1f}", f"{p['gflops']:.1f}", f"{p['gbps']:.1f}",
+            p["bound"], f"{100 * p['efficiency']:.0f}%", unfused, gain,
+        )  # fmt: skip
+
+    for k in kernels if show_all else kernels[:40]:
+        p = k["profile"]
+        if "unfused_us" in p:
+            row(k["group"], k["kind"], p, f"{p['unfused_us']:.1f}", f"{p['unfused_us'] / p['time_us']:.2f}x")
+            for layer in p["layers"]:
+                row(f"  {layer['group']}", "layer", layer)
+        else:
+            row(k["group"], k["kind"], p)
+    console.print(table)
 
 
 def inspect_dump(

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch.fx import GraphModule
 
-from ..errors import FallbackWarning, UnsupportedError
+from ..errors import FallbackWarning, KeepUnfused, UnsupportedError
 from ..graph.constants import constant_value
 from ..graph.fused_group import groups, inline_group, nested_groups
 from ..ops import OpCategory, node_category, op_name
@@ -60,7 +60,12 @@ def _lower_groups(gm, found, target: Target, report: GraphReport, options: Optio
     for (node, group), compiled in zip(found, results):
         layers = nested_groups(group)
         if layers and (compiled is None or isinstance(compiled, Exception)):
-            why = "runs its layers inline" if compiled is None else f"failed: {_first_line(compiled)}"
+            if compiled is None:
+                why = "runs its layers inline"
+            elif isinstance(compiled, KeepUnfused):
+                why = f"not used: {_first_line(compiled)}"
+            else:
+                why = f"failed: {_first_line(compiled)}"
             report.decide(
                 "lower", group.group_name, f"block kernel on {target.name} {why}; layers compiled separately", False
             )

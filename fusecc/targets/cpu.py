@@ -15,7 +15,8 @@ from ..graph.fused_group import FusedGroup
 from ..kernels.lower import lower_group
 from ..runtime.cache import CompileCache
 from ..runtime.kernel import CompiledKernel, load_symbol
-from ..errors import UnsupportedError
+from ..errors import KeepUnfused, UnsupportedError
+from ..tuner.database import canonical
 from . import Target
 from .toolchain import Toolchain, cpu_model, host_dialect_and_flags
 
@@ -48,7 +49,7 @@ class HostCTarget(Target):
         for group, constants in items:
             try:
                 spec = lower_group(group)
-                params, tuning = chooser(spec, constants)
+                params, tuning = chooser(group, spec, constants)
                 source = c_codegen.render(spec, self.dialect, params)
                 prepared.append((group, constants, spec, source, tuning))
             except Exception as e:  # noqa: BLE001 - reported as this group's fallback
@@ -68,7 +69,59 @@ class HostCTarget(Target):
 
         workers = max(1, min(len(prepared), os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(build, prepared))
+            built = list(pool.map(build, prepared))
+        if options.profile:
+            self._profile(prepared, built, cache, nthreads)
+        return built
+
+    def _profile(self, prepared: list, built: list, cache: CompileCache, nthreads: int) -> None:
+        """Time each kernel alone (one at a time: measurements must not
+        overlap) and record its roofline numbers; a block is also compared
+        with its layers compiled as separate kernels."""
+        from ..tuner.measure import median_us
+        from .roofline import efficiency, machine_peaks
+        from .tuning import random_runtime_args
+
+        peaks = machine_peaks(self.tuning_key(nthreads), cache.root)
+
+        def timed(spec, kernel, constants) -> dict:
+            args = random_runtime_args(spec, constants)
+            return efficiency(spec, median_us(lambda: kernel.run(*args)), peaks)
+
+        for entry, kernel in zip(prepared, built):
+            if isinstance(entry, Exception) or isinstance(kernel, Exception):
+                continue
+            group, constants, spec, _source, _tuning = entry
+            profile = {**timed(spec, kernel, constants), "peaks": peaks}
+            layers = [
+                {"group": name, **timed(layer_spec, layer_kernel, layer_constants)}
+                for name, layer_spec, layer_kernel, layer_constants in self._layer_kernels(
+                    group, constants, cache, nthreads
+                )
+            ]
+            if layers:
+                profile["layers"] = layers
+                profile["unfused_us"] = sum(layer["time_us"] for layer in layers)
+            kernel.info["profile"] = profile
+
+    def _layer_kernels(self, group, constants, cache: CompileCache, nthreads: int, params_of=None) -> list:
+        """A block's layers as kernels of their own: (name, spec, kernel,
+        constants by the layer's argument index) each; ``params_of(spec)``
+        picks their parameters (default: the renderer's defaults)."""
+        from ..graph.fused_group import nested_groups
+
+        block_index = {ph: i for i, ph in enumerate(group.graph.find_nodes(op="placeholder"))}
+        out = []
+        for call, layer_group in nested_groups(group):
+            layer_constants = {
+                i: constants[block_index[a]] for i, a in enumerate(call.args) if block_index.get(a) in constants
+            }
+            spec = lower_group(layer_group)
+            params = params_of(spec, layer_constants) if params_of else None
+            source = c_codegen.render(spec, self.dialect, params)
+            kernel = self._build(spec, source, layer_constants, cache, nthreads)
+            out.append((layer_group.group_name, spec, kernel, layer_constants))
+        return out
 
     def _build(self, spec, source, constants: dict[int, torch.Tensor], cache: CompileCache, nthreads: int):
         """Compile (or fetch from the cache) one rendered kernel and load it."""
@@ -96,7 +149,7 @@ class HostCTarget(Target):
     def _parameter_chooser(self, options, cache: CompileCache, nthreads: int):
         """(spec, constants) -> (params, tuning record or None), per options.tune."""
         if options.tune == "off":
-            return lambda spec, constants: (None, None)
+            return lambda group, spec, constants: (None, None)
         from ..tuner import KernelTuner, TuningDatabase, database_path
         from .tuning import random_runtime_args, tuning_progress
 
@@ -107,7 +160,9 @@ class HostCTarget(Target):
             tuning_progress() if options.tune == "tune" else None,
         )
 
-        def choose(spec, constants):
+        measure = options.tune == "tune"
+
+        def params_of(spec, constants):
             default = c_codegen.default_params(spec, self.dialect)
             space = c_codegen.tunables(spec, self.dialect)
 
@@ -118,8 +173,40 @@ class HostCTarget(Target):
                 return lambda: kernel.run(*args)
 
             try:
-                return tuner.choose(spec.signature(), default, space, build, measure=options.tune == "tune")
+                return tuner.choose(spec.signature(), default, space, build, measure=measure)
             except Exception as e:  # noqa: BLE001 - tuning trouble (e.g. a locked database) keeps the defaults
                 return default, {"source": "default", "error": f"{type(e).__name__}: {e}"[:300]}
 
+        def choose(group, spec, constants):
+            params, info = params_of(spec, constants)
+            if spec.kind == "block":
+                self._block_or_layers(group, spec, constants, info, tuner, cache, nthreads, measure, params_of)
+            return params, info
+
         return choose
+
+    def _block_or_layers(self, group, spec, constants, info, tuner, cache, nthreads, measure, params_of) -> None:
+        """Implementation choice: keep the block kernel only where it beats
+        its layers run one by one (each with its own tuned parameters).
+        The layers' total time is a database record of the block's own
+        signature, so "use" decides without measuring."""
+        from ..tuner.measure import median_us
+        from .tuning import LAYERS, random_runtime_args
+
+        signature = spec.signature()
+        if measure and canonical(LAYERS) not in tuner.db.measured(tuner.target_key, signature):
+            total = 0.0
+            for _name, layer_spec, kernel, layer_constants in self._layer_kernels(
+                group, constants, cache, nthreads, lambda s, c: params_of(s, c)[0]
+            ):
+                args = random_runtime_args(layer_spec, layer_constants)
+                total += median_us(lambda kernel=kernel, args=args: kernel.run(*args))
+            tuner.db.record(tuner.target_key, signature, LAYERS, total)
+        layers_us = tuner.db.measured(tuner.target_key, signature).get(canonical(LAYERS))
+        block_us = info.get("best_us")
+        if layers_us is not None:
+            info["layers_us"] = layers_us
+        if layers_us is not None and block_us is not None and layers_us < block_us:
+            raise KeepUnfused(
+                f"the tuner measured the layers one by one faster ({layers_us:.1f} us) than the block ({block_us:.1f} us)"
+            )

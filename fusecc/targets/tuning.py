@@ -9,6 +9,9 @@ import torch
 
 from ..kernels.spec import KernelSpec
 
+# the tuning record of a block run as its layers (the implementation choice)
+LAYERS = {"impl": "layers"}
+
 _DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "bool": torch.bool}
 
 

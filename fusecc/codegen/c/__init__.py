@@ -65,7 +65,9 @@ def render(spec: KernelSpec, dialect: Dialect | str, params: dict | None = None)
     params = {**(params if params is not None else default_params(spec, dialect)), "vl": dialect.vl}
     symbol = f"fc_{spec.kind}_{spec.signature()}"
     body = _kind(spec).render(spec, symbol, dialect.vl, params)
-    text = f"/* kernel {spec.name}: {spec.kind}, space {list(spec.space)}, params {params} */\n"
+    # no group name in the text: identical kernels of different groups (the
+    # layers of a transformer) share one source, one build and one cache entry
+    text = f"/* {spec.kind} kernel, space {list(spec.space)}, params {params} */\n"
     text += f"/* dialect {dialect.name} */\n" + prelude(dialect) + body
     return CSource(symbol, text, params)
 
