@@ -12,7 +12,7 @@ from fusecc.compiler import collect_reports
 from fusecc.tuner import KernelTuner, TuningDatabase
 from fusecc.tuner.database import TuningWarning, canonical
 from fusecc.tuner.measure import robust_median
-from fusecc.tuner.search import Search
+from fusecc.tuner.search import Search, features
 
 SPACE = {"tile": ((6, 4), (12, 2), (8, 3)), "kc": (64, 256)}
 DEFAULT = {"tile": (6, 4), "kc": 256, "vl": 16}
@@ -69,6 +69,17 @@ def test_search_measures_the_default_first_then_every_candidate_once():
         measured[canonical(params)] = 100.0 / params["tile"][0] + params["kc"] / 1000
     assert order[0] == canonical(DEFAULT)
     assert len(order) == len(set(order)) == 6
+
+
+def test_cost_model_learns_which_parameters_are_fast():
+    search = Search(DEFAULT, SPACE)
+    measured = [(p, 100.0 / p["tile"][0] + p["kc"] / 1000) for p in search.pool]
+    predict = search._fit(measured)  # xgboost is a dependency: the model must exist
+    assert predict is not None
+    scores = predict([features(p, SPACE) for p, _ in measured])
+    fastest = min(range(len(measured)), key=lambda i: measured[i][1])
+    slowest = max(range(len(measured)), key=lambda i: measured[i][1])
+    assert scores[fastest] < scores[slowest]
 
 
 def test_robust_median_ignores_a_preempted_run():
