@@ -29,18 +29,14 @@ from .expr import ExprEmitter
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
     regs = dialect.vector_registers
     pairs = [(mr, nv) for mr in (1, 2, 4, 6, 8, 12, 14) for nv in (1, 2, 3, 4) if mr * nv + nv + 1 <= regs]
-    return {"tile": tuple(pairs), "kc": (64, 128, 256, 384, 512, 1 << 30)}
+    # panel_block 0: sized to L2 (see render)
+    return {"tile": tuple(pairs), "kc": (64, 128, 256, 384, 512, 1 << 30), "panel_block": (0, 1, 2, 4, 8)}
 
 
 def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
     _, m, n = spec.space
     vl = dialect.vl
     mr, nv = {"avx512": (6, 4), "avx2": (6, 2), "neon": (6, 4), "scalar": (4, 4)}[dialect.name]
-    if dialect.name == "avx512" and m >= 12 and m * n <= 512 * 768:
-        # small outputs: twice the row tiles keep both threads busy and each
-        # B panel is reused over more rows (256^3: 295 -> 313 GFLOP/s,
-        # 128x3072x768: 253 -> 284; from 1024^2 up (6, 4) is ahead)
-        mr, nv = 12, 2
     if m <= 16 and dialect.name != "scalar":
         # skinny M (decode, small batch): one row tile covering all of M, as
         # wide as the registers allow - a 6-row tile would run 8 rows as 6 + 2
@@ -63,6 +59,7 @@ def _panel(params: dict, vl: int) -> tuple[int, int, int]:
     return mr, nv, nv * vl
 
 
+PANEL_BLOCK_BYTES = 256 * 1024  # B panels sharing one pass over A (half of a 512 KB-1 MB L2)
 PREFETCH_K = 16  # rows of the B panel to prefetch ahead (64-byte lines)
 
 
@@ -248,6 +245,13 @@ static void {name}_tile(void* const* args, const {a_type}* FC_RESTRICT a, const 
       }}
 """
         bp_expr = f"bpack + (bi * {panels}L + p) * {k * nr}L"
+    # Panels in blocks that stay in L2 together: a row tile of A (in L1) is
+    # used for every panel of the block before moving on, so A is streamed
+    # once per block rather than once per panel.
+    pb_size = params.get("panel_block") or max(1, min(panels, PANEL_BLOCK_BYTES // (4 * k * nr)))
+    while pb_size > 1 and batch * math.ceil(panels / pb_size) * mtiles < 16:  # keep the threads busy
+        pb_size //= 2
+    pblocks = math.ceil(panels / pb_size)
     work = batch * panels * mtiles
     b_ptr_type = b_type if not b_const else "float"
     return f"""
@@ -263,11 +267,13 @@ static void {name}_tile(void* const* args, const {a_type}* FC_RESTRICT a, const 
 {pack}
     #pragma omp for collapse(3) schedule(static)
     for (long bi = 0; bi < {batch}L; ++bi)
-      for (long p = 0; p < {panels}L; ++p)
+      for (long pb = 0; pb < {pblocks}L; ++pb)
         for (long t = 0; t < {mtiles}L; ++t) {{
           const long m0 = t * {mr}L;
           const long rows = {m}L - m0 < {mr}L ? {m}L - m0 : {mr}L;
-          {name}_tile(args, a_base + bi * {sab}L + m0 * {sam}L, {bp_expr}, bi, m0, rows, p * {nr}L);
+          const long p_end = (pb + 1) * {pb_size}L < {panels}L ? (pb + 1) * {pb_size}L : {panels}L;
+          for (long p = pb * {pb_size}L; p < p_end; ++p)
+            {name}_tile(args, a_base + bi * {sab}L + m0 * {sam}L, {bp_expr}, bi, m0, rows, p * {nr}L);
         }}
   }}
 }}
