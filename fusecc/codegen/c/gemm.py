@@ -7,7 +7,8 @@ MR rows x NR columns accumulates the whole K in vector registers (MR*nv
 accumulators; A broadcast, B loaded), then the tile goes through the fused
 epilogue and is stored - bias, activations, residual adds never make a
 trip through memory of their own. Tiles are split across threads over
-(batch, panel, row tile).
+(batch, block of panels, row tile): the panels of a block fit in L2 and
+each row tile of A is used for all of them before the next.
 
 The same tile generator serves convolution (`conv.py`), where the
 broadcast operand is the packed weight and the loaded one an im2col panel.
