@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from ..kernels.expr import Acc, Const, Expr, Load, Op, Stat
-from ..kernels.spec import KernelSpec
+from ..kernels.spec import KernelSpec, conv_geometry
 
 _TVM_DTYPE = {"f32": "float32", "bf16": "bfloat16", "bool": "bool"}
 
@@ -252,14 +252,9 @@ def _gemm(spec, tr, te, tir):
 
 def _conv(spec, tr, te, tir):
     a = spec.attrs
-    n_img, cout, oh, ow = spec.space
-    g = a["groups"]
-    cin_g, cout_g = a["in_channels"] // g, cout // g
-    kh, kw = a["kernel"]
-    h, w = a["in_hw"]
-    sh, sw = a["stride"]
-    pt, pl, _, _ = a["padding"]
-    dh, dw = a["dilation"]
+    geo = conv_geometry(spec)
+    n_img, cout, oh, ow, cin_g, cout_g = (geo[k] for k in ("n", "cout", "oh", "ow", "cin_g", "cout_g"))
+    kh, kw, h, w, sh, sw, pt, pl, dh, dw = (geo[k] for k in ("kh", "kw", "h", "w", "sh", "sw", "pt", "pl", "dh", "dw"))
     xs = a["in_strides"]
     ws = spec.operands[a["weight"]].strides
     X, W = tr.inputs[a["input"]], tr.inputs[a["weight"]]

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import math
 
-from .spec import KernelSpec
+from .spec import KernelSpec, conv_geometry
 
 _BYTES = {"f32": 4, "bf16": 2, "bool": 1}
 
 
 def _conv_flops(spec: KernelSpec) -> int:
-    a = spec.attrs
-    n, cout, oh, ow = spec.space
-    kh, kw = a["kernel"]
-    return 2 * n * cout * oh * ow * (a["in_channels"] // a["groups"]) * kh * kw
+    geo = conv_geometry(spec)
+    return 2 * geo["n"] * geo["cout"] * geo["P"] * geo["K"]
 
 
 def flops(spec: KernelSpec) -> int:

@@ -122,6 +122,25 @@ class KernelSpec:
         }
 
 
+def conv_geometry(spec: KernelSpec) -> dict:
+    """A ``conv2d`` spec's geometry by name, for every renderer: sizes, groups,
+    per-group channels, kernel, stride, padding (top/left/bottom/right),
+    dilation, K = (cin/g)*kh*kw, P = oh*ow, and the input strides."""
+    a = spec.attrs
+    n, cout, oh, ow = spec.space
+    g = a["groups"]
+    cin = a["in_channels"]
+    kh, kw = a["kernel"]
+    return {
+        "n": n, "cout": cout, "oh": oh, "ow": ow, "g": g, "cin": cin,
+        "cin_g": cin // g, "cout_g": cout // g, "h": a["in_hw"][0], "w": a["in_hw"][1],
+        "kh": kh, "kw": kw, "sh": a["stride"][0], "sw": a["stride"][1],
+        "pt": a["padding"][0], "pl": a["padding"][1], "pb": a["padding"][2], "pr": a["padding"][3],
+        "dh": a["dilation"][0], "dw": a["dilation"][1], "K": (cin // g) * kh * kw, "P": oh * ow,
+        "xsn": a["in_strides"][0], "xsc": a["in_strides"][1], "xsh": a["in_strides"][2], "xsw": a["in_strides"][3],
+    }  # fmt: skip
+
+
 def _describe_attr(value: Any) -> Any:
     """Attributes for dumps; nested specs (a block's layers) described in turn."""
     if isinstance(value, (list, tuple)):

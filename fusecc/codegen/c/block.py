@@ -24,18 +24,12 @@ import math
 
 import torch
 
-from ...kernels.spec import KernelSpec
+from ...kernels.spec import KernelSpec, conv_geometry
 from .common import SIGNATURE, vstore
 from .dialects import Dialect
 from .gemm import epilogue_stores, microkernel, pack_panels, tile_columns
 
 L2_BUDGET = 192 * 1024  # bytes of ring + band buffer per thread
-
-
-def _geo(layer: KernelSpec) -> dict:
-    from .conv import _geometry
-
-    return _geometry(layer)
 
 
 def _roles(spec: KernelSpec) -> tuple[KernelSpec | None, KernelSpec, KernelSpec]:
@@ -57,18 +51,18 @@ def _check(spec: KernelSpec) -> None:
         for a in layer.accesses:
             if layer is not project and (a.strides[0] or a.strides[2] or a.strides[3]):
                 raise NotImplementedError("an inner layer's epilogue reads a per-pixel tensor")
-    g = _geo(dw)
+    g = conv_geometry(dw)
     if g["cin_g"] != 1 or g["cout_g"] != 1:
         raise NotImplementedError("the middle layer of a block is not depthwise")
     for layer in (expand, project):
         if layer is not None:
-            lg = _geo(layer)
+            lg = conv_geometry(layer)
             if (lg["kh"], lg["kw"], lg["sh"], lg["sw"], lg["g"]) != (1, 1, 1, 1, 1) or any(
                 lg[p] for p in ("pt", "pl", "pb", "pr")
             ):
                 raise NotImplementedError("expand/project layers of a block are 1x1 convolutions")
     first = expand or dw
-    fg = _geo(first)
+    fg = conv_geometry(first)
     c, h, w = fg["cin"], fg["h"], fg["w"]
     if not _dense_nhwc((fg["n"], c, h, w), (fg["xsn"], fg["xsc"], fg["xsh"], fg["xsw"])):
         raise NotImplementedError("the block input is not dense channels-last")
@@ -101,7 +95,7 @@ def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
 
 def _band(spec: KernelSpec, nthreads: int = 2) -> int:
     _, dw, _ = _roles(spec)
-    g = _geo(dw)
+    g = conv_geometry(dw)
     ring_row = 4 * (g["w"] + g["pl"] + g["pr"]) * g["cout"]
     band_row = 4 * g["ow"] * g["cout"]
     band = max(1, math.ceil(64 / g["ow"]))  # >= 64 pixels per project GEMM
@@ -113,19 +107,21 @@ def _band(spec: KernelSpec, nthreads: int = 2) -> int:
 def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
     _check(spec)
     expand, _, project = _roles(spec)
-    tiles = [_panel_tile(_geo(layer)["cout"], dialect) if layer is not None else None for layer in (expand, project)]
+    tiles = [
+        _panel_tile(conv_geometry(layer)["cout"], dialect) if layer is not None else None for layer in (expand, project)
+    ]
     return {"band": _band(spec), "tiles": tiles, "vl": dialect.vl}
 
 
 def _ring_rows(spec: KernelSpec, params: dict) -> int:
     _, dw, _ = _roles(spec)
-    g = _geo(dw)
+    g = conv_geometry(dw)
     return (params["band"] - 1) * g["sh"] + g["kh"]
 
 
 def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
     _, dw, _ = _roles(spec)
-    g = _geo(dw)
+    g = conv_geometry(dw)
     ring_row = (g["w"] + g["pl"] + g["pr"]) * g["cout"]
     per_thread = ring_row * (_ring_rows(spec, params) + 1) + params["band"] * g["ow"] * g["cout"]
     return nthreads * (4 * per_thread + 128) + 64
@@ -145,9 +141,9 @@ def prepare(spec: KernelSpec, params: dict, constants: dict[int, torch.Tensor]) 
         if layer is None:
             continue
         w_i = _weight_operand(spec, index)
-        g = _geo(layer)
+        g = conv_geometry(layer)
         out[w_i] = pack_panels(constants[w_i].float().reshape(g["cout"], g["cin"]).t(), tile[1] * params["vl"])
-    g = _geo(dw)
+    g = conv_geometry(dw)
     w_i = _weight_operand(spec, offset)
     out[w_i] = constants[w_i].float().reshape(g["cout"], g["kh"] * g["kw"]).t().contiguous()
     return out
@@ -193,7 +189,7 @@ def _epilogue(layer: KernelSpec, valid: str | None) -> list[str]:
 def _gemm_rows(spec: KernelSpec, name: str, index: int, tile: tuple[int, int], vl: int) -> str:
     """``name(args, a, lda, rows, wp, dst, ldd, pix0)``: dst[rows][C] = epilogue(a[rows][K] @ W)."""
     layer = spec.attrs["layers"][index]
-    g = _geo(layer)
+    g = conv_geometry(layer)
     mr, nv = tile
     nr, k, c = nv * vl, g["cin"], g["cout"]
     kc = k if k <= 512 else 512
@@ -229,7 +225,7 @@ def _depthwise_row(spec: KernelSpec, name: str, index: int, vl: int) -> str:
     """``name(args, rows_in, wts, dst, pix0)``: one output row of the depthwise
     layer from ``kh`` padded input rows (column 0 = image column -pad_left)."""
     layer = spec.attrs["layers"][index]
-    g = _geo(layer)
+    g = conv_geometry(layer)
     c, taps = g["cout"], g["kh"] * g["kw"]
 
     def body(partial: bool) -> list[str]:
@@ -266,11 +262,11 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     _check(spec)
     expand, dw, project = _roles(spec)
     off = 1 if expand is not None else 0
-    g = _geo(dw)
-    first = _geo(expand) if expand is not None else g
+    g = conv_geometry(dw)
+    first = conv_geometry(expand) if expand is not None else g
     cin, ce, h, w = first["cin"], g["cout"], g["h"], g["w"]
     oh, ow, kh, sh, pt, pl, pr = g["oh"], g["ow"], g["kh"], g["sh"], g["pt"], g["pl"], g["pr"]
-    co = _geo(project)["cout"]
+    co = conv_geometry(project)["cout"]
     n = g["n"]
     band, ring = params["band"], _ring_rows(spec, params)
     row_w = (w + pl + pr) * ce

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ...kernels.spec import KernelSpec
+from ...kernels.spec import KernelSpec, conv_geometry
 from .common import SIGNATURE, declarations, vstore
 from .dialects import Dialect
 from .gemm import epilogue_stores, microkernel, pack_panels, tile_columns
@@ -25,24 +25,8 @@ from .gemm import epilogue_stores, microkernel, pack_panels, tile_columns
 B_BLOCK_FLOATS = 1 << 15  # packed im2col block: 128 KiB, sized for L2
 
 
-def _geometry(spec: KernelSpec) -> dict:
-    a = spec.attrs
-    n, cout, oh, ow = spec.space
-    g = a["groups"]
-    cin = a["in_channels"]
-    kh, kw = a["kernel"]
-    return {
-        "n": n, "cout": cout, "oh": oh, "ow": ow, "g": g, "cin": cin,
-        "cin_g": cin // g, "cout_g": cout // g, "h": a["in_hw"][0], "w": a["in_hw"][1],
-        "kh": kh, "kw": kw, "sh": a["stride"][0], "sw": a["stride"][1],
-        "pt": a["padding"][0], "pl": a["padding"][1], "pb": a["padding"][2], "pr": a["padding"][3],
-        "dh": a["dilation"][0], "dw": a["dilation"][1], "K": (cin // g) * kh * kw, "P": oh * ow,
-        "xsn": a["in_strides"][0], "xsc": a["in_strides"][1], "xsh": a["in_strides"][2], "xsw": a["in_strides"][3],
-    }  # fmt: skip
-
-
 def is_depthwise(spec: KernelSpec) -> bool:
-    geo = _geometry(spec)
+    geo = conv_geometry(spec)
     return geo["cin_g"] == 1 and geo["cout_g"] == 1
 
 
@@ -54,7 +38,7 @@ def _pixels_linear(strides: tuple[int, ...], geo: dict) -> bool:
 
 def is_nhwc(spec: KernelSpec) -> bool:
     """Input and outputs channels-last (the channel stride is 1)."""
-    geo = _geometry(spec)
+    geo = conv_geometry(spec)
     if geo["xsc"] != 1 and geo["cin"] > 1:
         return False
     for o in spec.outputs:
@@ -69,7 +53,7 @@ def _runtime_weights(spec: KernelSpec) -> bool:
 
 
 def _algorithms(spec: KernelSpec) -> tuple[str, ...]:
-    geo = _geometry(spec)
+    geo = conv_geometry(spec)
     if is_nhwc(spec) and not _runtime_weights(spec):
         if is_depthwise(spec):
             return ("nhwc_depthwise", "depthwise")
@@ -95,7 +79,7 @@ def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
 
 
 def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
-    geo = _geometry(spec)
+    geo = conv_geometry(spec)
     algo = _algorithms(spec)[0]
     params = {"algo": algo, "vl": dialect.vl}
     if algo in ("depthwise", "nhwc_depthwise"):
@@ -123,7 +107,7 @@ def _check_pixels(spec: KernelSpec, geo: dict) -> None:
 
 
 def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
-    geo = _geometry(spec)
+    geo = conv_geometry(spec)
     vl = params["vl"]
     if params["algo"] == "nhwc_depthwise":
         return 64
@@ -152,7 +136,7 @@ def _weight_pack_bytes(geo: dict, mr: int) -> int:
 def prepare(spec: KernelSpec, params: dict, constants: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     out = dict(constants)
     w_i = spec.attrs["weight"]
-    geo = _geometry(spec)
+    geo = conv_geometry(spec)
     if w_i not in constants:  # runtime weights: the kernel packs them per call
         return out
     if params["algo"] == "depthwise":  # read in place, with its own strides
@@ -179,7 +163,7 @@ def prepare(spec: KernelSpec, params: dict, constants: dict[int, torch.Tensor]) 
 def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     if any(o.dtype != "f32" for o in spec.operands) or any(o.dtype != "f32" for o in spec.outputs):
         raise NotImplementedError("bfloat16 convolution kernels are not generated yet")
-    geo = _geometry(spec)
+    geo = conv_geometry(spec)
     if params["algo"] == "nhwc_gemm":
         return _render_nhwc_gemm(spec, name, vl, params, geo)
     if params["algo"] == "nhwc_depthwise":

@@ -24,7 +24,9 @@ import dataclasses
 import math
 
 from ...kernels.expr import Load
-from ...kernels.spec import KernelSpec
+from ...kernels.spec import KernelSpec, conv_geometry
+from ..c.common import sload as _load
+from ..c.common import sstore as _store
 from ..c.expr import ExprEmitter
 
 THREADS = 256
@@ -88,18 +90,6 @@ __device__ __forceinline__ float fc_minf(float a, float b) { return a < b ? a : 
 """
 
 _CTYPE = {"f32": "float", "bf16": "uint16_t", "bool": "uint8_t"}
-
-
-def _load(dtype: str, ptr: str) -> str:
-    return {"bf16": f"fc_bf16_to_f32(*({ptr}))", "bool": f"(float)(*({ptr}))"}.get(dtype, f"(*({ptr}))")
-
-
-def _store(dtype: str, ptr: str, value: str) -> str:
-    if dtype == "bf16":
-        return f"*({ptr}) = fc_f32_to_bf16({value});"
-    if dtype == "bool":
-        return f"*({ptr}) = ({value}) != 0.0f;"
-    return f"*({ptr}) = {value};"
 
 
 def _params(spec: KernelSpec) -> str:
@@ -294,14 +284,9 @@ def _gemm(spec: KernelSpec, name: str) -> CudaSource:
 
 def _conv(spec: KernelSpec, name: str) -> CudaSource:
     a = spec.attrs
-    n_img, cout, oh, ow = spec.space
-    g = a["groups"]
-    cin_g, cout_g = a["in_channels"] // g, cout // g
-    kh, kw = a["kernel"]
-    h, w = a["in_hw"]
-    sh, sw = a["stride"]
-    pt, pl, _, _ = a["padding"]
-    dh, dw = a["dilation"]
+    geo = conv_geometry(spec)
+    n_img, cout, oh, ow, g, cin_g, cout_g = (geo[k] for k in ("n", "cout", "oh", "ow", "g", "cin_g", "cout_g"))
+    kh, kw, h, w, sh, sw, pt, pl, dh, dw = (geo[k] for k in ("kh", "kw", "h", "w", "sh", "sw", "pt", "pl", "dh", "dw"))
     xsn, xsc, xsh, xsw = a["in_strides"]
     wst = spec.operands[a["weight"]].strides
     x_i, w_i = a["input"], a["weight"]
