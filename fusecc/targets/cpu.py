@@ -194,7 +194,8 @@ class HostCTarget(Target):
         from .tuning import LAYERS, random_runtime_args
 
         signature = spec.signature()
-        if measure and canonical(LAYERS) not in tuner.db.measured(tuner.target_key, signature):
+        measured = tuner.db.measured(tuner.target_key, signature)
+        if measure and canonical(LAYERS) not in measured:
             total = 0.0
             for _name, layer_spec, kernel, layer_constants in self._layer_kernels(
                 group, constants, cache, nthreads, lambda s, c: params_of(s, c)[0]
@@ -202,7 +203,8 @@ class HostCTarget(Target):
                 args = random_runtime_args(layer_spec, layer_constants)
                 total += median_us(lambda kernel=kernel, args=args: kernel.run(*args))
             tuner.db.record(tuner.target_key, signature, LAYERS, total)
-        layers_us = tuner.db.measured(tuner.target_key, signature).get(canonical(LAYERS))
+            measured[canonical(LAYERS)] = total
+        layers_us = measured.get(canonical(LAYERS))
         block_us = info.get("best_us")
         if layers_us is not None:
             info["layers_us"] = layers_us

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .database import TuningDatabase, canonical
+from .database import TuningDatabase, best_record, canonical
 from .measure import median_us
 from .search import Search
 
@@ -48,9 +48,9 @@ class KernelTuner:
         ``build(params)`` returns a call that runs the kernel once (or raises)."""
         valid = {k: tuple(v) + ((default[k],) if k in default else ()) for k, v in space.items()}
         new = 0
+        measured = self.db.measured(self.target_key, signature)
         if measure and space:
             search = Search(default, space)
-            measured = self.db.measured(self.target_key, signature)
             while len(measured) < self.trials and (params := search.next(measured)) is not None:
                 try:
                     us, error = median_us(build(params)), ""
@@ -60,8 +60,7 @@ class KernelTuner:
                 measured[canonical(params)] = us
                 new += 1
                 self.on_measure(signature, params, us)
-        best = self.db.best(self.target_key, signature, valid)
-        measured = self.db.measured(self.target_key, signature)
+        best = best_record(measured, valid)
         info = {"measured_now": new, "records": len(measured), "default_us": measured.get(canonical(default))}
         if best is None:
             return default, {**info, "source": "default"}

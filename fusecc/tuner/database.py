@@ -102,26 +102,28 @@ class TuningDatabase:
         return dict(rows)
 
     def best(self, target: str, signature: str, space: dict[str, tuple] | None = None) -> tuple[dict, float] | None:
-        """The fastest valid record: its parameters must parse and, when
-        ``space`` is given, every value must be one the space still offers."""
-        for text, us in sorted(
-            ((p, us) for p, us in self.measured(target, signature).items() if us is not None and us > 0),
-            key=lambda item: item[1],
-        ):
-            try:
-                params = _decode(text)
-            except (ValueError, AttributeError):
-                continue
-            if space is not None and any(
-                k not in params or _freeze(params[k]) not in {_freeze(v) for v in vals} for k, vals in space.items()
-            ):
-                continue
-            return params, us
-        return None
+        return best_record(self.measured(target, signature), space)
 
     def count(self) -> int:
         with self._connect() as conn:
             return conn.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+
+
+def best_record(measured: dict[str, float | None], space: dict[str, tuple] | None = None) -> tuple[dict, float] | None:
+    """The fastest valid record of ``measured`` (canonical params -> us): its
+    parameters must parse and, when ``space`` is given, every value must be
+    one the space still offers."""
+    for text, us in sorted(((p, us) for p, us in measured.items() if us is not None and us > 0), key=lambda i: i[1]):
+        try:
+            params = _decode(text)
+        except (ValueError, AttributeError):
+            continue
+        if space is not None and any(
+            k not in params or _freeze(params[k]) not in {_freeze(v) for v in vals} for k, vals in space.items()
+        ):
+            continue
+        return params, us
+    return None
 
 
 def _freeze(value):
