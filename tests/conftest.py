@@ -105,3 +105,37 @@ def pass_context(inference: bool = True, **options):
 
 def targets_of(gm) -> list[str]:
     return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+
+
+class GroupRecorder:
+    """A target that records the fused groups a compile hands it (and runs
+    them as ATen): ``with GroupRecorder() as rec: torch.compile(m,
+    backend="fusecc", options={"target": rec.name})(x)``; ``rec.items``
+    holds (group, constants) pairs."""
+
+    name = "test-record"
+
+    def __init__(self):
+        from fusecc import targets
+
+        class _Target(targets.Target):
+            name = GroupRecorder.name
+            description = "records fused groups"
+
+            def compile_groups(inner, items, options):
+                self.items.extend(items)
+                return [None] * len(items)
+
+        self.items = []
+        self._target = _Target()
+
+    def __enter__(self) -> GroupRecorder:
+        from fusecc import targets
+
+        targets.register(self._target)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from fusecc import targets
+
+        del targets.TARGETS[self.name]

@@ -9,8 +9,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import assert_close
-from fusecc import targets
+from conftest import GroupRecorder, assert_close
 from fusecc.bench import zoo
 from fusecc.codegen import c as c_codegen
 from fusecc.kernels.lower import lower_group
@@ -18,24 +17,8 @@ from fusecc.targets.harness import run_standalone
 from fusecc.targets.toolchain import Toolchain, aarch64_cross, host_dialect_and_flags
 
 
-class _Recorder(targets.Target):
-    """Captures the groups a compile hands to its target; runs them as ATen."""
-
-    name = "test-record"
-    description = "records fused groups"
-
-    def __init__(self):
-        self.items = []
-
-    def compile_groups(self, items, options):
-        self.items.extend(items)
-        return [None] * len(items)
-
-
 def _groups(models):
-    recorder = _Recorder()
-    targets.register(recorder)
-    try:
+    with GroupRecorder() as recorder:
         for name in models:
             entry = zoo.get(name)
             torch._dynamo.reset()
@@ -43,8 +26,6 @@ def _groups(models):
                 torch.compile(entry.model("tiny"), backend="fusecc", options={"target": recorder.name})(
                     entry.example_input("tiny", 2)
                 )
-    finally:
-        del targets.TARGETS[recorder.name]
     # one representative group per distinct kernel shape
     seen, picked = set(), []
     for group, constants in recorder.items:

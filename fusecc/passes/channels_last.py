@@ -52,6 +52,14 @@ def _candidates(gm: GraphModule) -> list[Node]:
     return convs
 
 
+def _zero_pad_of(conv: Node) -> Node | None:
+    pad = conv.args[0]
+    if not (isinstance(pad, Node) and pad.target is aten.constant_pad_nd.default and len(pad.users) == 1):
+        return None
+    value = pad.args[2] if len(pad.args) > 2 else 0
+    return pad if value == 0 and len(pad.args[1]) <= 4 else None
+
+
 def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
     convs = _candidates(gm)
     if not convs:
@@ -67,15 +75,19 @@ def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
         if not pending:
             break
         conv = pending[0]
-        x = conv.args[0]
-        with gm.graph.inserting_before(conv):
+        # convert above a zero pad that only feeds this convolution (TF-style
+        # "same" padding): the pad keeps the layout and then folds into the
+        # convolution's own padding instead of running as an ATen op
+        site = _zero_pad_of(conv) or conv
+        x = site.args[0]
+        with gm.graph.inserting_before(site):
             cl = gm.graph.call_function(aten.clone.default, (x,), {"memory_format": torch.channels_last})
-        conv.replace_input_with(x, cl)
+        site.replace_input_with(x, cl)
         inserted += 1
         try:
             propagate_shapes(gm)
         except Exception as e:  # noqa: BLE001 - undo what we cannot re-propagate
-            conv.replace_input_with(cl, x)
+            site.replace_input_with(cl, x)
             gm.graph.erase_node(cl)
             propagate_shapes(gm)
             ctx.decide(NAME, conv.name, f"shape propagation failed after the layout change ({e}); not converted")

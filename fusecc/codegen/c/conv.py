@@ -18,6 +18,7 @@ import math
 import torch
 
 from ...kernels.spec import KernelSpec, conv_geometry
+from . import conv_indirect
 from .common import SIGNATURE, declarations, vstore
 from .dialects import Dialect
 from .gemm import epilogue_stores, microkernel, pack_panels, tile_columns
@@ -58,7 +59,7 @@ def _algorithms(spec: KernelSpec) -> tuple[str, ...]:
         if is_depthwise(spec):
             return ("nhwc_depthwise", "depthwise")
         if geo["g"] == 1:
-            return ("nhwc_gemm", "im2col")
+            return ("nhwc_indirect", "nhwc_gemm", "im2col")
     return ("depthwise",) if is_depthwise(spec) else ("im2col",)
 
 
@@ -70,9 +71,10 @@ def _tiles(dialect: Dialect) -> tuple:
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
     algos = _algorithms(spec)
     out = {"algo": algos}
-    if any(a in ("im2col", "nhwc_gemm") for a in algos):
+    if any(a in ("im2col", "nhwc_gemm", "nhwc_indirect") for a in algos):
         out["tile"] = _tiles(dialect)
-    if "nhwc_gemm" in algos:
+    if "nhwc_indirect" in algos:
+        out["segment"] = conv_indirect.segment_choices(conv_geometry(spec))
         out["schedule"] = ("pixel_major", "channel_major")
         out["kc"] = (64, 128, 256, 512, 1 << 30)
     return out
@@ -85,12 +87,16 @@ def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
     if algo in ("depthwise", "nhwc_depthwise"):
         return params
     mr, nv = {"avx512": (6, 4), "avx2": (6, 2), "neon": (6, 4), "scalar": (4, 4)}[dialect.name]
-    vector_extent = geo["cout"] if algo == "nhwc_gemm" else geo["P"]
-    row_extent = geo["n"] * geo["P"] if algo == "nhwc_gemm" else geo["cout_g"]
+    nhwc = algo in ("nhwc_gemm", "nhwc_indirect")
+    vector_extent = geo["cout"] if nhwc else geo["P"]
+    row_extent = geo["n"] * geo["P"] if nhwc else geo["cout_g"]
     nv = max(1, min(nv, math.ceil(vector_extent / dialect.vl)))
     mr = max(1, min(mr, row_extent))
-    if algo == "nhwc_gemm":
+    if nhwc:
         params["schedule"] = nhwc_schedule(geo)
+    if algo == "nhwc_indirect":
+        params["segment"] = conv_indirect.default_segment(geo)
+    if algo == "nhwc_gemm":
         params["kc"] = 256
     return {**params, "tile": (mr, nv)}
 
@@ -111,6 +117,8 @@ def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
     vl = params["vl"]
     if params["algo"] == "nhwc_depthwise":
         return 64
+    if params["algo"] == "nhwc_indirect":
+        return conv_indirect.workspace_bytes(geo, params, nthreads)
     if params["algo"] == "nhwc_gemm":
         mr, _ = params["tile"]
         if params.get("schedule") == "channel_major":
@@ -145,7 +153,7 @@ def prepare(spec: KernelSpec, params: dict, constants: dict[int, torch.Tensor]) 
     if params["algo"] == "nhwc_depthwise":  # [taps][C]: one channel vector per tap
         out[w_i] = constants[w_i].float().reshape(geo["cout"], geo["kh"] * geo["kw"]).t().contiguous()
         return out
-    if params["algo"] == "nhwc_gemm":  # [K = (ky, kx, ci)][Cout] in NR-wide panels
+    if params["algo"] in ("nhwc_gemm", "nhwc_indirect"):  # [K = (ky, kx, ci)][Cout] in NR-wide panels
         _, nv = params["tile"]
         w = constants[w_i].float().permute(2, 3, 1, 0).reshape(geo["K"], geo["cout"])
         out[w_i] = pack_panels(w, nv * params["vl"])
@@ -164,6 +172,8 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     if any(o.dtype != "f32" for o in spec.operands) or any(o.dtype != "f32" for o in spec.outputs):
         raise NotImplementedError("bfloat16 convolution kernels are not generated yet")
     geo = conv_geometry(spec)
+    if params["algo"] == "nhwc_indirect":
+        return conv_indirect.render(spec, name, vl, params, geo, _nhwc_epilogue(spec, geo))
     if params["algo"] == "nhwc_gemm":
         return _render_nhwc_gemm(spec, name, vl, params, geo)
     if params["algo"] == "nhwc_depthwise":
