@@ -81,6 +81,8 @@ def _refusal(siblings: list[Node]) -> str | None:
         strided = torch.empty_strided(tuple(out.shape), (total, 1), dtype=out.dtype, device="meta")
         for user in s.users:
             if user.target in _VIEWS_NEEDING_STRIDES:
+                if not all(isinstance(d, int) for d in user.args[1]):
+                    return f"consumer {user.name} views {s.name} with a symbolic shape"
                 try:
                     strided.view(user.args[1])
                 except RuntimeError:

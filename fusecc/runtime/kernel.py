@@ -64,20 +64,32 @@ class CompiledKernel(torch.nn.Module):
         # scratch was sized for this many threads; never hand the kernel more
         self.max_threads = max_threads
         ops = spec.operands
-        self._consts = [prepared[i] for i, o in enumerate(ops) if o.constant]
-        self._const_ptrs = {i: prepared[i].data_ptr() for i, o in enumerate(ops) if o.constant}
         self._runtime = [o.arg_index for o in ops if not o.constant]
         self._expected = [(o.shape, o.strides, _TORCH_DTYPE[o.dtype]) for o in ops if not o.constant]
         self._outputs = [(o.shape, o.strides or _contiguous(o.shape), _TORCH_DTYPE[o.dtype]) for o in spec.outputs]
         self._array = ctypes.c_void_p * (len(ops) + len(spec.outputs) + 1)
-        # operand slots: None for a runtime input (filled per call), else the constant's pointer
-        self._order = [self._const_ptrs.get(i) for i in range(len(ops))]
+        self._bind({i: prepared[i] for i, o in enumerate(ops) if o.constant})
         self._all_runtime_first = all(p is None for p in self._order[: len(self._runtime)]) and all(
             p is not None for p in self._order[len(self._runtime) :]
         )
         self._single = len(spec.outputs) == 1
         self._warned = False
         self._scratch = threading.local()  # reused across calls; one per thread
+
+    def _bind(self, constants: dict[int, torch.Tensor], owner: object = None) -> None:
+        self._consts = constants  # kept alive: the kernel holds raw pointers into them
+        self._owner = owner
+        # operand slots: None for a runtime input (filled per call), else the constant's pointer
+        self._order = [constants[i].data_ptr() if i in constants else None for i in range(len(self.spec.operands))]
+
+    def constants(self) -> list[torch.Tensor]:
+        """The prepared constants the kernel reads."""
+        return list(self._consts.values())
+
+    def rebind_constants(self, copies: dict[int, torch.Tensor], owner: object) -> None:
+        """Read moved copies of the constants (keyed by ``id`` of the
+        original, see `memory.move_constants`); ``owner`` keeps them alive."""
+        self._bind({i: copies.get(id(t), t) for i, t in self._consts.items()}, owner)
 
     def _conform(self, t: torch.Tensor, shape, strides, dtype) -> torch.Tensor:
         """An input whose layout differs from the compiled one (an ATen op whose
@@ -107,14 +119,22 @@ class CompiledKernel(torch.nn.Module):
             buf = self._scratch.buf = torch.empty(self.workspace, dtype=torch.uint8)
         return buf.data_ptr()
 
+    def output_layouts(self) -> list[tuple[tuple[int, ...], tuple[int, ...], torch.dtype]]:
+        """(shape, strides, dtype) of each output."""
+        return list(self._outputs)
+
     def run(self, *args: torch.Tensor):
+        outs = [torch.empty_strided(shape, strides, dtype=dtype) for shape, strides, dtype in self._outputs]
+        self._call(outs, args)
+        return outs[0] if self._single else tuple(outs)
+
+    def _call(self, outs: list[torch.Tensor], args) -> None:
         inputs = []
         for index, (shape, strides, dtype) in zip(self._runtime, self._expected):
             t = args[index]
             if t.stride() != strides or t.dtype is not dtype:
                 t = self._conform(t, shape, strides, dtype)
             inputs.append(t)
-        outs = [torch.empty_strided(shape, strides, dtype=dtype) for shape, strides, dtype in self._outputs]
         if self._all_runtime_first:
             ptrs = [t.data_ptr() for t in inputs] + self._order[len(inputs) :]
         else:
@@ -123,18 +143,27 @@ class CompiledKernel(torch.nn.Module):
         ptrs += [o.data_ptr() for o in outs]
         ptrs.append(self._workspace_ptr())
         self.fn(self._array(*ptrs), min(torch.get_num_threads(), self.max_threads))
-        return outs[0] if self._single else tuple(outs)
 
     forward = run
 
-    def as_function(self):
+    def as_function(self, plan=None, slot: int = 0):
         """``run`` as a plain function named after the kernel: the graph
         calls it directly (no nn.Module call machinery), and dumped graphs
-        read ``kernel_fused_conv_3(x, w)``."""
-        run = self.run
+        read ``kernel_fused_conv_3(x, w)``. With a memory plan, the single
+        output is the plan's tensor ``slot`` (see `memory_plan`)."""
+        if plan is None:
+            run = self.run
 
-        def call(*args):
-            return run(*args)
+            def call(*args):
+                return run(*args)
+
+        else:
+            invoke, tensors = self._call, plan.tensors
+
+            def call(*args):
+                out = tensors()[slot]
+                invoke((out,), args)
+                return out
 
         call.__name__ = call.__qualname__ = self.spec.name
         call.__module__ = "kernel"

@@ -24,6 +24,7 @@ from ..ops import OpCategory, node_category, op_name
 from ..options import Options
 from ..report import Fallback, GraphReport
 from ..targets import Target
+from .memory_plan import plan_memory
 
 
 class _KernelModule(torch.nn.Module):
@@ -47,6 +48,16 @@ def lower(gm: GraphModule, target: Target, report: GraphReport, options: Options
     found = groups(gm)
     while found:
         found = _lower_groups(gm, found, target, report, options)
+    plan = plan_memory(gm)
+    if plan is not None:
+        separate = sum(s.nbytes for s in plan.slots)
+        report.decide(
+            "memory_plan",
+            "graph",
+            f"{len(plan.slots)} kernel outputs in one {plan.size / 2**20:.1f} MiB arena "
+            f"({separate / 2**20:.1f} MiB as separate buffers)",
+            True,
+        )
     _report_unknown_ops(gm, report, options)
     return gm
 

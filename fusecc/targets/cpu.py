@@ -15,6 +15,7 @@ from ..graph.fused_group import FusedGroup
 from ..kernels.lower import lower_group
 from ..runtime.cache import CompileCache
 from ..runtime.kernel import CompiledKernel, load_symbol
+from ..runtime.memory import move_constants
 from ..errors import KeepUnfused, UnsupportedError
 from ..tuner.database import canonical
 from . import Target
@@ -70,6 +71,7 @@ class HostCTarget(Target):
         workers = max(1, min(len(prepared), os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             built = list(pool.map(build, prepared))
+        move_constants([k for k in built if isinstance(k, CompiledKernel)])
         if options.profile:
             self._profile(prepared, built, cache, nthreads)
         return built

@@ -58,6 +58,8 @@ def _algorithms(spec: KernelSpec) -> tuple[str, ...]:
     if is_nhwc(spec) and not _runtime_weights(spec):
         if is_depthwise(spec):
             return ("nhwc_depthwise", "depthwise")
+        if geo["g"] == 1 and _nhwc_direct(geo):  # a plain GEMM over the input in place
+            return ("nhwc_gemm", "nhwc_indirect", "im2col")
         if geo["g"] == 1:
             return ("nhwc_indirect", "nhwc_gemm", "im2col")
     return ("depthwise",) if is_depthwise(spec) else ("im2col",)
