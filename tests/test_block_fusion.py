@@ -130,3 +130,49 @@ def test_profile_records_the_roofline_of_blocks_and_their_layers(tmp_path):
     inspect_dump(tmp_path / "dump", console=console)
     text = console.export_text()
     assert "efficiency (peaks measured here" in text and "fusion gain" in text and "layer" in text
+
+
+@pytest.mark.parametrize(
+    "cin, cout, expand, stride, hw, batch",
+    [
+        (24, 24, 6, 1, (7, 7), 1),  # residual; 144 expanded channels: 3 panels of 48 over the threads
+        (16, 24, 6, 2, (15, 13), 2),  # stride 2, odd sizes, two images
+        (10, 10, 3, 1, (9, 7), 1),  # partial vectors in every layer
+        (32, 16, 1, 1, (8, 8), 1),  # no expand layer: the ranges are whole vectors of the input
+    ],
+)
+def test_rows_and_channel_splits_match_eager_on_any_thread_count(cin, cout, expand, stride, hw, batch, tmp_path):
+    """Both ways of sharing a block between threads - runs of output rows
+    (halo recomputed) and ranges of expanded channels (partial project sums
+    added after a barrier) - with 1, 2 and 3 threads and bands of 1-4 rows."""
+    from fusecc.codegen import c as c_codegen
+    from fusecc.kernels.lower import lower_group
+    from fusecc.targets.cpu import HostCTarget
+
+    from conftest import GroupRecorder, assert_close
+
+    torch.manual_seed(0)
+    model = _randomize_bn(InvertedResidual(cin, cout, expand, stride))
+    x = _nhwc(batch, cin, *hw)
+    with GroupRecorder() as recorder, torch.no_grad():
+        torch._dynamo.reset()
+        torch.compile(model, backend="fusecc", options={"target": recorder.name})(x)
+    ((group, constants),) = [(g, c) for g, c in recorder.items if g.kind == "block"]
+    spec = lower_group(group)
+    target = HostCTarget(cache_dir=str(tmp_path))
+    args = [constants[i] if i in constants else x for i in range(len(group.graph.find_nodes(op="placeholder")))]
+    with torch.no_grad():
+        ref = model(x)
+    default = c_codegen.default_params(spec, target.dialect)
+    for split in ("rows", "channels"):
+        for band in (1, 4):
+            params = {**default, "split": split, "band": band}
+            source = c_codegen.render(spec, target.dialect, params)
+            kernel = target._build(spec, source, constants, target.cache(), 3)
+            for nthreads in (1, 2, 3):
+                torch.set_num_threads(nthreads)
+                try:
+                    out = kernel.run(*args)
+                finally:
+                    torch.set_num_threads(2)
+                assert_close(out, ref, 1e-4)

@@ -12,6 +12,7 @@ import torch
 from conftest import GroupRecorder, assert_close
 from fusecc.bench import zoo
 from fusecc.codegen import c as c_codegen
+from fusecc.codegen.c.dialects import DIALECTS
 from fusecc.kernels.lower import lower_group
 from fusecc.targets.harness import run_standalone
 from fusecc.targets.toolchain import Toolchain, aarch64_cross, host_dialect_and_flags
@@ -69,17 +70,22 @@ def _check(dialect: str, toolchain: Toolchain, runner: tuple[str, ...]):
         with torch.no_grad():
             ref = group(*args)
         ref = list(ref) if isinstance(ref, (tuple, list)) else [ref]
-        source = c_codegen.render(spec, dialect)
-        by_operand = {i: args[o.arg_index] for i, o in enumerate(spec.operands)}
-        consts = c_codegen.prepare(
-            spec, source.params, {i: t for i, t in by_operand.items() if spec.operands[i].constant}
-        )
-        by_operand.update(consts)
-        ws = c_codegen.workspace_bytes(spec, source.params, 2)
-        run = run_standalone(spec, source, toolchain, by_operand, ws, runner=runner)
-        assert run.stdout.strip() == "ok"
-        for out, expected in zip(run.outputs, ref):
-            assert_close(out, expected, 1e-4)
+        variants = [None]
+        if spec.kind == "block":  # both ways of sharing a block between threads
+            default = c_codegen.default_params(spec, DIALECTS[dialect])
+            variants = [{**default, "split": split} for split in ("rows", "channels")]
+        for params in variants:
+            source = c_codegen.render(spec, dialect, params)
+            by_operand = {i: args[o.arg_index] for i, o in enumerate(spec.operands)}
+            consts = c_codegen.prepare(
+                spec, source.params, {i: t for i, t in by_operand.items() if spec.operands[i].constant}
+            )
+            by_operand.update(consts)
+            ws = c_codegen.workspace_bytes(spec, source.params, 2)
+            run = run_standalone(spec, source, toolchain, by_operand, ws, runner=runner)
+            assert run.stdout.strip() == "ok"
+            for out, expected in zip(run.outputs, ref):
+                assert_close(out, expected, 1e-4)
         checked += 1
     assert checked >= 10
 

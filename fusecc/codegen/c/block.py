@@ -90,7 +90,26 @@ def _panel_tile(channels: int, dialect: Dialect) -> tuple[int, int]:
 
 
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
-    return {"band": (1, 2, 4, 8, 16)}
+    return {"band": (1, 2, 4, 8, 16), "split": ("rows", "channels")}
+
+
+SPLIT_ROWS_BELOW = 10  # output rows per thread under which a channel split wins
+
+
+def _default_split(spec: KernelSpec) -> str:
+    """Small maps with fewer images than threads: split the expanded
+    channels, not the rows. Rows split an image into runs whose depthwise
+    halo is recomputed by both neighbours - 2 rows of expand GEMM per 3.5
+    rows of a 7x7 map - while a channel split recomputes nothing and reads
+    each weight once, at the price of adding up partial project sums (which
+    outweighs the halo on large maps: MobileNetV2's 112x112 block 188 us by
+    rows, 328 us by channels; its 7x7 blocks 200-346 us by rows, 162-251 by
+    channels)."""
+    _, dw, _ = _roles(spec)
+    g = conv_geometry(dw)
+    threads = max(2, torch.get_num_threads())
+    few_rows = g["n"] * g["oh"] / threads < SPLIT_ROWS_BELOW
+    return "channels" if g["n"] < threads and few_rows else "rows"
 
 
 def _band(spec: KernelSpec, nthreads: int = 2) -> int:
@@ -110,7 +129,7 @@ def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
     tiles = [
         _panel_tile(conv_geometry(layer)["cout"], dialect) if layer is not None else None for layer in (expand, project)
     ]
-    return {"band": _band(spec), "tiles": tiles, "vl": dialect.vl}
+    return {"band": _band(spec), "tiles": tiles, "split": _default_split(spec), "vl": dialect.vl}
 
 
 def _ring_rows(spec: KernelSpec, params: dict) -> int:
@@ -119,12 +138,20 @@ def _ring_rows(spec: KernelSpec, params: dict) -> int:
     return (params["band"] - 1) * g["sh"] + g["kh"]
 
 
-def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
-    _, dw, _ = _roles(spec)
+def _per_thread_floats(spec: KernelSpec, params: dict) -> int:
+    """Ring + zero row + band buffer (+ the partial project sums of a
+    channel split: one image's output)."""
+    _, dw, project = _roles(spec)
     g = conv_geometry(dw)
     ring_row = (g["w"] + g["pl"] + g["pr"]) * g["cout"]
-    per_thread = ring_row * (_ring_rows(spec, params) + 1) + params["band"] * g["ow"] * g["cout"]
-    return nthreads * (4 * per_thread + 128) + 64
+    floats = ring_row * (_ring_rows(spec, params) + 1) + params["band"] * g["ow"] * g["cout"]
+    if params.get("split") == "channels":
+        floats += g["oh"] * g["ow"] * conv_geometry(project)["cout"] + 16
+    return floats
+
+
+def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
+    return nthreads * (4 * _per_thread_floats(spec, params) + 128) + 64
 
 
 def _weight_operand(spec: KernelSpec, index: int) -> int:
@@ -174,42 +201,53 @@ def _pixel_stride(layer: KernelSpec, access) -> int:
 
 
 def _epilogue(layer: KernelSpec, valid: str | None) -> list[str]:
-    """The layer's epilogue at (pix, co), stored to ``dst + row * ldd + co``."""
+    """The layer's epilogue at (pix, co), stored to ``dst + row * ldd + co - co_base``."""
     flat = dataclasses.replace(
         layer,
         accesses=[dataclasses.replace(a, strides=(_pixel_stride(layer, a), a.strides[1])) for a in layer.accesses],
     )
 
     def store(j: int, o, value: str, n: str | None) -> str:
-        return vstore("f32", "dst + row * ldd + co", value, n)
+        return vstore("f32", "dst + row * ldd + (co - co_base)", value, n)
 
     return epilogue_stores(flat, ["pix"], "co", valid, store)
 
 
+def _microkernels(name: str, layer: KernelSpec, tile: tuple[int, int], vl: int) -> list[str]:
+    k = conv_geometry(layer)["cin"]
+    return [
+        microkernel(f"{name}_u{r}", r, tile[1], vl, "lda", "1", k if k <= 512 else 512) for r in range(1, tile[0] + 1)
+    ]
+
+
+def _dispatch(name: str, mr: int, k: str, bp: str, indent: str) -> str:
+    cases = "\n".join(
+        f"{indent}  case {r}: {name}_u{r}({k}, a + m0 * lda, lda, {bp}, tile); break;" for r in range(1, mr + 1)
+    )
+    return f"{indent}switch (r) {{\n{cases}\n{indent}  default: break;\n{indent}}}"
+
+
 def _gemm_rows(spec: KernelSpec, name: str, index: int, tile: tuple[int, int], vl: int) -> str:
-    """``name(args, a, lda, rows, wp, dst, ldd, pix0)``: dst[rows][C] = epilogue(a[rows][K] @ W)."""
+    """``name(args, a, lda, rows, wp, dst, ldd, pix0, p0, p1, co_base)``: columns of panels
+    [p0, p1) of dst[rows][..] = epilogue(a[rows][K] @ W), stored at column co - co_base."""
     layer = spec.attrs["layers"][index]
     g = conv_geometry(layer)
     mr, nv = tile
     nr, k, c = nv * vl, g["cin"], g["cout"]
-    kc = k if k <= 512 else 512
-    ukrs = [microkernel(f"{name}_u{r}", r, nv, vl, "lda", "1", kc) for r in range(1, mr + 1)]
     full, part = _epilogue(layer, None), _epilogue(layer, "rem")
     return (
-        "\n".join(ukrs)
+        "\n".join(_microkernels(name, layer, tile, vl))
         + f"""
 static void {name}(void* const* args, const float* FC_RESTRICT a, long lda, long rows,
-                   const float* FC_RESTRICT wp, float* FC_RESTRICT dst, long ldd, long pix0) {{
+                   const float* FC_RESTRICT wp, float* FC_RESTRICT dst, long ldd, long pix0,
+                   long p0, long p1, long co_base) {{
   {_bind(spec, index)}
   float tile[{mr * nr}] __attribute__((aligned(64)));
-  for (long p = 0; p < {math.ceil(c / nr)}L; ++p) {{
+  for (long p = p0; p < p1; ++p) {{
     const float* FC_RESTRICT bp = wp + p * {k * nr}L;
     for (long m0 = 0; m0 < rows; m0 += {mr}L) {{
       const long r = rows - m0 < {mr}L ? rows - m0 : {mr}L;
-      switch (r) {{
-{chr(10).join(f"        case {r}: {name}_u{r}({k}L, a + m0 * lda, lda, bp, tile); break;" for r in range(1, mr + 1))}
-        default: break;
-      }}
+{_dispatch(name, mr, f"{k}L", "bp", "      ")}
       for (long i = 0; i < r; ++i) {{
         const long row = m0 + i, pix = pix0 + row;
 {tile_columns(nr, vl, "co", f"p * {nr}L", c, full, part, "        ")}
@@ -221,9 +259,41 @@ static void {name}(void* const* args, const float* FC_RESTRICT a, long lda, long
     )
 
 
+def _gemm_partial_sums(spec: KernelSpec, name: str, index: int, tile: tuple[int, int], vl: int) -> str:
+    """``name(a, lda, rows, wp, k0, klen, dst)``: dst[rows][C] = a[rows][klen] @ W[k0 : k0 + klen]
+    with no epilogue - one thread's share of a K split (the channel-split project)."""
+    layer = spec.attrs["layers"][index]
+    g = conv_geometry(layer)
+    mr, nv = tile
+    nr, k, c = nv * vl, g["cin"], g["cout"]
+    return (
+        "\n".join(_microkernels(name, layer, tile, vl))
+        + f"""
+static void {name}(const float* FC_RESTRICT a, long lda, long rows, const float* FC_RESTRICT wp,
+                   long k0, long klen, float* FC_RESTRICT dst) {{
+  float tile[{mr * nr}] __attribute__((aligned(64)));
+  for (long p = 0; p < {math.ceil(c / nr)}L; ++p) {{
+    const float* FC_RESTRICT bp = wp + p * {k * nr}L + k0 * {nr}L;
+    for (long m0 = 0; m0 < rows; m0 += {mr}L) {{
+      const long r = rows - m0 < {mr}L ? rows - m0 : {mr}L;
+{_dispatch(name, mr, "klen", "bp", "      ")}
+      for (long i = 0; i < r; ++i)
+        for (long cc = 0; cc < {nr}L; cc += {vl}) {{
+          const long co = p * {nr}L + cc;
+          if (co + {vl} <= {c}L) vstore(dst + (m0 + i) * {c}L + co, vload(tile + i * {nr} + cc));
+          else if (co < {c}L) vstoren(dst + (m0 + i) * {c}L + co, vload(tile + i * {nr} + cc), (int)({c}L - co));
+        }}
+    }}
+  }}
+}}
+"""
+    )
+
+
 def _depthwise_row(spec: KernelSpec, name: str, index: int, vl: int) -> str:
-    """``name(args, rows_in, wts, dst, pix0)``: one output row of the depthwise
-    layer from ``kh`` padded input rows (column 0 = image column -pad_left)."""
+    """``name(args, rows_in, wts, dst, pix0, c0, c1, ld)``: channels [c0, c1) of one output
+    row of the depthwise layer from ``kh`` padded input rows of ``ld`` floats per pixel
+    (column 0 = image column -pad_left, channel 0 = c0)."""
     layer = spec.attrs["layers"][index]
     g = conv_geometry(layer)
     c, taps = g["cout"], g["kh"] * g["kw"]
@@ -235,22 +305,22 @@ def _depthwise_row(spec: KernelSpec, name: str, index: int, vl: int) -> str:
         lines.append("  vf acc = vzero();")
         for ky in range(g["kh"]):
             for kx in range(g["kw"]):
-                ptr = f"rows_in[{ky}] + (ox * {g['sw']}L + {kx}L) * {c}L + co"
+                ptr = f"rows_in[{ky}] + (ox * {g['sw']}L + {kx}L) * ld + (co - c0)"
                 lines.append(f"  acc = vfma(w{ky * g['kw'] + kx}, {load(ptr)}, acc);")
-        lines.append("  const long row = ox, pix = pix0 + ox; const long ldd = " + f"{c}L;")
+        lines.append("  const long row = ox, pix = pix0 + ox, ldd = ld, co_base = c0;")
         lines.extend("  " + x for x in _epilogue(layer, "rem" if partial else None))
         lines.append("}")
         return lines
 
     return f"""
 static void {name}(void* const* args, const float* const* rows_in, const float* FC_RESTRICT wts,
-                   float* FC_RESTRICT dst, long pix0) {{
+                   float* FC_RESTRICT dst, long pix0, long c0, long c1, long ld) {{
   {_bind(spec, index)}
-  for (long co = 0; co < {c}L; co += {vl}) {{
-    if (co + {vl} <= {c}L) {{
+  for (long co = c0; co < c1; co += {vl}) {{
+    if (co + {vl} <= c1) {{
 {chr(10).join("      " + x for x in body(False))}
     }} else {{
-      const int rem = (int)({c}L - co);
+      const int rem = (int)(c1 - co);
 {chr(10).join("      " + x for x in body(True))}
     }}
   }}
@@ -269,26 +339,68 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     co = conv_geometry(project)["cout"]
     n = g["n"]
     band, ring = params["band"], _ring_rows(spec, params)
-    row_w = (w + pl + pr) * ce
-    per_thread = row_w * (ring + 1) + band * ow * ce
+    channels = params.get("split") == "channels"
+    per_thread = _per_thread_floats(spec, params)
     x_i = spec.attrs["operand_maps"][0][(expand or dw).attrs["input"]]
     out_i = len(spec.operands)
     w_dw, w_pr = _weight_operand(spec, off), _weight_operand(spec, off + 1)
+    # channel ranges are whole panels of the expand GEMM (or whole vectors)
+    unit = params["tiles"][0][1] * vl if expand is not None else vl
+    units = math.ceil(ce / unit)
 
     parts = []
     if expand is not None:
         parts.append(_gemm_rows(spec, f"{name}_expand", 0, params["tiles"][0], vl))
         fill = f"""{name}_expand(args, x + (nimg * {h}L + r) * {w * cin}L, {cin}L, {w}L, (const float*)args[{_weight_operand(spec, 0)}],
-                 slot + {pl * ce}L, {ce}L, (nimg * {h}L + r) * {w}L);"""
+                 slot + {pl}L * cw, cw, (nimg * {h}L + r) * {w}L, u0, u1, c0);"""
     else:
-        fill = f"memcpy(slot + {pl * ce}L, x + (nimg * {h}L + r) * {w * cin}L, {4 * w * cin});"
+        fill = f"""for (long ix = 0; ix < {w}L; ++ix)
+            memcpy(slot + ({pl}L + ix) * cw, x + ((nimg * {h}L + r) * {w}L + ix) * {cin}L + c0, 4 * cw);"""
     parts.append(_depthwise_row(spec, f"{name}_dw", off, vl))
-    parts.append(_gemm_rows(spec, f"{name}_project", off + 1, params["tiles"][1], vl))
-    parts.append(f"""
-{SIGNATURE.format(name=name)} {{
-  const float* FC_RESTRICT x = (const float*)args[{x_i}];
-  float* FC_RESTRICT out = (float*)args[{out_i}];
-  char* ws = (char*)args[{out_i + 1}];
+    if channels:
+        parts.append(_gemm_partial_sums(spec, f"{name}_project", off + 1, params["tiles"][1], vl))
+        project_call = f"""{name}_project(dband, cw, (oy1 - oy0) * {ow}L, (const float*)args[{w_pr}], c0, cw,
+                       partial + oy0 * {ow * co}L);"""
+    else:
+        parts.append(_gemm_rows(spec, f"{name}_project", off + 1, params["tiles"][1], vl))
+        project_call = f"""{name}_project(args, dband, cw, (oy1 - oy0) * {ow}L, (const float*)args[{w_pr}],
+                       out + (nimg * {oh}L + oy0) * {ow * co}L, {co}L, (nimg * {oh}L + oy0) * {ow}L,
+                       0, {math.ceil(co / (params["tiles"][1][1] * vl))}L, 0);"""
+    row_w = f"({w + pl + pr}L * cw)"
+    bands = f"""
+      long have = -(1L << 40);  /* expanded rows [.., have) are in the ring */
+      for (long oy0 = y0; oy0 < y1; oy0 += {band}L) {{
+        const long oy1 = oy0 + {band}L < y1 ? oy0 + {band}L : y1;
+        long r = oy0 * {sh}L - {pt}L;
+        if (r < have) r = have;
+        if (r < 0) r = 0;
+        long r_end = (oy1 - 1) * {sh}L - {pt}L + {kh}L;
+        if (r_end > {h}L) r_end = {h}L;
+        for (; r < r_end; ++r) {{
+          float* FC_RESTRICT slot = ringbuf + (r % {ring}L) * {row_w};
+          {f"memset(slot, 0, 4 * {pl}L * cw);" if pl else ""}
+          {f"memset(slot + {pl + w}L * cw, 0, 4 * {pr}L * cw);" if pr else ""}
+          {fill}
+        }}
+        if (r_end > have) have = r_end;
+        for (long oy = oy0; oy < oy1; ++oy) {{
+          const float* rows_in[{kh}];
+          for (long ky = 0; ky < {kh}L; ++ky) {{
+            const long iy = oy * {sh}L - {pt}L + ky;
+            rows_in[ky] = (iy >= 0 && iy < {h}L) ? ringbuf + (iy % {ring}L) * {row_w} : zero;
+          }}
+          {name}_dw(args, rows_in, (const float*)args[{w_dw}], dband + (oy - oy0) * {ow}L * cw, (nimg * {oh}L + oy) * {ow}L,
+                    c0, c0 + cw, cw);
+        }}
+        {project_call}
+      }}"""
+    buffers = f"""
+    float* FC_RESTRICT ringbuf = (float*)(((uintptr_t)(ws + (size_t)tid * {4 * per_thread + 128}) + 63) & ~(uintptr_t)63);
+    float* FC_RESTRICT zero = ringbuf + {ring * (w + pl + pr) * ce}L;
+    float* FC_RESTRICT dband = zero + {(w + pl + pr) * ce}L;
+    memset(zero, 0, {4 * (w + pl + pr) * ce});"""
+    if not channels:
+        body = f"""
   /* rows of one image are split over the threads when images are fewer */
   long chunks = ({n}L >= nthreads) ? 1 : (nthreads + {n}L - 1) / {n}L;
   if (chunks > {oh}L) chunks = {oh}L;
@@ -299,43 +411,64 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     const int tid = omp_get_thread_num();
 #else
     const int tid = 0;
-#endif
-    float* FC_RESTRICT ringbuf = (float*)(((uintptr_t)(ws + (size_t)tid * {4 * per_thread + 128}) + 63) & ~(uintptr_t)63);
-    float* FC_RESTRICT zero = ringbuf + {ring * row_w}L;
-    float* FC_RESTRICT dband = zero + {row_w}L;
-    memset(zero, 0, {4 * row_w});
+#endif{buffers}
+    const long u0 = 0, u1 = {units}L, c0 = 0, cw = {ce}L;
+    (void)u0; (void)u1;
     #pragma omp for schedule(static)
     for (long task = 0; task < {n}L * chunks; ++task) {{
       const long nimg = task / chunks, y0 = (task % chunks) * per_chunk;
-      const long y1 = y0 + per_chunk < {oh}L ? y0 + per_chunk : {oh}L;
-      long have = -(1L << 40);  /* expanded rows [.., have) are in the ring */
-      for (long oy0 = y0; oy0 < y1; oy0 += {band}L) {{
-        const long oy1 = oy0 + {band}L < y1 ? oy0 + {band}L : y1;
-        long r = oy0 * {sh}L - {pt}L;
-        if (r < have) r = have;
-        if (r < 0) r = 0;
-        long r_end = (oy1 - 1) * {sh}L - {pt}L + {kh}L;
-        if (r_end > {h}L) r_end = {h}L;
-        for (; r < r_end; ++r) {{
-          float* FC_RESTRICT slot = ringbuf + (r % {ring}L) * {row_w}L;
-          {"memset(slot, 0, " + str(4 * pl * ce) + ");" if pl else ""}
-          {"memset(slot + " + str((pl + w) * ce) + "L, 0, " + str(4 * pr * ce) + ");" if pr else ""}
-          {fill}
-        }}
-        if (r_end > have) have = r_end;
-        for (long oy = oy0; oy < oy1; ++oy) {{
-          const float* rows_in[{kh}];
-          for (long ky = 0; ky < {kh}L; ++ky) {{
-            const long iy = oy * {sh}L - {pt}L + ky;
-            rows_in[ky] = (iy >= 0 && iy < {h}L) ? ringbuf + (iy % {ring}L) * {row_w}L : zero;
-          }}
-          {name}_dw(args, rows_in, (const float*)args[{w_dw}], dband + (oy - oy0) * {ow * ce}L, (nimg * {oh}L + oy) * {ow}L);
-        }}
-        {name}_project(args, dband, {ce}L, (oy1 - oy0) * {ow}L, (const float*)args[{w_pr}],
-                       out + (nimg * {oh}L + oy0) * {ow * co}L, {co}L, (nimg * {oh}L + oy0) * {ow}L);
-      }}
+      const long y1 = y0 + per_chunk < {oh}L ? y0 + per_chunk : {oh}L;{bands}
     }}
-  }}
+  }}"""
+    else:
+        pfull, ppart = _epilogue(project, None), _epilogue(project, "rem")
+        body = f"""
+  /* each thread expands, filters and projects its own range of the expanded
+     channels for whole images; the partial project sums are added up after */
+  const long parts = nthreads < {units}L ? nthreads : {units}L;
+  #pragma omp parallel num_threads(parts) if (parts > 1)
+  {{
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+    const int tid = 0, team = 1;
+#endif{buffers}
+    float* FC_RESTRICT partial = dband + {band * ow * ce}L;
+    {_bind(spec, off + 1)}
+    const long u0 = tid * {units}L / team, u1 = (tid + 1) * {units}L / team;
+    const long c0 = u0 * {unit}L, cw = (u1 * {unit}L < {ce}L ? u1 * {unit}L : {ce}L) - c0;
+    (void)u1;
+    for (long nimg = 0; nimg < {n}L; ++nimg) {{
+      const long y0 = 0, y1 = {oh}L;{bands}
+      #pragma omp barrier
+      const long p_lo = tid * {oh * ow}L / team, p_hi = (tid + 1) * {oh * ow}L / team;
+      float* FC_RESTRICT dst = out + nimg * {oh * ow * co}L;
+      const long ldd = {co}L, co_base = 0;
+      for (long row = p_lo; row < p_hi; ++row) {{
+        const long pix = nimg * {oh * ow}L + row;
+        for (long co = 0; co < {co}L; co += {vl}) {{
+          const int rem = (int)({co}L - co < {vl}L ? {co}L - co : {vl}L);
+          vf acc = vzero();
+          for (int t = 0; t < team; ++t) {{
+            const float* FC_RESTRICT part_t = (const float*)(((uintptr_t)(ws + (size_t)t * {4 * per_thread + 128}) + 63) & ~(uintptr_t)63)
+                                              + {(ring + 1) * (w + pl + pr) * ce + band * ow * ce}L;
+            acc = vadd(acc, vloadn(part_t + row * {co}L + co, rem));
+          }}
+          if (rem == {vl}) {{
+{chr(10).join("            " + x for x in pfull)}
+          }} else {{
+{chr(10).join("            " + x for x in ppart)}
+          }}
+        }}
+      }}
+      #pragma omp barrier
+    }}
+  }}"""
+    parts.append(f"""
+{SIGNATURE.format(name=name)} {{
+  const float* FC_RESTRICT x = (const float*)args[{x_i}];
+  float* FC_RESTRICT out = (float*)args[{out_i}];
+  char* ws = (char*)args[{out_i + 1}];{body}
 }}
 """)
     return "\n".join(parts)
