@@ -45,7 +45,7 @@ GROUPS = None
 def groups():
     global GROUPS
     if GROUPS is None:
-        GROUPS = _groups(["mobilenet_v2", "convnext_tiny", "bert_base", "gpt2", "llama"])
+        GROUPS = _groups(["mobilenet_v2", "resnet18", "convnext_tiny", "bert_base", "gpt2", "llama"])
     return GROUPS
 
 

@@ -701,7 +701,60 @@ def lower_block(group: FusedGroup) -> KernelSpec:
     return _finish(b, "block", layers[-1].space, [output], attrs=attrs)
 
 
+_POOLS = (aten.max_pool2d_with_indices.default, aten.avg_pool2d.default)
+
+
+def lower_pool(group: FusedGroup) -> KernelSpec:
+    """2-d max / average pooling: ``space = (N, C, OH, OW)``, one input, one
+    output (a max pool's indices are not computed: partition only groups
+    pools whose indices nobody reads)."""
+    anchors = [n for n in group.graph.nodes if n.op == "call_function" and n.target in _POOLS]
+    if len(anchors) != 1:
+        raise NotLowerable(f"pool group with {len(anchors)} pooling ops")
+    p = anchors[0]
+    is_max = p.target is aten.max_pool2d_with_indices.default
+    defaults = [None, None, [], 0, 1, False] if is_max else [None, None, [], 0, False, True, None]
+    args = list(p.args) + defaults[len(p.args) :]
+    x, kernel, stride, padding = args[:4]
+    kernel = tuple(kernel) * (2 // len(kernel))
+    stride = tuple(stride or kernel) * (2 // len(stride or kernel))
+    padding = tuple(padding) * (2 // len(padding)) if isinstance(padding, (list, tuple)) else (padding, padding)
+    dilation = (
+        (tuple(args[4]) * (2 // len(args[4])) if isinstance(args[4], (list, tuple)) else (args[4],) * 2)
+        if is_max
+        else (1, 1)
+    )
+    (out,) = _group_outputs(group)
+    if is_max and not (out.target is operator.getitem and out.args[0] is p and out.args[1] == 0):
+        raise NotLowerable("a max pool group must return the pooled values (not the indices)")
+    if not is_max and out is not p:
+        raise NotLowerable("an average pool group must return the pooled values")
+    xval, val = _val(x), _val(out)
+    if xval.dim() != 4 or not (isinstance(x, Node) and x.op == "placeholder"):
+        raise NotLowerable("pooling input must be a 4-d group input")
+    if xval.dtype is not torch.float32:
+        raise NotLowerable(f"{xval.dtype} pooling is not generated")
+    space = tuple(val.shape)
+    b = _Builder(group, space)
+    x_idx = b.operand(x)
+    attrs = {
+        "op": "max" if is_max else "avg",
+        "input": x_idx,
+        "in_hw": tuple(xval.shape[2:]),
+        "in_strides": tuple(xval.stride()),
+        "kernel": kernel,
+        "stride": stride,
+        "padding": padding,
+        "dilation": dilation,
+        "count_include_pad": bool(args[5]) if not is_max else False,
+        "divisor_override": args[6] if not is_max else None,
+    }
+    output = Output(out.name, _dtype(out), space, Acc(), strides=tuple(val.stride()))
+    return _finish(b, "pool2d", space, [output], attrs=attrs)
+
+
 _LOWER_BY_KIND = {
+    "pool": lower_pool,
     "block": lower_block,
     "pointwise": lower_elementwise,
     "reduction": lower_reduction,

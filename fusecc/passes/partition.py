@@ -2,10 +2,11 @@
 one-op group, so a target sees the graph as a sequence of kernels (groups)
 and ATen calls (views, data movement, attention, unknown ops).
 
-Matches: GEMMs, convolutions, reductions and pointwise ops outside groups
-whose results are float32/bfloat16/float16. Produces: a FusedGroup of kind
-``gemm`` / ``conv`` / ``reduction`` / ``pointwise`` around each (attrs
-``single``). Integer and boolean ops (masks, indices) stay ATen calls.
+Matches: GEMMs, convolutions, reductions, pointwise ops and 2-d max/average
+pools (a max pool only if its indices are unused) outside groups whose
+results are float32/bfloat16/float16. Produces: a FusedGroup of kind
+``gemm`` / ``conv`` / ``reduction`` / ``pointwise`` / ``pool`` around each
+(attrs ``single``). Integer and boolean ops (masks, indices) stay ATen calls.
 The reference target inlines these groups again at no cost.
 """
 
@@ -28,7 +29,23 @@ _KIND = {
     OpCategory.CONV: "conv",
     OpCategory.REDUCTION: "reduction",
     OpCategory.POINTWISE: "pointwise",
+    OpCategory.POOL: "pool",
 }
+aten = torch.ops.aten
+_POOLS = (aten.max_pool2d_with_indices.default, aten.avg_pool2d.default)
+
+
+def _poolable(node) -> bool:
+    """2-d float32 max/average pools; a max pool only if nobody reads its indices."""
+    val = node.meta.get("val")
+    first = val[0] if isinstance(val, (tuple, list)) else val
+    if node.target not in _POOLS or not isinstance(first, torch.Tensor) or first.dtype is not torch.float32:
+        return False
+    if node.target is aten.avg_pool2d.default:
+        return True
+    return all(u.target is operator.getitem and (u.args[1] == 0 or not u.users) for u in node.users)
+
+
 _FLOAT = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -45,6 +62,8 @@ def _attrs(kind: str, node) -> dict:
         return {"anchor": name, "epilogue": [], "single": True}
     if kind == "reduction":
         return {"reduction": name, "prologue": 0, "epilogue": 0, "single": True}
+    if kind == "pool":
+        return {"pool": name, "single": True}
     return {"ops": 1, "single": True}
 
 
@@ -52,7 +71,7 @@ def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
     wrapped = 0
     for node in list(gm.graph.nodes):
         kind = _KIND.get(node_category(node))
-        if kind is None or not _is_float(node):
+        if kind is None or not _is_float(node) or (kind == "pool" and not _poolable(node)):
             continue
         members = [node] + [u for u in node.users if u.target is operator.getitem]
         if not any(u for m in members for u in m.users):

@@ -67,6 +67,13 @@ def _lower_groups(gm, found, target: Target, report: GraphReport, options: Optio
     that need another round: the layers of a block the target could not run
     as one kernel (they are compiled one by one - unfused, not fallbacks)."""
     again = []
+    kinds = target.group_kinds
+    for node, group in [(n, g) for n, g in found if kinds is not None and g.kind not in kinds]:
+        report.decide(
+            "lower", group.group_name, f"target {target.name} has no {group.kind} kernels; runs as ATen", False
+        )
+        inline_group(gm, node)
+    found = [(n, g) for n, g in found if kinds is None or g.kind in kinds]
     results = target.compile_groups([(g, _constants(gm, node)) for node, g in found], options)
     for (node, group), compiled in zip(found, results):
         layers = nested_groups(group)

@@ -17,6 +17,9 @@ from ..graph.fused_group import FusedGroup
 class Target:
     name: str = ""
     description: str = ""
+    # group kinds the target compiles; the others run as their ATen ops
+    # (inlined, recorded as a decision - not a fallback). None: every kind.
+    group_kinds: frozenset[str] | None = None
 
     def compile_group(self, group: FusedGroup) -> Callable | None:
         raise NotImplementedError

@@ -84,6 +84,7 @@ class TvmKernel(torch.nn.Module):
 class TvmLlvmTarget(Target):
     name = "tvm-llvm"
     description = "TVM PrimFuncs built by TVM's LLVM backend for this CPU (untuned; never the default)"
+    group_kinds = frozenset({"pointwise", "reduction", "gemm", "conv", "block"})  # no pooling kernels yet
 
     def compile_groups(self, items: list[tuple[FusedGroup, dict]], options) -> list:
         try:

@@ -19,7 +19,7 @@ from types import ModuleType
 import torch
 
 from ...kernels.spec import KernelSpec
-from . import block, conv, elementwise, gemm, reduction
+from . import block, conv, elementwise, gemm, pool, reduction
 from .dialects import DIALECTS, Dialect
 from .prelude import prelude
 
@@ -29,6 +29,7 @@ KINDS: dict[str, ModuleType] = {
     "gemm": gemm,
     "conv2d": conv,
     "block": block,
+    "pool2d": pool,
 }
 
 
