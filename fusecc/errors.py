@@ -31,3 +31,10 @@ class FallbackWarning(UserWarning):
 class KeepUnfused(FuseccError):
     """A target chose not to run a block as one kernel (e.g. the tuner
     measured its layers faster one by one); the layers are compiled instead."""
+
+
+class UseLibrary(FuseccError):
+    """The tuner measured a group's ATen ops (the vendor libraries behind
+    them: oneDNN, MKL) faster than its best generated kernel; the group runs
+    as ATen. Raised by a target's compile, recorded as a decision, never a
+    fallback."""

@@ -182,3 +182,30 @@ def _targets_keys(db):
 
     with sqlite3.connect(db.path) as conn:
         return [row[0] for row in conn.execute("SELECT DISTINCT target FROM measurements")]
+
+
+def test_a_kernel_is_kept_only_where_it_beats_the_vendor_library(tmp_path):
+    """The third implementation: the group's own ATen ops (oneDNN/MKL).
+    Tuning measures them beside the kernel; "use" runs the group as ATen
+    where that record is faster - a decision, not a fallback."""
+    from fusecc.targets.tuning import LIBRARY
+
+    model, x = _linear()
+    with torch.no_grad():
+        ref = model(x)
+    _, kernels = _compile(model, x, tune="tune", tune_trials=2, cache_dir=str(tmp_path))
+    (kernel,) = kernels
+    assert kernel["tuning"]["library_us"] > 0  # the library was measured too
+    db = TuningDatabase(tmp_path / "tuning.sqlite3")
+    (key,) = _targets_keys(db)
+    db.record(key, kernel["spec"]["signature"], LIBRARY, 1e-3)  # pretend ATen is faster
+    torch._dynamo.reset()
+    with torch.no_grad(), collect_reports() as reports:
+        out = torch.compile(model, backend="fusecc", options={"tune": "use", "cache_dir": str(tmp_path)})(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    (report,) = reports
+    assert report.kernels == [] and report.fallbacks == []
+    assert any("runs as ATen" in d.message and "ATen ops faster" in d.message for d in report.decisions)
+    db.record(key, kernel["spec"]["signature"], LIBRARY, 1e9)  # and slower again: the kernel is back
+    _, again = _compile(model, x, tune="use", cache_dir=str(tmp_path))
+    assert [k["kind"] for k in again] == ["gemm"]

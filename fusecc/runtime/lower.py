@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch.fx import GraphModule
 
-from ..errors import FallbackWarning, KeepUnfused, UnsupportedError
+from ..errors import FallbackWarning, KeepUnfused, UnsupportedError, UseLibrary
 from ..graph.constants import constant_value
 from ..graph.fused_group import groups, inline_group, nested_groups
 from ..ops import OpCategory, node_category, op_name
@@ -90,6 +90,10 @@ def _lower_groups(gm, found, target: Target, report: GraphReport, options: Optio
             names = {n.target for n, _ in layers}
             inline_group(gm, node)
             again.extend((n, g) for n, g in groups(gm) if n.target in names)
+            continue
+        if isinstance(compiled, UseLibrary):
+            report.decide("lower", group.group_name, f"runs as ATen: {_first_line(compiled)}", False)
+            inline_group(gm, node)
             continue
         if isinstance(compiled, Exception):
             if options.fallback == "error":

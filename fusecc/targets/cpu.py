@@ -16,7 +16,7 @@ from ..kernels.lower import lower_group
 from ..runtime.cache import CompileCache
 from ..runtime.kernel import CompiledKernel, load_symbol
 from ..runtime.memory import move_constants
-from ..errors import KeepUnfused, UnsupportedError
+from ..errors import KeepUnfused, UnsupportedError, UseLibrary
 from ..tuner.database import canonical
 from . import Target
 from .toolchain import Toolchain, cpu_model, host_dialect_and_flags
@@ -183,34 +183,64 @@ class HostCTarget(Target):
             params, info = params_of(spec, constants)
             if spec.kind == "block":
                 self._block_or_layers(group, spec, constants, info, tuner, cache, nthreads, measure, params_of)
+            else:
+                self._kernel_or_library(group, spec, constants, info, tuner, measure)
             return params, info
 
         return choose
 
+    def _kernel_or_library(self, group, spec, constants, info, tuner, measure: bool) -> None:
+        """Implementation choice: the generated kernel, or the group's own
+        ATen ops (oneDNN / MKL underneath), whichever measured faster."""
+        from ..tuner.measure import median_us
+        from .tuning import LIBRARY, random_runtime_args
+
+        def time_library() -> float:
+            args = [constants.get(i, a) for i, a in enumerate(random_runtime_args(spec, constants))]
+            with torch.no_grad():
+                return median_us(lambda: group(*args))
+
+        _weigh(spec, info, tuner, measure, LIBRARY, time_library, UseLibrary, "its ATen ops", "the generated kernel")
+
     def _block_or_layers(self, group, spec, constants, info, tuner, cache, nthreads, measure, params_of) -> None:
         """Implementation choice: keep the block kernel only where it beats
-        its layers run one by one (each with its own tuned parameters).
-        The layers' total time is a database record of the block's own
-        signature, so "use" decides without measuring."""
+        its layers run one by one (each with its own tuned parameters)."""
         from ..tuner.measure import median_us
         from .tuning import LAYERS, random_runtime_args
 
-        signature = spec.signature()
-        measured = tuner.db.measured(tuner.target_key, signature)
-        if measure and canonical(LAYERS) not in measured:
+        def time_layers() -> float:
             total = 0.0
             for _name, layer_spec, kernel, layer_constants in self._layer_kernels(
                 group, constants, cache, nthreads, lambda s, c: params_of(s, c)[0]
             ):
                 args = random_runtime_args(layer_spec, layer_constants)
                 total += median_us(lambda kernel=kernel, args=args: kernel.run(*args))
-            tuner.db.record(tuner.target_key, signature, LAYERS, total)
-            measured[canonical(LAYERS)] = total
-        layers_us = measured.get(canonical(LAYERS))
-        block_us = info.get("best_us")
-        if layers_us is not None:
-            info["layers_us"] = layers_us
-        if layers_us is not None and block_us is not None and layers_us < block_us:
-            raise KeepUnfused(
-                f"the tuner measured the layers one by one faster ({layers_us:.1f} us) than the block ({block_us:.1f} us)"
-            )
+            return total
+
+        _weigh(spec, info, tuner, measure, LAYERS, time_layers, KeepUnfused, "the layers one by one", "the block")
+
+
+def _weigh(spec, info: dict, tuner, measure: bool, record: dict, time_it, choice: type, what: str, kernel: str) -> None:
+    """Weigh the kernel (its best tuned time, ``info["best_us"]``) against
+    another implementation whose time is a database record of the kernel's
+    own signature (``record``, e.g. ``{"impl": "layers"}``): measured now
+    with ``time_it`` when tuning, read back otherwise - so "use" decides
+    without measuring. Stores it as ``info["<impl>_us"]``; raises ``choice``
+    when the alternative is faster."""
+    key = f"{record['impl']}_us"
+    signature = spec.signature()
+    measured = tuner.db.measured(tuner.target_key, signature)
+    if measure and canonical(record) not in measured:
+        try:
+            alternative = time_it()
+        except Exception as e:  # noqa: BLE001 - nothing to weigh against: keep the kernel
+            info[f"{record['impl']}_error"] = f"{type(e).__name__}: {e}"[:300]
+            return
+        tuner.db.record(tuner.target_key, signature, record, alternative)
+        measured[canonical(record)] = alternative
+    alternative = measured.get(canonical(record))
+    kernel_us = info.get("best_us")
+    if alternative is not None:
+        info[key] = alternative
+    if alternative is not None and kernel_us is not None and alternative < kernel_us:
+        raise choice(f"the tuner measured {what} faster ({alternative:.1f} us) than {kernel} ({kernel_us:.1f} us)")

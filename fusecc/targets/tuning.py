@@ -9,8 +9,10 @@ import torch
 
 from ..kernels.spec import KernelSpec
 
-# the tuning record of a block run as its layers (the implementation choice)
+# tuning records of the other implementations a kernel is weighed against:
+# a block run as its layers, a group run as its ATen ops (vendor libraries)
 LAYERS = {"impl": "layers"}
+LIBRARY = {"impl": "library"}
 
 _DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "bool": torch.bool}
 
