@@ -202,6 +202,10 @@ _SYM_SCALAR_FUNCS = frozenset(
 )
 
 
+# pools the C target generates kernels for (partition groups them, lowering reads them)
+GENERATED_POOLS = (aten.max_pool2d_with_indices.default, aten.avg_pool2d.default)
+
+
 def node_category(node: Node) -> OpCategory | None:
     """Category of a call_function node; None for placeholders, constants,
     outputs and already-fused group calls."""

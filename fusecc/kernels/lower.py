@@ -22,7 +22,7 @@ import torch
 from torch.fx import Node
 
 from ..graph.fused_group import FusedGroup
-from ..ops import OpCategory, category
+from ..ops import GENERATED_POOLS, OpCategory, category
 from .expr import Acc, Const, Expr, Load, Stat, op
 from .spec import Access, KernelSpec, Operand, Output
 
@@ -701,14 +701,11 @@ def lower_block(group: FusedGroup) -> KernelSpec:
     return _finish(b, "block", layers[-1].space, [output], attrs=attrs)
 
 
-_POOLS = (aten.max_pool2d_with_indices.default, aten.avg_pool2d.default)
-
-
 def lower_pool(group: FusedGroup) -> KernelSpec:
     """2-d max / average pooling: ``space = (N, C, OH, OW)``, one input, one
     output (a max pool's indices are not computed: partition only groups
     pools whose indices nobody reads)."""
-    anchors = [n for n in group.graph.nodes if n.op == "call_function" and n.target in _POOLS]
+    anchors = [n for n in group.graph.nodes if n.op == "call_function" and n.target in GENERATED_POOLS]
     if len(anchors) != 1:
         raise NotLowerable(f"pool group with {len(anchors)} pooling ops")
     p = anchors[0]

@@ -18,7 +18,7 @@ import torch
 from torch.fx import GraphModule
 
 from ..graph.fused_group import fuse_nodes
-from ..ops import OpCategory, node_category, op_name
+from ..ops import GENERATED_POOLS, OpCategory, node_category, op_name
 from .manager import PassContext
 
 NAME = "partition"
@@ -31,17 +31,15 @@ _KIND = {
     OpCategory.POINTWISE: "pointwise",
     OpCategory.POOL: "pool",
 }
-aten = torch.ops.aten
-_POOLS = (aten.max_pool2d_with_indices.default, aten.avg_pool2d.default)
 
 
 def _poolable(node) -> bool:
     """2-d float32 max/average pools; a max pool only if nobody reads its indices."""
     val = node.meta.get("val")
     first = val[0] if isinstance(val, (tuple, list)) else val
-    if node.target not in _POOLS or not isinstance(first, torch.Tensor) or first.dtype is not torch.float32:
+    if node.target not in GENERATED_POOLS or not isinstance(first, torch.Tensor) or first.dtype is not torch.float32:
         return False
-    if node.target is aten.avg_pool2d.default:
+    if node.target is torch.ops.aten.avg_pool2d.default:
         return True
     return all(u.target is operator.getitem and (u.args[1] == 0 or not u.users) for u in node.users)
 

@@ -25,7 +25,7 @@ ALIGN = 64  # every constant starts on a cache line
 MIN_ARENA_BYTES = 1 << 20  # below this the TLB does not matter
 
 
-def _aligned(n: int) -> int:
+def aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
@@ -35,14 +35,12 @@ class ConstantArena:
 
     def __init__(self, nbytes: int):
         self.nbytes = nbytes
-        flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
-        self._map = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=flags) if flags else mmap.mmap(-1, nbytes + HUGE_PAGE)
-        self.huge_pages = hasattr(mmap, "MADV_HUGEPAGE")
-        if self.huge_pages:
-            try:
-                self._map.madvise(mmap.MADV_HUGEPAGE)
-            except OSError:
-                self.huge_pages = False
+        # private: shared anonymous memory only gets huge pages if shmem THP is on
+        self._map = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            self._map.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # THP off: the arena still works, on small pages
+            pass
         base = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
         self._bytes = torch.frombuffer(self._map, dtype=torch.uint8, count=nbytes, offset=(-base) % HUGE_PAGE)
         self._used = 0
@@ -51,7 +49,7 @@ class ConstantArena:
         """A copy of the contiguous tensor ``t`` inside the arena."""
         span = t.numel() * t.element_size()
         start = self._used
-        self._used += _aligned(span)
+        self._used += aligned(span)
         if self._used > self.nbytes:
             raise ValueError("constant arena overflow")
         out = self._bytes[start : start + span].view(t.dtype).view(t.shape)
@@ -63,7 +61,7 @@ def arena_for(tensors: list[torch.Tensor]) -> ConstantArena | None:
     """An arena sized for ``tensors``, or None where it would not help."""
     if not tensors or not hasattr(mmap, "MADV_HUGEPAGE"):
         return None
-    total = sum(_aligned(t.numel() * t.element_size()) for t in tensors)
+    total = sum(aligned(t.numel() * t.element_size()) for t in tensors)
     return ConstantArena(total) if total >= MIN_ARENA_BYTES else None
 
 

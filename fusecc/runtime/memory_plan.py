@@ -24,7 +24,8 @@ import threading
 import torch
 from torch.fx import GraphModule, Node
 
-ALIGN = 64
+from ..targets.harness import storage_span
+from .memory import ALIGN, aligned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,11 +99,6 @@ def _kernel_of(node: Node):
     return getattr(node.target, "kernel", None) if node.op == "call_function" else None
 
 
-def _span_bytes(shape, strides, dtype: torch.dtype) -> int:
-    span = 1 + sum((n - 1) * s for n, s in zip(shape, strides)) if all(shape) else 0
-    return span * dtype.itemsize
-
-
 def plan_memory(gm: GraphModule) -> MemoryPlan | None:
     """Give planned outputs to the kernel calls of ``gm`` (rewritten in
     place); returns the plan, or None when no output qualifies."""
@@ -125,11 +121,10 @@ def plan_memory(gm: GraphModule) -> MemoryPlan | None:
     for i, n in enumerate(nodes):
         if n in last_use:
             shape, strides, dtype = _kernel_of(n).output_layouts()[0]
-            nbytes = _span_bytes(shape, strides, dtype)
-            slots[n] = Slot(alloc.allocate(-(-nbytes // ALIGN) * ALIGN), nbytes, shape, strides, dtype)
+            nbytes = storage_span(shape, strides) * dtype.itemsize
+            slots[n] = Slot(alloc.allocate(aligned(nbytes)), nbytes, shape, strides, dtype)
         for d in dying.get(i, ()):
-            slot = slots[d]
-            alloc.release(slot.offset, -(-slot.nbytes // ALIGN) * ALIGN, i)
+            alloc.release(slots[d].offset, aligned(slots[d].nbytes), i)
     plan = MemoryPlan(list(slots.values()), alloc.top)
     for j, n in enumerate(slots):
         n.target = _kernel_of(n).as_function(plan, j)

@@ -394,8 +394,14 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
         }}
         {project_call}
       }}"""
+
+    # per thread: ring, zero row, band buffer, then (channel split) the partial sums
+    def thread_buf(t: str) -> str:
+        return f"(float*)(((uintptr_t)(ws + (size_t){t} * {4 * per_thread + 128}) + 63) & ~(uintptr_t)63)"
+
+    partial_offset = (ring + 1) * (w + pl + pr) * ce + band * ow * ce
     buffers = f"""
-    float* FC_RESTRICT ringbuf = (float*)(((uintptr_t)(ws + (size_t)tid * {4 * per_thread + 128}) + 63) & ~(uintptr_t)63);
+    float* FC_RESTRICT ringbuf = {thread_buf("tid")};
     float* FC_RESTRICT zero = ringbuf + {ring * (w + pl + pr) * ce}L;
     float* FC_RESTRICT dband = zero + {(w + pl + pr) * ce}L;
     memset(zero, 0, {4 * (w + pl + pr) * ce});"""
@@ -433,7 +439,9 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
 #else
     const int tid = 0, team = 1;
 #endif{buffers}
-    float* FC_RESTRICT partial = dband + {band * ow * ce}L;
+    float* FC_RESTRICT partial = ringbuf + {partial_offset}L;
+    const float* part_of[team];  /* every thread's partial sums */
+    for (int t = 0; t < team; ++t) part_of[t] = {thread_buf("t")} + {partial_offset}L;
     {_bind(spec, off + 1)}
     const long u0 = tid * {units}L / team, u1 = (tid + 1) * {units}L / team;
     const long c0 = u0 * {unit}L, cw = (u1 * {unit}L < {ce}L ? u1 * {unit}L : {ce}L) - c0;
@@ -449,11 +457,7 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
         for (long co = 0; co < {co}L; co += {vl}) {{
           const int rem = (int)({co}L - co < {vl}L ? {co}L - co : {vl}L);
           vf acc = vzero();
-          for (int t = 0; t < team; ++t) {{
-            const float* FC_RESTRICT part_t = (const float*)(((uintptr_t)(ws + (size_t)t * {4 * per_thread + 128}) + 63) & ~(uintptr_t)63)
-                                              + {(ring + 1) * (w + pl + pr) * ce + band * ow * ce}L;
-            acc = vadd(acc, vloadn(part_t + row * {co}L + co, rem));
-          }}
+          for (int t = 0; t < team; ++t) acc = vadd(acc, vloadn(part_of[t] + row * {co}L + co, rem));
           if (rem == {vl}) {{
 {chr(10).join("            " + x for x in pfull)}
           }} else {{

@@ -125,16 +125,16 @@ def _pointer_fn(name: str, geo: dict, mr: int, rows_mode: bool, copy: bool) -> s
         hp, wp = _padded_shape(geo)
         cin = geo["cin"]
         if copy:  # padded copy: every row segment is in range, the padding is in the copy
-            img, row, pix, y0, x0 = f"{hp * wp * cin}L", f"{wp * cin}L", f"{cin}L", "0", "0"
+            img, row, pix = f"{hp * wp * cin}L", f"{wp * cin}L", f"{cin}L"
         else:
-            img, row, pix, y0, x0 = f"{geo['xsn']}L", f"{geo['xsh']}L", f"{geo['xsw']}L", "0", "0"
+            img, row, pix = f"{geo['xsn']}L", f"{geo['xsh']}L", f"{geo['xsw']}L"
         return f"""
 static inline void {name}_ptrs(const float* FC_RESTRICT x, long pix0, long rows, long t0, long t1,
                               const float** FC_RESTRICT ptrs) {{
   for (long i = 0; i < rows; ++i) {{
     const long p = pix0 + i, nimg = p / {geo["P"]}L, rest = p % {geo["P"]}L;
-    const float* base = x + nimg * {img} + ((rest % {geo["ow"]}L) * {geo["sw"]}L + {x0}) * {pix};
-    const long y = (rest / {geo["ow"]}L) * {geo["sh"]}L + {y0};
+    const float* base = x + nimg * {img} + (rest % {geo["ow"]}L) * {geo["sw"]}L * {pix};
+    const long y = (rest / {geo["ow"]}L) * {geo["sh"]}L;
     for (long t = t0; t < t1; ++t) ptrs[(t - t0) * {mr} + i] = base + (y + t * {geo["dh"]}L) * {row};
   }}
 }}"""
@@ -202,11 +202,12 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict, geo: dict, epilog
         for r in range(1, mr + 1)
     )
 
-    def task_order(task: str, sfx: str = "") -> str:
-        """(panel, pixel chunk) of a task: panel-major or pixel chunk-major."""
-        if panel_major:
-            return f"const long p{sfx} = {task} / chunks, ch{sfx} = {task} % chunks;"
-        return f"const long ch{sfx} = {task} / {panels}L, p{sfx} = {task} % {panels}L;"
+    # (panel, pixel chunk) of a task: panel-major or pixel chunk-major
+    task_order = (
+        "const long p = task / chunks, ch = task % chunks;"
+        if panel_major
+        else f"const long ch = task / {panels}L, p = task % {panels}L;"
+    )
 
     acc_bytes = _acc_bytes(params)
     return f"""
@@ -254,7 +255,7 @@ static inline void {name}_epilogue(void* const* args, const float* FC_RESTRICT t
     const float* FC_RESTRICT src = {"xp" if copy else "x"};{_copy_padded(geo) if copy else ""}
     #pragma omp for schedule(static)
     for (long task = 0; task < chunks * {panels}L; ++task) {{
-      {task_order("task")}
+      {task_order}
       const float* FC_RESTRICT bp = wpack + p * {k * nr}L;
       const long mt0 = ch * per_chunk, mt1 = (ch + 1) * per_chunk < {mtiles}L ? (ch + 1) * per_chunk : {mtiles}L;
       for (long kb = 0; kb < {kblocks}L; ++kb) {{
