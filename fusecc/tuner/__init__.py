@@ -48,7 +48,7 @@ class KernelTuner:
         ``build(params)`` returns a call that runs the kernel once (or raises)."""
         valid = {k: tuple(v) + ((default[k],) if k in default else ()) for k, v in space.items()}
         new = 0
-        measured = self.db.measured(self.target_key, signature)
+        measured = _parameter_records(self.db.measured(self.target_key, signature))
         if measure and space:
             search = Search(default, space)
             while len(measured) < self.trials and (params := search.next(measured)) is not None:
@@ -66,3 +66,10 @@ class KernelTuner:
             return default, {**info, "source": "default"}
         params, us = best
         return params, {**info, "source": "database", "best_us": us}
+
+
+def _parameter_records(measured: dict[str, float | None]) -> dict[str, float | None]:
+    """The kernel's parameter measurements, without the records of the other
+    implementations it is weighed against (``{"impl": ...}``): those do not
+    count towards the trial budget."""
+    return {text: us for text, us in measured.items() if not text.startswith('{"impl"')}
