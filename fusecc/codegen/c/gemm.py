@@ -22,7 +22,7 @@ import torch
 
 from ...kernels.expr import Load
 from ...kernels.spec import KernelSpec
-from .common import SIGNATURE, declarations, vload, vstore
+from .common import SIGNATURE, declarations, sstore, vload, vstore
 from .dialects import Dialect
 from .expr import ExprEmitter
 
@@ -205,7 +205,7 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
             f"if (nn >= {lo}L && nn + {vl} <= {hi}L) {{ {vstore(o.dtype, ptr, value, valid)} }} "
             f"else {{ float lanes[{vl}]; vstore(lanes, {value}); "
             f"for (int l = 0; l < {valid or vl}; ++l) if (nn + l >= {lo}L && nn + l < {hi}L) "
-            f"out{j}[bi * {m * w}L + mm * {w}L + nn + l - {lo}L] = lanes[l]; }}"
+            f"{{ {sstore(o.dtype, f'out{j} + bi * {m * w}L + mm * {w}L + nn + l - {lo}L', 'lanes[l]')} }} }}"
         )
 
     full = epilogue_stores(spec, ["bi", "mm"], "nn", None, store)
