@@ -176,3 +176,118 @@ def test_rows_and_channel_splits_match_eager_on_any_thread_count(cin, cout, expa
                 finally:
                     torch.set_num_threads(2)
                 assert_close(out, ref, 1e-4)
+
+
+# -- ConvNeXt blocks ----------------------------------------------------------------------------------
+
+
+def _convnext(c, **kwargs):
+    from fusecc.bench.blocks import ConvNeXtBlock
+
+    torch.manual_seed(0)
+    return ConvNeXtBlock(c, **kwargs).eval()
+
+
+@pytest.mark.parametrize(
+    "c, hw, batch, kwargs",
+    [
+        (16, (9, 7), 2, {}),  # GELU, 7x7, odd sizes, two images
+        (20, (5, 6), 3, {}),  # 20 and 80 channels: partial vectors in every layer
+        (24, (8, 8), 1, {"act": nn.ReLU, "kernel": 3}),  # another activation and kernel size
+        (16, (1, 1), 2, {}),  # 1x1 map: the 7x7 window is all padding
+    ],
+)
+def test_convnext_block_is_one_kernel_and_matches_eager(c, hw, batch, kwargs):
+    report = _compile_report(_convnext(c, **kwargs), _nhwc(batch, c, *hw), target="c")
+    (block,) = _block_kernels(report)
+    assert [layer["kind"] for layer in block["spec"]["attrs"]["layers"]] == ["conv2d", "reduction", "gemm", "gemm"]
+    (decision,) = [d for d in report.decisions if d.pass_name == "block_fusion" and d.accepted]
+    assert decision.message.startswith("ConvNeXt block [") and decision.message.endswith("+ residual")
+    assert [k["kind"] for k in report.kernels] == ["block"]  # layer norm, GEMMs and the residual add are inside
+
+
+def test_convnext_blocks_of_the_real_model_fuse():
+    """Hugging Face's ConvNextLayer (its permutes, LayerNorm, layer scale)."""
+    from fusecc.bench import zoo
+
+    entry = zoo.get("convnext_tiny")
+    report = _compile_report(entry.model("tiny"), entry.example_input("tiny", 2), target="c", tol=1e-3)
+    assert len(_block_kernels(report)) == 2  # the tiny config has two stages of one block
+
+
+@pytest.mark.parametrize("band", [1, 3])
+def test_convnext_bands_match_eager_on_any_thread_count(band, tmp_path):
+    from fusecc.codegen import c as c_codegen
+    from fusecc.kernels.lower import lower_group
+    from fusecc.targets.cpu import HostCTarget
+
+    from conftest import GroupRecorder, assert_close
+
+    model, x = _convnext(20), _nhwc(1, 20, 9, 7)
+    with GroupRecorder() as recorder, torch.no_grad():
+        torch._dynamo.reset()
+        torch.compile(model, backend="fusecc", options={"target": recorder.name})(x)
+        ref = model(x)
+    ((group, constants),) = [(g, c) for g, c in recorder.items if g.kind == "block"]
+    spec = lower_group(group)
+    target = HostCTarget(cache_dir=str(tmp_path))
+    args = [constants[i] if i in constants else x for i in range(len(group.graph.find_nodes(op="placeholder")))]
+    params = {**c_codegen.default_params(spec, target.dialect), "band": band}
+    kernel = target._build(spec, c_codegen.render(spec, target.dialect, params), constants, target.cache(), 3)
+    for nthreads in (1, 2, 3):
+        torch.set_num_threads(nthreads)
+        try:
+            out = kernel.run(*args)
+        finally:
+            torch.set_num_threads(2)
+        assert_close(out, ref, 1e-4)
+
+
+def test_convnext_block_with_weights_beyond_l2_runs_its_layers_untuned():
+    """384 channels: 4.7 MB of GEMM weights, re-read per band from L3 - the
+    layers one by one are the default (the tuner may still pick the block)."""
+    report = _compile_report(_convnext(384), _nhwc(1, 384, 4, 4), target="c")
+    assert not _block_kernels(report)
+    assert any("untuned, its GEMM weights" in d.message for d in report.decisions if d.pass_name == "lower")
+    assert sorted(k["kind"] for k in report.kernels) == ["conv", "gemm", "gemm", "reduction"]
+
+
+def test_an_escaping_normalized_tensor_refuses_the_convnext_block():
+    class Leaky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = _convnext(16)
+
+        def forward(self, x):
+            b = self.block
+            y = b.norm(b.dwconv(x).permute(0, 2, 3, 1))
+            z = b.pwconv2(b.act(b.pwconv1(y)))
+            return x + (b.gamma * z).permute(0, 3, 1, 2), y.sum()
+
+    report = _compile_report(Leaky().eval(), _nhwc(1, 16, 6, 6), target="c")
+    assert not _block_kernels(report)
+    refused = [d.message for d in report.decisions if d.pass_name == "block_fusion" and not d.accepted]
+    assert any(m.startswith("ConvNeXt block: no expand GEMM") and "used outside" in m for m in refused), refused
+
+
+def test_a_residual_add_after_a_permute_joins_the_gemm_epilogue():
+    """vertical_fusion lets a GEMM epilogue go through a permute (ConvNeXt's
+    NHWC -> NCHW before its residual add); two images, so the output's index
+    map onto the GEMM rows exists only in its channels-last layout."""
+
+    class Tail(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(24, 16)
+
+        def forward(self, x, h):
+            return x + torch.relu(self.linear(h)).permute(0, 3, 1, 2)
+
+    torch.manual_seed(0)
+    x, h = _nhwc(2, 16, 5, 3), torch.randn(2, 5, 3, 24)
+    with torch.no_grad(), collect_reports() as reports:
+        check_against_eager(Tail().eval(), x, h, target="c")
+    (report,) = reports
+    assert [k["kind"] for k in report.kernels] == ["gemm"]
+    (group,) = report.groups
+    assert "aten.permute.default" in group["members"] and "aten.add.Tensor" in group["members"]

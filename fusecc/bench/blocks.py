@@ -53,6 +53,26 @@ class BasicBlock(nn.Module):
         return torch.relu(self.body(x) + x)
 
 
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt: depthwise 7x7, layer norm over channels, 1x1 expand (as a
+    Linear on NHWC), GELU, 1x1 project, layer scale, + x - written as
+    Hugging Face's ``ConvNextLayer`` writes it (permutes around the MLP)."""
+
+    def __init__(self, c: int, expand: int = 4, act: type[nn.Module] = nn.GELU, kernel: int = 7):
+        super().__init__()
+        self.dwconv = nn.Conv2d(c, c, kernel, padding=kernel // 2, groups=c)
+        self.norm = nn.LayerNorm(c, eps=1e-6)
+        self.pwconv1 = nn.Linear(c, expand * c)
+        self.act = act()
+        self.pwconv2 = nn.Linear(expand * c, c)
+        self.gamma = nn.Parameter(torch.rand(c) + 0.5)  # trained scales are far from the 1e-6 init
+
+    def forward(self, x):
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.pwconv2(self.act(self.pwconv1(self.norm(y))))
+        return x + (self.gamma * y).permute(0, 3, 1, 2)
+
+
 def _randomize_bn(model: nn.Module) -> nn.Module:
     """Non-trivial batch-norm statistics, so folding them is tested too."""
     gen = torch.Generator().manual_seed(0)
@@ -71,6 +91,8 @@ BLOCKS = {
     "inverted_residual 32-192-32 @28": (lambda: InvertedResidual(32, 32, 6), (32, 28, 28)),
     "inverted_residual 96-576-96 @14": (lambda: InvertedResidual(96, 96, 6), (96, 14, 14)),
     "inverted_residual 24-144-32 s2 @56": (lambda: InvertedResidual(24, 32, 6, stride=2), (24, 56, 56)),
+    "convnext 96 @56": (lambda: ConvNeXtBlock(96), (96, 56, 56)),
+    "convnext 384 @14": (lambda: ConvNeXtBlock(384), (384, 14, 14)),
     "basic 64 @56": (lambda: BasicBlock(64), (64, 56, 56)),
 }
 

@@ -98,7 +98,7 @@ def _safe(view: View) -> View:
     def wrapped(t: torch.Tensor) -> torch.Tensor:
         try:
             return view(t)
-        except RuntimeError as e:  # a view PyTorch cannot express as strides
+        except (RuntimeError, ValueError) as e:  # a view PyTorch cannot express as strides
             raise NotLowerable(f"access not expressible as strides: {str(e).splitlines()[0]}") from e
 
     return wrapped
@@ -154,7 +154,13 @@ class _Builder:
             raise NotLowerable(f"unsupported argument {node!r}")
         shape = tuple(_val(node).shape)
         view = _safe(view)
-        key = (node, _probe(shape, view))
+        try:
+            key = (node, _probe(shape, view))
+        except NotLowerable:
+            # the index map exists only in the node's own layout (e.g. a
+            # channels-last result reached through a permute of a batched
+            # GEMM): probe with its real strides instead
+            key = (node, ("layout", *_canonical(view(_meta_like(_val(node))))))
         if key in self.memo:
             return self.memo[key]
         if node in self.special:
@@ -163,6 +169,8 @@ class _Builder:
             result = self.load(node, _canonical(view(_meta_like(_val(node)))))
         elif node.op == "call_function" and node.target in _RESHAPES:
             result = self.expr(node.args[0], lambda t, s=shape: view(t.view(s)))
+        elif node.op == "call_function" and node.target is aten.permute.default:
+            result = self.expr(node.args[0], lambda t, d=tuple(node.args[1]): view(t.permute(d)))
         elif node.op == "call_function" and category(node.target) is OpCategory.POINTWISE:
             args = [
                 self.expr(a, lambda t, s=shape: view(_broadcast_to(t, s))) if isinstance(a, Node) else a
@@ -593,6 +601,12 @@ def _anchor_outputs(
     for o in _group_outputs(group):
         val = _val(o)
         strides = None
+        path = _layout_path(o, anchor, {})
+        if o not in bounds and path and any(n.target is aten.permute.default for n in path):
+            if any_layout:
+                raise NotLowerable(f"convolution epilogue output {o.name} goes through a permute")
+            outputs.append(_permuted_output(b, o, path, space))
+            continue
         if not val.is_contiguous():
             if not any_layout or tuple(val.shape) != space:
                 raise NotLowerable(f"output {o.name} is not contiguous")
@@ -608,6 +622,54 @@ def _anchor_outputs(
         expr = b.expr(o, lambda t, s=tuple(val.shape): t.view(s).view(space))
         outputs.append(Output(o.name, _dtype(o), tuple(val.shape), expr, strides=strides))
     return outputs
+
+
+def _layout_path(node: object, anchor: Node, memo: dict) -> list[Node] | None:
+    """The views and permutes between ``anchor`` and ``node`` (an epilogue
+    value computed from it), in graph order; None if ``node`` does not
+    depend on the anchor."""
+    if node is anchor:
+        return []
+    if not isinstance(node, Node) or node.op != "call_function":
+        return None
+    if node not in memo:
+        memo[node] = None
+        if node.target in _RESHAPES or node.target is aten.permute.default:
+            inner = _layout_path(node.args[0], anchor, memo)
+            memo[node] = None if inner is None else [*inner, node]
+        else:
+            memo[node] = next((p for a in node.all_input_nodes if (p := _layout_path(a, anchor, memo)) is not None), None)
+    return memo[node]
+
+
+def _permuted_output(b: _Builder, o: Node, path: list[Node], space: tuple[int, ...]) -> Output:
+    """An epilogue output reached from the anchor through a permute (e.g.
+    ConvNeXt's ``permute(0, 3, 1, 2)`` before its residual add): its values
+    are indexed over the space by undoing the path's views and permutes,
+    and stored at the offsets its own (dense) layout gives each space point."""
+
+    def to_space(t: torch.Tensor) -> torch.Tensor:
+        for n in reversed(path):
+            if n.target is aten.permute.default:
+                dims = list(n.args[1])
+                t = t.permute([dims.index(d) for d in range(len(dims))])
+            else:
+                t = t.view(tuple(_val(n.args[0]).shape))
+        return t.view(space)
+
+    val = _val(o)
+    _memory_order(val)  # dense, only permuted
+    expr = b.expr(o, to_space)
+    offsets = _canonical(_safe(to_space)(_meta_like(val)))
+    contiguous = _canonical(torch.empty(space, device="meta"))
+    return Output(
+        o.name,
+        _dtype(o),
+        tuple(val.shape),
+        expr,
+        strides=None if val.is_contiguous() else tuple(val.stride()),
+        space_strides=None if offsets == contiguous else offsets,
+    )
 
 
 def lower_conv(group: FusedGroup) -> KernelSpec:
@@ -661,34 +723,66 @@ def lower_conv(group: FusedGroup) -> KernelSpec:
     return _finish(b, "conv2d", space, outputs, attrs=attrs)
 
 
+_BLOCK_LAYER_KINDS = {
+    "inverted_residual": ("conv",),
+    "convnext": ("conv", "reduction", "gemm", "gemm"),
+}
+
+
+def _layer_input(spec: KernelSpec) -> int | None:
+    """The operand through which a block layer reads the previous layer."""
+    return {"conv2d": spec.attrs.get("input"), "gemm": spec.attrs.get("a")}.get(spec.kind)
+
+
+def _through_layout(node: object) -> object:
+    """``node`` with the views and permutes in front of it looked through."""
+    while isinstance(node, Node) and node.op == "call_function" and (
+        node.target in _RESHAPES or node.target is aten.permute.default
+    ):
+        node = node.args[0]
+    return node
+
+
 def lower_block(group: FusedGroup) -> KernelSpec:
-    """A block: each layer (a nested conv group) lowers on its own to a
-    ``conv2d`` spec; the block spec lists them with ``operand_maps`` saying,
-    per layer operand, which block operand it is (-1: the previous layer's
-    output, which never leaves the kernel)."""
+    """A block: each layer (a nested group) lowers on its own - ``conv2d``
+    specs for an inverted residual; ``conv2d``, ``reduction`` (the layer
+    norm) and two ``gemm`` specs for a ConvNeXt block. The block spec lists
+    them with ``operand_maps`` saying, per layer operand, which block operand
+    it is (-1: the previous layer's output, which never leaves the kernel;
+    views and permutes between layers only rename it - the renderer checks
+    that every layer sees it as rows of pixels)."""
     from ..graph.fused_group import nested_groups
 
     calls = nested_groups(group)
     if not calls:
         raise NotLowerable("block without layers")
+    pattern = group.attrs.get("pattern", "")
+    kinds = _BLOCK_LAYER_KINDS.get(pattern)
+    if kinds is None:
+        raise NotLowerable(f"block pattern {pattern!r} has no lowering")
+    if len(kinds) > 1 and tuple(g.kind for _, g in calls) != kinds:
+        raise NotLowerable(f"a {pattern} block has layers {[g.kind for _, g in calls]}, expected {list(kinds)}")
     b = _Builder(group, ())
     layers, maps = [], []
     previous: Node | None = None
     for call, layer_group in calls:
-        spec = lower_conv(layer_group)
+        if layer_group.kind not in kinds:
+            raise NotLowerable(f"block layer {layer_group.group_name} is a {layer_group.kind} group")
+        spec = lower_group(layer_group)
         if len(spec.outputs) != 1:
             raise NotLowerable(f"block layer {layer_group.group_name} has {len(spec.outputs)} outputs")
         mapping = []
         for o in spec.operands:
             arg = call.args[o.arg_index]
-            if arg is previous and previous is not None:
+            if previous is not None and _through_layout(arg) is previous:
                 mapping.append(-1)
             elif isinstance(arg, Node) and arg.op == "placeholder":
                 mapping.append(b.operand(arg))
             else:
                 raise NotLowerable(f"block layer {layer_group.group_name} reads {arg} from inside the block")
-        if previous is not None and mapping[spec.attrs["input"]] != -1:
-            raise NotLowerable(f"block layer {layer_group.group_name} does not read the previous layer")
+        named = _layer_input(spec)
+        if previous is not None and (mapping.count(-1) != 1 or (named is not None and mapping[named] != -1)):
+            raise NotLowerable(f"block layer {layer_group.group_name} does not read the previous layer once")
         layers.append(spec)
         maps.append(tuple(mapping))
         previous = call
@@ -697,8 +791,9 @@ def lower_block(group: FusedGroup) -> KernelSpec:
         raise NotLowerable("a block's only output must be its last layer's")
     last = layers[-1].outputs[0]
     output = Output(last.name, last.dtype, last.shape, Acc(), strides=last.strides)
-    attrs = {"layers": tuple(layers), "operand_maps": tuple(maps), "pattern": group.attrs.get("pattern", "")}
-    return _finish(b, "block", layers[-1].space, [output], attrs=attrs)
+    attrs = {"layers": tuple(layers), "operand_maps": tuple(maps), "pattern": pattern}
+    space = layers[-1].space if pattern == "inverted_residual" else layers[0].space
+    return _finish(b, "block", space, [output], attrs=attrs)
 
 
 def lower_pool(group: FusedGroup) -> KernelSpec:

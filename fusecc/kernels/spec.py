@@ -60,7 +60,8 @@ class Output:
     per_row: bool = False  # reduction kernels: one value per row
     col_range: tuple[int, int] | None = None  # gemm: this output holds columns [lo, hi) (horizontal fusion)
     strides: tuple[int, ...] | None = None  # memory layout when not contiguous (elementwise follows eager's)
-    space_strides: tuple[int, ...] | None = None  # reductions: element offset per iteration-space dim
+    # element offset per iteration-space dim: reductions; gemm outputs reached through a permute
+    space_strides: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass

@@ -17,6 +17,13 @@ kernel that keeps the expanded intermediate in cache-sized row bands
 (it is never written to memory in full), the others unfuse it again.
 Proves: the group is convex (no path leaves it and comes back), and each
 intermediate has the next layer as its only consumer.
+Also matches the ConvNeXt block: a depthwise kxk convolution (stride 1,
+same size), a layer norm over the channels, two GEMMs (the 1x1 expand and
+project convolutions written as Linear layers on NHWC, each with its
+epilogue: bias, activation, layer scale) whose last epilogue adds the
+block's input (the residual), with only views and permutes between them.
+The depthwise output, the normalized tensor and the expanded tensor never
+leave the kernel.
 Refuses, with the reason in the dump: intermediates used elsewhere,
 non-constant weights, layouts or dtypes the kernel does not handle, layer
 epilogues that read runtime tensors before the last layer, and residual
@@ -152,9 +159,93 @@ def _residual_chain(gm: GraphModule, last: _Layer) -> list[_Layer]:
     return chain
 
 
+_LAYOUT = frozenset([aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.permute.default])
+
+
+def _next_group(gm: GraphModule, node: Node, kind: str) -> tuple[Node, list[Node]] | str:
+    """The group of ``kind`` that is the only consumer of ``node`` - looking
+    through single-use views and permutes - with those layout nodes; or
+    why there is none."""
+    glue: list[Node] = []
+    while len(node.users) == 1:
+        (user,) = node.users
+        if user.op == "call_function" and user.target in _LAYOUT:
+            glue.append(user)
+            node = user
+            continue
+        if user.op == "call_module" and isinstance(group := gm.get_submodule(user.target), FusedGroup):
+            return (user, glue) if group.kind == kind else f"{node.name} feeds a {group.kind} group, not a {kind}"
+        return f"{node.name} feeds {user.name}, not a {kind} group"
+    return f"{node.name} is used outside the block" if node.users else f"{node.name} is unused"
+
+
+def _group_of(gm: GraphModule, call: Node) -> FusedGroup:
+    return gm.get_submodule(call.target)
+
+
+def _convnext_block(gm: GraphModule, dw: _Layer) -> tuple[list[Node], list[Node], str | None] | None:
+    """(group calls, layout nodes, refusal reason or None) of a ConvNeXt
+    block starting at the depthwise layer ``dw``; None where ``dw`` does not
+    feed a layer norm (not a candidate)."""
+    stride, _, _, _, _ = dw.geometry
+    if not dw.is_depthwise() or stride != (1, 1):
+        return None
+    norm = _next_group(gm, dw.call, "reduction")
+    if isinstance(norm, str) or _group_of(gm, norm[0]).attrs.get("reduction") != "aten.native_layer_norm.default":
+        return None
+    calls, glue = [dw.call, norm[0]], list(norm[1])
+    for role in ("expand", "project"):
+        found = _next_group(gm, calls[-1], "gemm")
+        if isinstance(found, str):
+            return calls, glue, f"no {role} GEMM: {found}"
+        calls.append(found[0])
+        glue.extend(found[1])
+    x = dw.input
+    if not (isinstance(x, Node) and _channels_last_f32(x)):
+        return calls, glue, "the block input is not a float32 channels-last tensor"
+    if tuple(dw.call.meta["val"].shape) != tuple(x.meta["val"].shape):
+        return calls, glue, "the depthwise layer changes the size of the map"
+    for call in calls[1:]:
+        runtime = [a for a in call.args if isinstance(a, Node) and a.op != "get_attr" and a not in glue + calls]
+        if call is not calls[-1] and runtime:
+            return calls, glue, f"{call.name} reads a runtime tensor besides the previous layer"
+        if call is calls[-1] and any(a is not x for a in runtime):
+            return calls, glue, f"{call.name} reads a runtime tensor other than the block input"
+    return calls, glue, None
+
+
+def _fuse_convnext_blocks(gm: GraphModule, ctx: PassContext, layers: list[_Layer], taken: set[Node]) -> None:
+    for dw in layers:
+        if dw.call in taken:
+            continue
+        found = _convnext_block(gm, dw)
+        if found is None:
+            continue
+        calls, glue, reason = found
+        members = set(calls) | set(glue)
+        subject = "/".join(c.name for c in calls)
+        if reason is None and leaves_and_reenters(members, positions(gm.graph)):
+            reason = "not convex: a path leaves the block and comes back"
+        if reason is not None:
+            ctx.decide(NAME, subject, f"ConvNeXt block: {reason}")
+            continue
+        residual = any(a is dw.input for a in calls[-1].args)
+        expanded = tuple(calls[2].meta["val"].shape)[-1]
+        attrs = {
+            "pattern": "convnext",
+            "layers": [dw.describe(), "layer_norm", f"1x1 ->{expanded}", f"1x1 ->{dw.weight_shape[0]}"],
+            "residual": residual,
+        }
+        call = fuse_nodes(gm, sorted(members, key=positions(gm.graph).__getitem__), "block", attrs)
+        taken |= members
+        message = f"ConvNeXt block [{', '.join(attrs['layers'])}]{' + residual' if residual else ''}"
+        ctx.decide(NAME, call.target, message, True)
+
+
 def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
     layers = [layer for n in list(gm.graph.nodes) if (layer := _conv_layer(gm, n)) is not None]
     taken: set[Node] = set()
+    _fuse_convnext_blocks(gm, ctx, layers, taken)
     for project in layers:
         if project.call in taken:  # fused into an earlier block (and erased from the graph)
             continue

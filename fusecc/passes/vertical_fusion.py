@@ -50,6 +50,10 @@ def _is_reshape(node: Node) -> bool:
     return node.op == "call_function" and node.target in _RESHAPES
 
 
+def _is_permute(node: Node) -> bool:
+    return node.op == "call_function" and node.target is aten.permute.default
+
+
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -82,19 +86,23 @@ class _Grouper:
     def free(self, node: Node) -> bool:
         return node.op == "call_function" and node not in self.taken
 
-    def chainable(self, node: Node) -> bool:
-        return self.free(node) and (is_pointwise(node) or _is_reshape(node)) and _computes_on_floats(node)
+    def chainable(self, node: Node, permutes: bool = False) -> bool:
+        layout = _is_reshape(node) or (permutes and _is_permute(node))
+        return self.free(node) and (is_pointwise(node) or layout) and _computes_on_floats(node)
 
-    def grow_epilogue(self, members: set[Node], root: Node) -> list[Node]:
+    def grow_epilogue(self, members: set[Node], root: Node, permutes: bool = False) -> list[Node]:
         """Absorb the pointwise DAG hanging off ``root``: consumers are taken
         in graph order while the group stays convex (an input computed from
-        the group outside it - a path out and back - stops that consumer)."""
+        the group outside it - a path out and back - stops that consumer).
+        With ``permutes`` (GEMM epilogues), a permute may sit in the chain
+        when pointwise ops follow it - ConvNeXt's residual add after its
+        ``permute(0, 3, 1, 2)``."""
         added: list[Node] = []
         frontier = set(root.users)
         while frontier:
             user = min(frontier, key=self.pos.__getitem__)
             frontier.discard(user)
-            if user in members or not self.chainable(user):
+            if user in members or not self.chainable(user, permutes):
                 continue
             if leaves_and_reenters(members | {user}, self.pos):
                 continue
@@ -111,7 +119,7 @@ class _Grouper:
             for node in reversed(added):
                 if node not in members or any(u in members for u in node.users):
                     continue
-                if _output_count(members - {node}) < _output_count(members) or _is_reshape(node):
+                if _output_count(members - {node}) < _output_count(members) or _is_reshape(node) or _is_permute(node):
                     members.discard(node)
                     pruned = True
         return [n for n in added if n in members]
@@ -161,7 +169,7 @@ class _Grouper:
             pad = self.zero_pad_prologue(node) if cat is OpCategory.CONV else None
             if pad is not None:
                 members.add(pad)
-            chain = self.grow_epilogue(members, node)
+            chain = self.grow_epilogue(members, node, permutes=cat is OpCategory.GEMM)
             attrs = {"anchor": op_name(node.target), "epilogue": [op_name(n.target) for n in chain]}
             if pad is not None:
                 attrs["prologue"] = ["aten.constant_pad_nd.default"]

@@ -51,6 +51,10 @@ class HostCTarget(Target):
             try:
                 spec = lower_group(group)
                 params, tuning = chooser(group, spec, constants)
+                if spec.kind == "block" and "layers_us" not in (tuning or {}):  # no measurement decided
+                    reason = c_codegen.block.unfused_by_default(spec)
+                    if reason:
+                        raise KeepUnfused(f"untuned, {reason}")
                 source = c_codegen.render(spec, self.dialect, params)
                 prepared.append((group, constants, spec, source, tuning))
             except Exception as e:  # noqa: BLE001 - reported as this group's fallback

@@ -71,6 +71,8 @@ class TvmKernel(torch.nn.Module):
             final = torch.empty_strided(o.shape, strides, dtype=c.dtype)
             if spec.kind == "reduction" and not o.per_row:
                 final.as_strided(tuple(spec.space), o.space_strides).copy_(c)
+            elif spec.kind == "gemm" and o.col_range is None:  # memory offsets over (batch, M, N)
+                final.as_strided(tuple(c.shape), o.space_strides or tuple(c.stride())).copy_(c)
             elif spec.kind == "elementwise":
                 final.as_strided(tuple(spec.space), c.stride()).copy_(c)
             else:

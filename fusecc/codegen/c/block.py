@@ -13,8 +13,17 @@ The expanded tensor (the block's largest, t x the input) never exists in
 full: ring and band buffer are sized to stay in L2. This is ConvFirst's
 block fusion ("temporal locality, no round trip of intermediates").
 
-The layers are the ``conv2d`` specs of the block's nested groups; their
-epilogues are rendered by the same code as a lone convolution's.
+A ConvNeXt block (``pattern == "convnext"``: depthwise kxk, layer norm, 1x1
+expand GEMM, 1x1 project GEMM with the residual) walks the same bands with
+no expand layer: the depthwise layer fills the band buffer, the layer norm
+normalizes it in place, the expand GEMM writes the band's expanded rows to
+a second buffer and the project GEMM, epilogue fused (bias, layer scale,
+residual), writes the output. Neither the normalized nor the 4x expanded
+tensor exists in full.
+
+The layers are the specs of the block's nested groups (``conv2d``, and for
+ConvNeXt ``reduction`` and ``gemm``); their epilogues are rendered by the
+same code as a lone kernel's.
 """
 
 from __future__ import annotations
@@ -28,12 +37,22 @@ from ...kernels.spec import KernelSpec, conv_geometry
 from .common import SIGNATURE, vstore
 from .dialects import Dialect
 from .gemm import epilogue_stores, microkernel, pack_panels, tile_columns
+from .reduction import row_program
 
 L2_BUDGET = 192 * 1024  # bytes of ring + band buffer per thread
+CONVNEXT_BUDGET = 1024 * 1024  # ring + band + expanded band (half of this CPU's 2 MB L2)
+CONVNEXT_WEIGHTS_IN_L2 = 512 * 1024  # above: the GEMM weights stream from L3 once per band
+
+
+def _convnext(spec: KernelSpec) -> bool:
+    return spec.attrs.get("pattern") == "convnext"
 
 
 def _roles(spec: KernelSpec) -> tuple[KernelSpec | None, KernelSpec, KernelSpec]:
+    """(expand or None, depthwise, last layer)."""
     layers = spec.attrs["layers"]
+    if _convnext(spec):
+        return None, layers[0], layers[-1]
     if len(layers) == 3:
         return layers[0], layers[1], layers[2]
     if len(layers) == 2:
@@ -41,7 +60,50 @@ def _roles(spec: KernelSpec) -> tuple[KernelSpec | None, KernelSpec, KernelSpec]
     raise NotImplementedError(f"block kernels have 2 or 3 layers, not {len(layers)}")
 
 
+def _gemm_dims(layer: KernelSpec) -> tuple[int, int]:
+    """(K, N) of a 1x1 layer: a 1x1 convolution or a GEMM over pixel rows."""
+    if layer.kind == "gemm":
+        return layer.attrs["K"], layer.space[2]
+    g = conv_geometry(layer)
+    return g["cin"], g["cout"]
+
+
+def _check_convnext(spec: KernelSpec) -> None:
+    dw, norm, up, down = spec.attrs["layers"]
+    maps = spec.attrs["operand_maps"]
+    g = conv_geometry(dw)
+    c, e = g["cout"], _gemm_dims(up)[1]
+    if (g["cin_g"], g["cout_g"], g["sh"], g["sw"], g["oh"], g["ow"]) != (1, 1, 1, 1, g["h"], g["w"]):
+        raise NotImplementedError("a ConvNeXt block starts with a same-size stride-1 depthwise layer")
+    for layer in spec.attrs["layers"]:
+        if any(o.dtype != "f32" for o in layer.operands) or layer.outputs[0].dtype != "f32":
+            raise NotImplementedError("block kernels are float32")
+    if any(a.strides[0] or a.strides[2] or a.strides[3] for a in dw.accesses):
+        raise NotImplementedError("the depthwise epilogue reads a per-pixel tensor")
+    (out,) = norm.outputs
+    x = maps[1].index(-1)
+    x_strides = {a.strides for a in norm.accesses if a.operand == x}
+    if norm.attrs["row_rank"] != 1 or norm.space[1] != c or x_strides != {(c, 1)} or out.space_strides != (c, 1):
+        raise NotImplementedError("the layer norm does not normalize pixel rows of the depthwise output")
+    for layer, k, n, last in ((up, c, e, False), (down, e, c, True)):
+        a_i, b_i = layer.attrs["a"], layer.attrs["b"]
+        if _gemm_dims(layer) != (k, n) or layer.space[0] != 1 or layer.attrs["a_strides"][1:] != (k, 1):
+            raise NotImplementedError("the block's GEMMs do not read dense pixel rows")
+        if not layer.operands[b_i].constant or layer.outputs[0].space_strides is not None:
+            raise NotImplementedError("the block's GEMMs need constant weights and pixel-row outputs")
+        if not last and any(a.strides[1] for a in layer.accesses if a.operand not in (a_i, b_i)):
+            raise NotImplementedError("the expand epilogue reads a per-pixel tensor")
+    fg = conv_geometry(dw)
+    if not _dense_nhwc((fg["n"], c, fg["h"], fg["w"]), (fg["xsn"], fg["xsc"], fg["xsh"], fg["xsw"])):
+        raise NotImplementedError("the block input is not dense channels-last")
+    o = spec.outputs[0]
+    if not _dense_nhwc(o.shape, o.strides or torch.empty(o.shape, device="meta").stride()):
+        raise NotImplementedError("the block output is not dense channels-last")
+
+
 def _check(spec: KernelSpec) -> None:
+    if _convnext(spec):
+        return _check_convnext(spec)
     expand, dw, project = _roles(spec)
     for layer, m in zip(spec.attrs["layers"], spec.attrs["operand_maps"]):
         if any(o.dtype != "f32" for o in layer.operands) or layer.outputs[0].dtype != "f32":
@@ -89,7 +151,31 @@ def _panel_tile(channels: int, dialect: Dialect) -> tuple[int, int]:
     return mr, nv
 
 
+CONVNEXT_WEIGHTS_FUSED_MAX = 2 * 1024 * 1024  # this CPU's L2 per core
+
+
+def unfused_by_default(spec: KernelSpec) -> str | None:
+    """Why, untuned, the layers one by one are the better default (None: the
+    block kernel is). A ConvNeXt block walks its GEMM weights once per band
+    and thread; above the L2 size they stream from L3 each time, while the
+    separate GEMMs read them about once. Measured here (ms, block vs layers,
+    batch 1 / 8): 96 ch @56 1.30/1.44, 10.5/27.3; 192 @28 1.13/1.66,
+    8.8/14.1; 384 @14 (4.7 MB of weights) 1.02/1.04, 8.2/8.1; 768 @7
+    (18.9 MB) 1.30/1.01. The tuner measures both where asked."""
+    if not _convnext(spec):
+        return None
+    weights = 8 * math.prod(_gemm_dims(spec.attrs["layers"][-1]))
+    if weights > CONVNEXT_WEIGHTS_FUSED_MAX:
+        return (
+            f"its GEMM weights ({weights / 2**20:.1f} MiB) outgrow L2 and would be re-read for every band; "
+            "the tuner can still choose the block"
+        )
+    return None
+
+
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
+    if _convnext(spec):  # the layer norm needs every channel of a pixel: rows only
+        return {"band": (1, 2, 4, 8, 16)}
     return {"band": (1, 2, 4, 8, 16), "split": ("rows", "channels")}
 
 
@@ -113,18 +199,28 @@ def _default_split(spec: KernelSpec) -> str:
 
 
 def _band(spec: KernelSpec, nthreads: int = 2) -> int:
-    _, dw, _ = _roles(spec)
+    _, dw, last = _roles(spec)
     g = conv_geometry(dw)
     ring_row = 4 * (g["w"] + g["pl"] + g["pr"]) * g["cout"]
     band_row = 4 * g["ow"] * g["cout"]
-    band = max(1, math.ceil(64 / g["ow"]))  # >= 64 pixels per project GEMM
-    while band > 1 and ring_row * ((band - 1) * g["sh"] + g["kh"]) + band_row * band > L2_BUDGET:
+    budget, pixels = L2_BUDGET, 64  # >= 64 pixels per project GEMM
+    if _convnext(spec):  # the expanded rows of the band too
+        band_row += 4 * g["ow"] * _gemm_dims(last)[0]
+        budget = CONVNEXT_BUDGET
+        if 8 * math.prod(_gemm_dims(last)) > CONVNEXT_WEIGHTS_IN_L2:
+            pixels = 256  # weights re-read from L3 for every band: fewer, larger bands
+    band = max(1, math.ceil(pixels / g["ow"]))
+    while band > 1 and ring_row * ((band - 1) * g["sh"] + g["kh"]) + band_row * band > budget:
         band -= 1
     return min(band, g["oh"])
 
 
 def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
     _check(spec)
+    if _convnext(spec):
+        _, _, up, down = spec.attrs["layers"]
+        tiles = [_panel_tile(_gemm_dims(layer)[1], dialect) for layer in (up, down)]
+        return {"band": _band(spec), "tiles": tiles, "split": "rows", "vl": dialect.vl}
     expand, _, project = _roles(spec)
     tiles = [
         _panel_tile(conv_geometry(layer)["cout"], dialect) if layer is not None else None for layer in (expand, project)
@@ -145,6 +241,8 @@ def _per_thread_floats(spec: KernelSpec, params: dict) -> int:
     g = conv_geometry(dw)
     ring_row = (g["w"] + g["pl"] + g["pr"]) * g["cout"]
     floats = ring_row * (_ring_rows(spec, params) + 1) + params["band"] * g["ow"] * g["cout"]
+    if _convnext(spec):  # the band's expanded rows
+        floats += params["band"] * g["ow"] * _gemm_dims(project)[0]
     if params.get("split") == "channels":
         floats += g["oh"] * g["ow"] * conv_geometry(project)["cout"] + 16
     return floats
@@ -154,12 +252,31 @@ def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
     return nthreads * (4 * _per_thread_floats(spec, params) + 128) + 64
 
 
+def _weight_key(layer: KernelSpec) -> int | None:
+    """The layer operand the kernel re-lays out (conv weight, GEMM B)."""
+    return {"conv2d": layer.attrs.get("weight"), "gemm": layer.attrs.get("b")}.get(layer.kind)
+
+
 def _weight_operand(spec: KernelSpec, index: int) -> int:
     layer = spec.attrs["layers"][index]
-    return spec.attrs["operand_maps"][index][layer.attrs["weight"]]
+    return spec.attrs["operand_maps"][index][_weight_key(layer)]
+
+
+def _prepare_convnext(spec: KernelSpec, params: dict, constants: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    out = {i: t.float() for i, t in constants.items()}
+    dw, _, up, down = spec.attrs["layers"]
+    for index, layer, tile in ((2, up, params["tiles"][0]), (3, down, params["tiles"][1])):
+        w_i = _weight_operand(spec, index)
+        out[w_i] = pack_panels(constants[w_i].float().reshape(_gemm_dims(layer)), tile[1] * params["vl"])
+    g = conv_geometry(dw)
+    w_i = _weight_operand(spec, 0)
+    out[w_i] = constants[w_i].float().reshape(g["cout"], g["kh"] * g["kw"]).t().contiguous()
+    return out
 
 
 def prepare(spec: KernelSpec, params: dict, constants: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    if _convnext(spec):
+        return _prepare_convnext(spec, params, constants)
     out = {i: t.float() for i, t in constants.items()}
     expand, dw, project = _roles(spec)
     offset = 1 if expand is not None else 0
@@ -186,7 +303,7 @@ def _bind(spec: KernelSpec, index: int) -> str:
     return " ".join(
         f"const float* FC_RESTRICT in{k} = (const float*)args[{m}]; (void)in{k};"
         for k, m in enumerate(mapping)
-        if m >= 0 and k != layer.attrs["weight"]
+        if m >= 0 and k != _weight_key(layer)
     )
 
 
@@ -200,11 +317,18 @@ def _pixel_stride(layer: KernelSpec, access) -> int:
     return step
 
 
+def _flat_strides(layer: KernelSpec, access) -> tuple[int, int]:
+    """An epilogue access as (stride per pixel, stride per channel)."""
+    if layer.kind == "gemm":  # space (1, pixels, channels)
+        return access.strides[1], access.strides[2]
+    return _pixel_stride(layer, access), access.strides[1]
+
+
 def _epilogue(layer: KernelSpec, valid: str | None) -> list[str]:
     """The layer's epilogue at (pix, co), stored to ``dst + row * ldd + co - co_base``."""
     flat = dataclasses.replace(
         layer,
-        accesses=[dataclasses.replace(a, strides=(_pixel_stride(layer, a), a.strides[1])) for a in layer.accesses],
+        accesses=[dataclasses.replace(a, strides=_flat_strides(layer, a)) for a in layer.accesses],
     )
 
     def store(j: int, o, value: str, n: str | None) -> str:
@@ -214,9 +338,10 @@ def _epilogue(layer: KernelSpec, valid: str | None) -> list[str]:
 
 
 def _microkernels(name: str, layer: KernelSpec, tile: tuple[int, int], vl: int) -> list[str]:
-    k = conv_geometry(layer)["cin"]
+    k = _gemm_dims(layer)[0]
     return [
-        microkernel(f"{name}_u{r}", r, tile[1], vl, "lda", "1", k if k <= 512 else 512) for r in range(1, tile[0] + 1)
+        microkernel(f"{name}_u{r}", r, tile[1], vl, "lda", "1", k if k <= 512 else 512, inline=False)
+        for r in range(1, tile[0] + 1)
     ]
 
 
@@ -231,9 +356,8 @@ def _gemm_rows(spec: KernelSpec, name: str, index: int, tile: tuple[int, int], v
     """``name(args, a, lda, rows, wp, dst, ldd, pix0, p0, p1, co_base)``: columns of panels
     [p0, p1) of dst[rows][..] = epilogue(a[rows][K] @ W), stored at column co - co_base."""
     layer = spec.attrs["layers"][index]
-    g = conv_geometry(layer)
     mr, nv = tile
-    nr, k, c = nv * vl, g["cin"], g["cout"]
+    (k, c), nr = _gemm_dims(layer), nv * vl
     full, part = _epilogue(layer, None), _epilogue(layer, "rem")
     return (
         "\n".join(_microkernels(name, layer, tile, vl))
@@ -328,22 +452,65 @@ static void {name}(void* const* args, const float* const* rows_in, const float* 
 """
 
 
+def _norm_rows(spec: KernelSpec, name: str, index: int, vl: int) -> str:
+    """``name(args, buf, rows)``: layer ``index`` (a row reduction: the layer
+    norm) on ``rows`` pixel rows of ``buf``, in place."""
+    layer = spec.attrs["layers"][index]
+    x = spec.attrs["operand_maps"][index].index(-1)
+    body = "\n".join("    " + line for line in row_program(layer, vl))
+    return f"""
+static void {name}(void* const* args, float* buf, long rows) {{
+  {_bind(spec, index)}
+  const float* in{x} = buf;  /* read, then overwritten: no restrict */
+  float* out0 = buf;
+  for (long r = 0; r < rows; ++r) {{
+{body}
+  }}
+}}
+"""
+
+
+def _convnext_tail(spec: KernelSpec, name: str, vl: int, params: dict) -> tuple[list[str], str]:
+    """The functions after the depthwise layer of a ConvNeXt block, and the
+    C that runs them on one band (``dband``: the band's depthwise output,
+    ``hbuf``: its expanded rows)."""
+    _, _, up, down = spec.attrs["layers"]
+    (c, e), g = _gemm_dims(up), conv_geometry(spec.attrs["layers"][0])
+    t_up, t_down = params["tiles"]
+    parts = [
+        _norm_rows(spec, f"{name}_norm", 1, vl),
+        _gemm_rows(spec, f"{name}_up", 2, t_up, vl),
+        _gemm_rows(spec, f"{name}_down", 3, t_down, vl),
+    ]
+    call = f"""{{
+          const long rows = (oy1 - oy0) * {g["ow"]}L, pix0 = (nimg * {g["oh"]}L + oy0) * {g["ow"]}L;
+          {name}_norm(args, dband, rows);
+          {name}_up(args, dband, {c}L, rows, (const float*)args[{_weight_operand(spec, 2)}], hbuf, {e}L, pix0,
+                    0, {math.ceil(e / (t_up[1] * vl))}L, 0);
+          {name}_down(args, hbuf, {e}L, rows, (const float*)args[{_weight_operand(spec, 3)}],
+                      out + pix0 * {c}L, {c}L, pix0, 0, {math.ceil(c / (t_down[1] * vl))}L, 0);
+        }}"""
+    return parts, call
+
+
 def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     _check(spec)
     expand, dw, project = _roles(spec)
+    convnext = _convnext(spec)
     off = 1 if expand is not None else 0
     g = conv_geometry(dw)
     first = conv_geometry(expand) if expand is not None else g
     cin, ce, h, w = first["cin"], g["cout"], g["h"], g["w"]
     oh, ow, kh, sh, pt, pl, pr = g["oh"], g["ow"], g["kh"], g["sh"], g["pt"], g["pl"], g["pr"]
-    co = conv_geometry(project)["cout"]
+    co = _gemm_dims(project)[1]
     n = g["n"]
     band, ring = params["band"], _ring_rows(spec, params)
-    channels = params.get("split") == "channels"
+    channels = params.get("split") == "channels" and not convnext
     per_thread = _per_thread_floats(spec, params)
     x_i = spec.attrs["operand_maps"][0][(expand or dw).attrs["input"]]
     out_i = len(spec.operands)
-    w_dw, w_pr = _weight_operand(spec, off), _weight_operand(spec, off + 1)
+    w_dw = _weight_operand(spec, off)
+    w_pr = None if convnext else _weight_operand(spec, off + 1)
     # channel ranges are whole panels of the expand GEMM (or whole vectors)
     unit = params["tiles"][0][1] * vl if expand is not None else vl
     units = math.ceil(ce / unit)
@@ -357,7 +524,10 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
         fill = f"""for (long ix = 0; ix < {w}L; ++ix)
             memcpy(slot + ({pl}L + ix) * cw, x + ((nimg * {h}L + r) * {w}L + ix) * {cin}L + c0, 4 * cw);"""
     parts.append(_depthwise_row(spec, f"{name}_dw", off, vl))
-    if channels:
+    if convnext:
+        tail, project_call = _convnext_tail(spec, name, vl, params)
+        parts.extend(tail)
+    elif channels:
         parts.append(_gemm_partial_sums(spec, f"{name}_project", off + 1, params["tiles"][1], vl))
         project_call = f"""{name}_project(dband, cw, (oy1 - oy0) * {ow}L, (const float*)args[{w_pr}], c0, cw,
                        partial + oy0 * {ow * co}L);"""
@@ -405,6 +575,9 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     float* FC_RESTRICT zero = ringbuf + {ring * (w + pl + pr) * ce}L;
     float* FC_RESTRICT dband = zero + {(w + pl + pr) * ce}L;
     memset(zero, 0, {4 * (w + pl + pr) * ce});"""
+    if convnext:
+        buffers += f"""
+    float* FC_RESTRICT hbuf = dband + {band * ow * ce}L;"""
     if not channels:
         body = f"""
   /* rows of one image are split over the threads when images are fewer */

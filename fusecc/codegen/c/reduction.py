@@ -56,9 +56,26 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
 
 
 def _render_along_elements(spec: KernelSpec, name: str, vl: int) -> str:
+    rows = math.prod(spec.space[: spec.attrs["row_rank"]])
+    cols = math.prod(spec.space[spec.attrs["row_rank"] :])
+    body = "\n".join("    " + line for line in row_program(spec, vl))
+    return f"""
+{SIGNATURE.format(name=name)} {{
+{declarations(spec)}
+  #pragma omp parallel for num_threads(nthreads) schedule(static) if ({rows * cols}L >= {PARALLEL_MIN_ELEMENTS}L && {rows}L > 1)
+  for (long r = 0; r < {rows}L; ++r) {{
+{body}
+  }}
+}}
+"""
+
+
+def row_program(spec: KernelSpec, vl: int) -> list[str]:
+    """The C statements that reduce row ``r`` and write its outputs, reading
+    ``in<operand>`` and writing ``out<j>`` (also used inside block kernels,
+    which bind those names to their own buffers)."""
     nrow = spec.attrs["row_rank"]
     row_dims, col_dims = list(spec.space[:nrow]), list(spec.space[nrow:])
-    rows, cols = math.prod(row_dims), math.prod(col_dims)
     row_names = [f"r{d}" for d in range(nrow)]
     col_names = [f"c{d}" for d in range(len(col_dims))]
     inner = col_names[-1]
@@ -146,17 +163,7 @@ def _render_along_elements(spec: KernelSpec, name: str, vl: int) -> str:
         lines.extend(em.lines)
         for (j, o), v in zip(row_outputs, values):
             lines.append(sstore(o.dtype, f"out{j} + {_offset(row_names, o.space_strides[:nrow])}", v))
-
-    body = "\n".join("    " + line for line in lines)
-    return f"""
-{SIGNATURE.format(name=name)} {{
-{declarations(spec)}
-  #pragma omp parallel for num_threads(nthreads) schedule(static) if ({rows * cols}L >= {PARALLEL_MIN_ELEMENTS}L && {rows}L > 1)
-  for (long r = 0; r < {rows}L; ++r) {{
-{body}
-  }}
-}}
-"""
+    return lines
 
 
 def _render_across_rows(spec: KernelSpec, name: str, vl: int) -> str:

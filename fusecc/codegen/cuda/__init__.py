@@ -274,7 +274,8 @@ def _gemm(spec: KernelSpec, name: str) -> CudaSource:
 
     def out_ptr(j: int, o, value: str) -> str:
         if o.col_range is None:
-            return _store(o.dtype, f"out{j} + z * {m * n}L + mrow * {n}L + ncol", value)
+            sb, sm, sn = o.space_strides or (m * n, n, 1)
+            return _store(o.dtype, f"out{j} + z * {sb}L + mrow * {sm}L + ncol * {sn}L", value)
         lo, hi = o.col_range
         w = hi - lo
         return f"if (ncol >= {lo}L && ncol < {hi}L) {{ {_store(o.dtype, f'out{j} + z * {m * w}L + mrow * {w}L + ncol - {lo}L', value)} }}"
