@@ -145,37 +145,39 @@ def test_rows_and_channel_splits_match_eager_on_any_thread_count(cin, cout, expa
     """Both ways of sharing a block between threads - runs of output rows
     (halo recomputed) and ranges of expanded channels (partial project sums
     added after a barrier) - with 1, 2 and 3 threads and bands of 1-4 rows."""
+    torch.manual_seed(0)
+    model = _randomize_bn(InvertedResidual(cin, cout, expand, stride))
+    for split in ("rows", "channels"):
+        for band in (1, 4):
+            _block_matches_on_any_thread_count(model, _nhwc(batch, cin, *hw), tmp_path, split=split, band=band)
+
+
+def _block_matches_on_any_thread_count(model, x, tmp_path, **params):
+    """The model's one block kernel, built with ``params`` over its defaults,
+    run with 1, 2 and 3 threads against eager."""
     from fusecc.codegen import c as c_codegen
     from fusecc.kernels.lower import lower_group
     from fusecc.targets.cpu import HostCTarget
 
     from conftest import GroupRecorder, assert_close
 
-    torch.manual_seed(0)
-    model = _randomize_bn(InvertedResidual(cin, cout, expand, stride))
-    x = _nhwc(batch, cin, *hw)
     with GroupRecorder() as recorder, torch.no_grad():
         torch._dynamo.reset()
         torch.compile(model, backend="fusecc", options={"target": recorder.name})(x)
+        ref = model(x)
     ((group, constants),) = [(g, c) for g, c in recorder.items if g.kind == "block"]
     spec = lower_group(group)
     target = HostCTarget(cache_dir=str(tmp_path))
     args = [constants[i] if i in constants else x for i in range(len(group.graph.find_nodes(op="placeholder")))]
-    with torch.no_grad():
-        ref = model(x)
-    default = c_codegen.default_params(spec, target.dialect)
-    for split in ("rows", "channels"):
-        for band in (1, 4):
-            params = {**default, "split": split, "band": band}
-            source = c_codegen.render(spec, target.dialect, params)
-            kernel = target._build(spec, source, constants, target.cache(), 3)
-            for nthreads in (1, 2, 3):
-                torch.set_num_threads(nthreads)
-                try:
-                    out = kernel.run(*args)
-                finally:
-                    torch.set_num_threads(2)
-                assert_close(out, ref, 1e-4)
+    params = {**c_codegen.default_params(spec, target.dialect), **params}
+    kernel = target._build(spec, c_codegen.render(spec, target.dialect, params), constants, target.cache(), 3)
+    for nthreads in (1, 2, 3):
+        torch.set_num_threads(nthreads)
+        try:
+            out = kernel.run(*args)
+        finally:
+            torch.set_num_threads(2)
+        assert_close(out, ref, 1e-4)
 
 
 # -- ConvNeXt blocks ----------------------------------------------------------------------------------
@@ -217,30 +219,7 @@ def test_convnext_blocks_of_the_real_model_fuse():
 
 @pytest.mark.parametrize("band", [1, 3])
 def test_convnext_bands_match_eager_on_any_thread_count(band, tmp_path):
-    from fusecc.codegen import c as c_codegen
-    from fusecc.kernels.lower import lower_group
-    from fusecc.targets.cpu import HostCTarget
-
-    from conftest import GroupRecorder, assert_close
-
-    model, x = _convnext(20), _nhwc(1, 20, 9, 7)
-    with GroupRecorder() as recorder, torch.no_grad():
-        torch._dynamo.reset()
-        torch.compile(model, backend="fusecc", options={"target": recorder.name})(x)
-        ref = model(x)
-    ((group, constants),) = [(g, c) for g, c in recorder.items if g.kind == "block"]
-    spec = lower_group(group)
-    target = HostCTarget(cache_dir=str(tmp_path))
-    args = [constants[i] if i in constants else x for i in range(len(group.graph.find_nodes(op="placeholder")))]
-    params = {**c_codegen.default_params(spec, target.dialect), "band": band}
-    kernel = target._build(spec, c_codegen.render(spec, target.dialect, params), constants, target.cache(), 3)
-    for nthreads in (1, 2, 3):
-        torch.set_num_threads(nthreads)
-        try:
-            out = kernel.run(*args)
-        finally:
-            torch.set_num_threads(2)
-        assert_close(out, ref, 1e-4)
+    _block_matches_on_any_thread_count(_convnext(20), _nhwc(1, 20, 9, 7), tmp_path, band=band)
 
 
 def test_convnext_block_with_weights_beyond_l2_runs_its_layers_untuned():

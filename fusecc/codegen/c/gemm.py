@@ -65,6 +65,35 @@ PANEL_BLOCK_BYTES = 512 * 1024  # B panels sharing one pass over A (half of a 1 
 PREFETCH_K = 16  # rows of the B panel to prefetch ahead (64-byte lines)
 
 
+A_IN_L3_BYTES = 16 * 1024 * 1024  # half of a 32 MB L3
+
+
+def _panel_block(panels: int, panel_bytes: int, row_tasks: int, a_bytes: int) -> int:
+    """Panels that share one pass over a row tile of A: as many as fit in
+    half of L2. When one panel alone outgrows that (long K) and A does not
+    stay in L3 either, four: A would otherwise stream from memory once per
+    panel, and its row tile (MR x K) is what a block reuses from L2
+    (4096^3: 1 panel 412, 4-8 panels 436 GFLOP/s, MLAS 428; where A fits
+    in L3 - 512x1024x4096, 128x768x3072 - one panel per block stays
+    faster: 4 gave 0.96-0.98x MLAS). Then halved while that leaves the
+    threads unevenly loaded (256^3: 43 tasks on 2 threads -> 86; 1.00x
+    MLAS instead of 0.97x) or fewer than 16 tasks."""
+    long_k = panel_bytes > PANEL_BLOCK_BYTES and a_bytes > A_IN_L3_BYTES
+    pb = 4 if long_k else PANEL_BLOCK_BYTES // panel_bytes
+    pb = max(1, min(panels, pb))
+    threads = max(1, torch.get_num_threads())
+
+    def tasks(p: int) -> int:
+        return math.ceil(panels / p) * row_tasks
+
+    def imbalance(p: int) -> float:
+        return math.ceil(tasks(p) / threads) * threads / tasks(p) - 1
+
+    while pb > 1 and (tasks(pb) < 16 or (imbalance(pb) > 0.02 and imbalance(pb // 2) < imbalance(pb))):
+        pb //= 2
+    return pb
+
+
 def microkernel(
     fn: str, mr: int, nv: int, vl: int, a_row: str, a_k: str, kc: int = 256, a_dtype: str = "f32", inline: bool = True
 ) -> str:
@@ -260,9 +289,7 @@ static void {name}_tile(void* const* args, const {a_type}* FC_RESTRICT a, const 
     # Panels in blocks that stay in L2 together: a row tile of A (in L1) is
     # used for every panel of the block before moving on, so A is streamed
     # once per block rather than once per panel.
-    pb_size = params.get("panel_block") or max(1, min(panels, PANEL_BLOCK_BYTES // (4 * k * nr)))
-    while pb_size > 1 and batch * math.ceil(panels / pb_size) * mtiles < 16:  # keep the threads busy
-        pb_size //= 2
+    pb_size = params.get("panel_block") or _panel_block(panels, k * nr * 4, batch * mtiles, 4 * batch * m * k)
     pblocks = math.ceil(panels / pb_size)
     work = batch * panels * mtiles
     b_ptr_type = b_type if not b_const else "float"
