@@ -217,9 +217,14 @@ def test_convnext_blocks_of_the_real_model_fuse():
     assert len(_block_kernels(report)) == 2  # the tiny config has two stages of one block
 
 
+@pytest.mark.parametrize("split", ["rows", "channels"])
 @pytest.mark.parametrize("band", [1, 3])
-def test_convnext_bands_match_eager_on_any_thread_count(band, tmp_path):
-    _block_matches_on_any_thread_count(_convnext(20), _nhwc(1, 20, 9, 7), tmp_path, band=band)
+def test_convnext_bands_and_splits_match_eager_on_any_thread_count(band, split, tmp_path):
+    """Rows: each thread its runs of rows. Channels: every thread filters
+    and normalizes the band, then runs its panels of the expanded channels
+    (80: five panels of 16, unevenly over 3 threads) and adds partial
+    project sums."""
+    _block_matches_on_any_thread_count(_convnext(20), _nhwc(2, 20, 9, 7), tmp_path, band=band, split=split)
 
 
 def test_convnext_block_with_weights_beyond_l2_runs_its_layers_untuned():

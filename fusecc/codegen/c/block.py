@@ -162,7 +162,10 @@ def unfused_by_default(spec: KernelSpec) -> str | None:
     the separate GEMMs read them about once. Measured here (ms, block vs layers,
     batch 1 / 8): 96 ch @56 1.30/1.44, 10.5/27.3; 192 @28 1.13/1.66,
     8.8/14.1; 384 @14 (4.7 MB of weights) 1.02/1.04, 8.2/8.1; 768 @7
-    (18.9 MB) 1.30/1.01. The tuner measures both where asked."""
+    (18.9 MB) 1.30/1.01. Splitting the expanded channels over the threads
+    instead (each weight read once) does not change that: 384 @14 1.03 /
+    8.4 ms, 768 @7 1.07 / 8.5 ms against the layers' 1.01 / 8.2 and 0.98 /
+    7.7 - these blocks are compute-bound. The tuner measures all three."""
     if not _convnext(spec):
         return None
     weights = 8 * math.prod(_gemm_dims(spec.attrs["layers"][-1]))
@@ -175,8 +178,6 @@ def unfused_by_default(spec: KernelSpec) -> str | None:
 
 
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
-    if _convnext(spec):  # the layer norm needs every channel of a pixel: rows only
-        return {"band": (1, 2, 4, 8, 16)}
     return {"band": (1, 2, 4, 8, 16), "split": ("rows", "channels")}
 
 
@@ -245,7 +246,7 @@ def _per_thread_floats(spec: KernelSpec, params: dict) -> int:
     if _convnext(spec):  # the band's expanded rows
         floats += params["band"] * g["ow"] * _gemm_dims(project)[0]
     if params.get("split") == "channels":
-        floats += g["oh"] * g["ow"] * conv_geometry(project)["cout"] + 16
+        floats += g["oh"] * g["ow"] * _gemm_dims(project)[1] + 16
     return floats
 
 
@@ -388,9 +389,8 @@ def _gemm_partial_sums(spec: KernelSpec, name: str, index: int, tile: tuple[int,
     """``name(a, lda, rows, wp, k0, klen, dst)``: dst[rows][C] = a[rows][klen] @ W[k0 : k0 + klen]
     with no epilogue - one thread's share of a K split (the channel-split project)."""
     layer = spec.attrs["layers"][index]
-    g = conv_geometry(layer)
     mr, nv = tile
-    nr, k, c = nv * vl, g["cin"], g["cout"]
+    (k, c), nr = _gemm_dims(layer), nv * vl
     return (
         "\n".join(_microkernels(name, layer, tile, vl))
         + f"""
@@ -471,18 +471,28 @@ static void {name}(void* const* args, float* buf, long rows) {{
 """
 
 
-def _convnext_tail(spec: KernelSpec, name: str, vl: int, params: dict) -> tuple[list[str], str]:
+def _convnext_tail(spec: KernelSpec, name: str, vl: int, params: dict, channels: bool) -> tuple[list[str], str]:
     """The functions after the depthwise layer of a ConvNeXt block, and the
     C that runs them on one band (``dband``: the band's depthwise output,
-    ``hbuf``: its expanded rows)."""
+    ``hbuf``: its expanded rows). With ``channels``, the thread's expanded
+    channels ``[e0, e0 + ew)`` (panels ``[u0, u1)``) only, and the project
+    GEMM writes partial sums (``partial``) for the reduction after."""
     _, _, up, down = spec.attrs["layers"]
     (c, e), g = _gemm_dims(up), conv_geometry(spec.attrs["layers"][0])
     t_up, t_down = params["tiles"]
-    parts = [
-        _norm_rows(spec, f"{name}_norm", 1, vl),
-        _gemm_rows(spec, f"{name}_up", 2, t_up, vl),
-        _gemm_rows(spec, f"{name}_down", 3, t_down, vl),
-    ]
+    parts = [_norm_rows(spec, f"{name}_norm", 1, vl), _gemm_rows(spec, f"{name}_up", 2, t_up, vl)]
+    if channels:
+        parts.append(_gemm_partial_sums(spec, f"{name}_down", 3, t_down, vl))
+        call = f"""{{
+          const long rows = (oy1 - oy0) * {g["ow"]}L, pix0 = (nimg * {g["oh"]}L + oy0) * {g["ow"]}L;
+          {name}_norm(args, dband, rows);
+          {name}_up(args, dband, {c}L, rows, (const float*)args[{_weight_operand(spec, 2)}], hbuf, ew, pix0,
+                    u0, u1, e0);
+          {name}_down(hbuf, ew, rows, (const float*)args[{_weight_operand(spec, 3)}], e0, ew,
+                      partial + oy0 * {g["ow"] * c}L);
+        }}"""
+        return parts, call
+    parts.append(_gemm_rows(spec, f"{name}_down", 3, t_down, vl))
     call = f"""{{
           const long rows = (oy1 - oy0) * {g["ow"]}L, pix0 = (nimg * {g["oh"]}L + oy0) * {g["ow"]}L;
           {name}_norm(args, dband, rows);
@@ -506,15 +516,18 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     co = _gemm_dims(project)[1]
     n = g["n"]
     band, ring = params["band"], _ring_rows(spec, params)
-    channels = params.get("split") == "channels" and not convnext
+    channels = params.get("split") == "channels"
     per_thread = _per_thread_floats(spec, params)
     x_i = spec.attrs["operand_maps"][0][(expand or dw).attrs["input"]]
     out_i = len(spec.operands)
     w_dw = _weight_operand(spec, off)
     w_pr = None if convnext else _weight_operand(spec, off + 1)
-    # channel ranges are whole panels of the expand GEMM (or whole vectors)
-    unit = params["tiles"][0][1] * vl if expand is not None else vl
-    units = math.ceil(ce / unit)
+    last = len(spec.attrs["layers"]) - 1
+    # channel ranges are whole panels of the expand GEMM (or whole vectors);
+    # a ConvNeXt block splits the channels after its layer norm
+    unit = params["tiles"][0][1] * vl if expand is not None or convnext else vl
+    split_channels = _gemm_dims(spec.attrs["layers"][2])[1] if convnext else ce
+    units = math.ceil(split_channels / unit)
 
     parts = []
     if expand is not None:
@@ -526,7 +539,7 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
             memcpy(slot + ({pl}L + ix) * cw, x + ((nimg * {h}L + r) * {w}L + ix) * {cin}L + c0, 4 * cw);"""
     parts.append(_depthwise_row(spec, f"{name}_dw", off, vl))
     if convnext:
-        tail, project_call = _convnext_tail(spec, name, vl, params)
+        tail, project_call = _convnext_tail(spec, name, vl, params, channels)
         parts.extend(tail)
     elif channels:
         parts.append(_gemm_partial_sums(spec, f"{name}_project", off + 1, params["tiles"][1], vl))
@@ -571,6 +584,8 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
         return f"(float*)(((uintptr_t)(ws + (size_t){t} * {4 * per_thread + 128}) + 63) & ~(uintptr_t)63)"
 
     partial_offset = (ring + 1) * (w + pl + pr) * ce + band * ow * ce
+    if convnext:  # after the expanded rows
+        partial_offset += band * ow * split_channels
     buffers = f"""
     float* FC_RESTRICT ringbuf = {thread_buf("tid")};
     float* FC_RESTRICT zero = ringbuf + {ring * (w + pl + pr) * ce}L;
@@ -616,9 +631,10 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     float* FC_RESTRICT partial = ringbuf + {partial_offset}L;
     const float* part_of[team];  /* every thread's partial sums */
     for (int t = 0; t < team; ++t) part_of[t] = {thread_buf("t")} + {partial_offset}L;
-    {_bind(spec, off + 1)}
+    {_bind(spec, last)}
     const long u0 = tid * {units}L / team, u1 = (tid + 1) * {units}L / team;
-    const long c0 = u0 * {unit}L, cw = (u1 * {unit}L < {ce}L ? u1 * {unit}L : {ce}L) - c0;
+    const long s0 = u0 * {unit}L, sw = (u1 * {unit}L < {split_channels}L ? u1 * {unit}L : {split_channels}L) - s0;
+    {"const long c0 = 0, cw = " + str(ce) + "L, e0 = s0, ew = sw;" if convnext else "const long c0 = s0, cw = sw;"}
     (void)u1;
     for (long nimg = 0; nimg < {n}L; ++nimg) {{
       const long y0 = 0, y1 = {oh}L;{bands}
