@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from conftest import check_against_eager
-from fusecc.bench.blocks import BasicBlock, InvertedResidual, _randomize_bn
+from fusecc.bench.blocks import BasicBlock, Bottleneck, InvertedResidual, _randomize_bn
 from fusecc.compiler import collect_reports
 
 
@@ -275,3 +275,40 @@ def test_a_residual_add_after_a_permute_joins_the_gemm_epilogue():
     assert [k["kind"] for k in report.kernels] == ["gemm"]
     (group,) = report.groups
     assert "aten.permute.default" in group["members"] and "aten.add.Tensor" in group["members"]
+
+
+# -- ResNet bottlenecks -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cin, mid, stride, hw, batch",
+    [
+        (32, 8, 1, (9, 7), 2),  # identity shortcut, odd sizes, two images
+        (16, 8, 2, (9, 8), 1),  # stride 2: the shortcut is a strided 1x1 projection (a kernel of its own)
+        (40, 10, 1, (5, 6), 1),  # 10 and 40 channels: partial vectors in every layer
+    ],
+)
+def test_bottleneck_is_one_kernel_and_matches_eager(cin, mid, stride, hw, batch):
+    model = _randomize_bn(Bottleneck(cin, mid, stride))
+    report = _compile_report(model, _nhwc(batch, cin, *hw), target="c")
+    (block,) = _block_kernels(report)
+    assert block["spec"]["attrs"]["pattern"] == "bottleneck"
+    (decision,) = [d for d in report.decisions if d.pass_name == "block_fusion" and d.accepted]
+    assert decision.message.startswith(f"bottleneck [1x1 {cin}->{mid}, 3x3 {mid}->{mid}, 1x1 {mid}->{4 * mid}]")
+    shortcut = [k["kind"] for k in report.kernels if k["kind"] != "block"]
+    assert shortcut == (["conv"] if stride != 1 else [])
+
+
+@pytest.mark.parametrize("band", [1, 3])
+def test_bottleneck_bands_match_eager_on_any_thread_count(band, tmp_path):
+    model = _randomize_bn(Bottleneck(48, 12))  # identity shortcut: the block's only runtime input is x
+    _block_matches_on_any_thread_count(model, _nhwc(2, 48, 11, 9), tmp_path, band=band)
+
+
+def test_resnet50_bottlenecks_fuse():
+    from fusecc.bench import zoo
+
+    entry = zoo.get("resnet50")
+    report = _compile_report(entry.model("tiny"), entry.example_input("tiny", 2), target="c", tol=1e-3)
+    assert _block_kernels(report)
+    assert {b["spec"]["attrs"]["pattern"] for b in _block_kernels(report)} == {"bottleneck"}

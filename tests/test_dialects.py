@@ -31,7 +31,8 @@ def _groups(models):
     seen, picked = set(), []
     for group, constants in recorder.items:
         spec = lower_group(group)
-        key = (spec.kind, spec.attrs.get("reduction"), spec.attrs.get("algo"), len(spec.outputs), spec.signature())
+        key = (spec.kind, spec.attrs.get("reduction") or spec.attrs.get("pattern"), spec.attrs.get("algo"),
+               len(spec.outputs), spec.signature())  # fmt: skip
         if key[:4] in seen and len(picked) > 40:
             continue
         seen.add(key[:4])
@@ -45,7 +46,7 @@ GROUPS = None
 def groups():
     global GROUPS
     if GROUPS is None:
-        GROUPS = _groups(["mobilenet_v2", "resnet18", "convnext_tiny", "bert_base", "gpt2", "llama"])
+        GROUPS = _groups(["mobilenet_v2", "resnet18", "resnet50", "convnext_tiny", "bert_base", "gpt2", "llama"])
     return GROUPS
 
 
@@ -71,9 +72,10 @@ def _check(dialect: str, toolchain: Toolchain, runner: tuple[str, ...]):
             ref = group(*args)
         ref = list(ref) if isinstance(ref, (tuple, list)) else [ref]
         variants = [None]
-        if spec.kind == "block":  # both ways of sharing a block between threads
+        if spec.kind == "block":  # every way of sharing a block between threads
             default = c_codegen.default_params(spec, DIALECTS[dialect])
-            variants = [{**default, "split": split} for split in ("rows", "channels")]
+            splits = c_codegen.tunables(spec, DIALECTS[dialect])["split"]
+            variants = [{**default, "split": split} for split in splits]
         for params in variants:
             source = c_codegen.render(spec, dialect, params)
             by_operand = {i: args[o.arg_index] for i, o in enumerate(spec.operands)}
@@ -107,3 +109,8 @@ def test_host_dialects_match_eager(dialect):
     if dialect == "avx2":
         flags += ("-march=x86-64-v3",)
     _check(dialect, Toolchain("gcc", flags), ())
+
+
+def test_every_block_pattern_is_among_the_checked_kernels():
+    patterns = {spec.attrs["pattern"] for _, _, spec in groups() if spec.kind == "block"}
+    assert patterns == {"inverted_residual", "convnext", "bottleneck"}

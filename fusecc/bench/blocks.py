@@ -73,6 +73,22 @@ class ConvNeXtBlock(nn.Module):
         return x + (self.gamma * y).permute(0, 3, 1, 2)
 
 
+class Bottleneck(nn.Module):
+    """ResNet bottleneck: 1x1 reduce, ReLU, 3x3 (stride), ReLU, 1x1 expand,
+    + shortcut (identity, or a strided 1x1 projection), ReLU."""
+
+    def __init__(self, cin: int, mid: int, stride: int = 1):
+        super().__init__()
+        cout = 4 * mid
+        self.body = nn.Sequential(
+            *_conv_bn(cin, mid), nn.ReLU(), *_conv_bn(mid, mid, 3, stride), nn.ReLU(), *_conv_bn(mid, cout)
+        )
+        self.shortcut = nn.Sequential(*_conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout else None
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + (x if self.shortcut is None else self.shortcut(x)))
+
+
 def _randomize_bn(model: nn.Module) -> nn.Module:
     """Non-trivial batch-norm statistics, so folding them is tested too."""
     gen = torch.Generator().manual_seed(0)
@@ -94,6 +110,8 @@ BLOCKS = {
     "convnext 96 @56": (lambda: ConvNeXtBlock(96), (96, 56, 56)),
     "convnext 384 @14": (lambda: ConvNeXtBlock(384), (384, 14, 14)),
     "basic 64 @56": (lambda: BasicBlock(64), (64, 56, 56)),
+    "bottleneck 256-64-256 @56": (lambda: Bottleneck(256, 64), (256, 56, 56)),
+    "bottleneck 512-128-512 @28": (lambda: Bottleneck(512, 128), (512, 28, 28)),
 }
 
 

@@ -725,6 +725,7 @@ def lower_conv(group: FusedGroup) -> KernelSpec:
 
 _BLOCK_LAYER_KINDS = {
     "inverted_residual": ("conv",),
+    "bottleneck": ("conv",),
     "convnext": ("conv", "reduction", "gemm", "gemm"),
 }
 
@@ -792,7 +793,7 @@ def lower_block(group: FusedGroup) -> KernelSpec:
     last = layers[-1].outputs[0]
     output = Output(last.name, last.dtype, last.shape, Acc(), strides=last.strides)
     attrs = {"layers": tuple(layers), "operand_maps": tuple(maps), "pattern": pattern}
-    space = layers[-1].space if pattern == "inverted_residual" else layers[0].space
+    space = layers[0].space if pattern == "convnext" else layers[-1].space
     return _finish(b, "block", space, [output], attrs=attrs)
 
 

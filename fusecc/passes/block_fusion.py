@@ -24,11 +24,14 @@ epilogue: bias, activation, layer scale) whose last epilogue adds the
 block's input (the residual), with only views and permutes between them.
 The depthwise output, the normalized tensor and the expanded tensor never
 leave the kernel.
+Also matches ResNet's bottleneck: 1x1 reduce, a dense kxk convolution
+(any stride, same channel count), 1x1 expand with the residual add; its
+reduced tensors stay in the kernel's ring and band buffers the same way.
 Refuses, with the reason in the dump: intermediates used elsewhere,
 non-constant weights, layouts or dtypes the kernel does not handle, layer
 epilogues that read runtime tensors before the last layer, and residual
-blocks built from full (non-depthwise) kxk convolutions (ResNet basic and
-bottleneck blocks), which this pass does not fuse yet.
+blocks of full kxk convolutions outside the bottleneck shape (ResNet's
+basic block), which this pass does not fuse yet.
 """
 
 from __future__ import annotations
@@ -138,17 +141,29 @@ def _why_not(chain: list[_Layer]) -> str | None:
     return None
 
 
-def _inverted_residual(gm: GraphModule, project: _Layer) -> list[_Layer] | None:
-    """[expand?, depthwise, project] ending at ``project``, or None."""
+def _is_full_square(layer: _Layer) -> bool:
+    """A dense kxk convolution (groups 1) keeping its channel count."""
+    _, _, dilation, transposed, groups = layer.geometry
+    cout, cin = layer.weight_shape[:2]
+    return groups == 1 and cin == cout and dilation == (1, 1) and not transposed and layer.weight_shape[2] > 1
+
+
+def _inverted_residual(gm: GraphModule, project: _Layer) -> tuple[str, list[_Layer]] | None:
+    """(pattern, [expand?, middle, project]) ending at ``project``: an
+    inverted residual (depthwise middle, expand optional) or a ResNet
+    bottleneck (1x1 reduce, a dense kxk middle, 1x1 expand); or None."""
     if not project.is_pointwise():
         return None
-    dw = _conv_layer(gm, project.input)
-    if dw is None or not dw.is_depthwise():
+    mid = _conv_layer(gm, project.input)
+    if mid is None:
         return None
-    expand = _conv_layer(gm, dw.input)
-    if expand is not None and expand.is_pointwise() and len(expand.call.users) == 1:
-        return [expand, dw, project]
-    return [dw, project]
+    expand = _conv_layer(gm, mid.input)
+    has_expand = expand is not None and expand.is_pointwise() and len(expand.call.users) == 1
+    if mid.is_depthwise():
+        return ("inverted_residual", [expand, mid, project] if has_expand else [mid, project])
+    if _is_full_square(mid) and has_expand:
+        return ("bottleneck", [expand, mid, project])
+    return None
 
 
 def _residual_chain(gm: GraphModule, last: _Layer) -> list[_Layer]:
@@ -249,17 +264,18 @@ def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
     for project in layers:
         if project.call in taken:  # fused into an earlier block (and erased from the graph)
             continue
-        chain = _inverted_residual(gm, project)
-        if chain is None:
+        found = _inverted_residual(gm, project)
+        if found is None:
             if project.runtime_inputs():  # a residual add closing over something else
                 kinds = ", ".join(layer.describe() for layer in _residual_chain(gm, project))
                 ctx.decide(
                     NAME,
                     project.call.name,
-                    f"residual block [{kinds}]: full kxk convolutions inside a block are not fused yet "
-                    "(block kernels take 1x1 and depthwise layers)",
+                    f"residual block [{kinds}]: full kxk convolutions outside a 1x1-kxk-1x1 bottleneck are "
+                    "not fused yet (block kernels take 1x1, depthwise and bottleneck layers)",
                 )
             continue
+        pattern, chain = found
         subject = "/".join(layer.call.name for layer in chain)
         reason = _why_not(chain)
         members = {layer.call for layer in chain}
@@ -271,17 +287,9 @@ def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
             ctx.decide(NAME, subject, reason)
             continue
         residual = bool(chain[-1].runtime_inputs())
-        attrs = {
-            "pattern": "inverted_residual",
-            "layers": [layer.describe() for layer in chain],
-            "residual": residual,
-        }
+        attrs = {"pattern": pattern, "layers": [layer.describe() for layer in chain], "residual": residual}
         call = fuse_nodes(gm, [layer.call for layer in chain], "block", attrs)
         taken |= members
-        ctx.decide(
-            NAME,
-            call.target,
-            f"inverted residual [{', '.join(attrs['layers'])}]{' + residual' if residual else ''}",
-            True,
-        )
+        what = pattern.replace("_", " ")
+        ctx.decide(NAME, call.target, f"{what} [{', '.join(attrs['layers'])}]{' + residual' if residual else ''}", True)
     return gm

@@ -37,7 +37,9 @@ class Toolchain:
 
     def command(self, source: Path, output: Path, shared: bool = True, extra: tuple[str, ...] = ()) -> list[str]:
         kind = ["-shared", "-fPIC"] if shared else []
-        return [self.cc, *self.flags, *kind, *extra, str(source), "-o", str(output)]
+        # extra (link options, libraries) after the source: a static link
+        # resolves a library only for the objects named before it
+        return [self.cc, *self.flags, *kind, str(source), "-o", str(output), *extra]
 
     def build(self, source: Path, output: Path, shared: bool = True, extra: tuple[str, ...] = ()) -> dict:
         cmd = self.command(source, output, shared, extra)

@@ -48,6 +48,11 @@ def _convnext(spec: KernelSpec) -> bool:
     return spec.attrs.get("pattern") == "convnext"
 
 
+def _bottleneck(spec: KernelSpec) -> bool:
+    """ResNet's bottleneck: the middle layer is a dense kxk convolution."""
+    return spec.attrs.get("pattern") == "bottleneck"
+
+
 def _roles(spec: KernelSpec) -> tuple[KernelSpec | None, KernelSpec, KernelSpec]:
     """(expand or None, depthwise, last layer)."""
     layers = spec.attrs["layers"]
@@ -114,7 +119,10 @@ def _check(spec: KernelSpec) -> None:
             if layer is not project and (a.strides[0] or a.strides[2] or a.strides[3]):
                 raise NotImplementedError("an inner layer's epilogue reads a per-pixel tensor")
     g = conv_geometry(dw)
-    if g["cin_g"] != 1 or g["cout_g"] != 1:
+    if _bottleneck(spec):
+        if g["g"] != 1 or g["cin"] != g["cout"] or (g["dh"], g["dw"]) != (1, 1) or expand is None:
+            raise NotImplementedError("a bottleneck's middle layer is a dense kxk convolution keeping its channels")
+    elif g["cin_g"] != 1 or g["cout_g"] != 1:
         raise NotImplementedError("the middle layer of a block is not depthwise")
     for layer in (expand, project):
         if layer is not None:
@@ -153,6 +161,7 @@ def _panel_tile(channels: int, dialect: Dialect) -> tuple[int, int]:
 
 # measured: 1.2 MB of GEMM weights (192 channels) still 1.4x faster fused, 4.7 MB (384) a tie
 CONVNEXT_WEIGHTS_FUSED_MAX = 2 * 1024 * 1024
+BOTTLENECK_WEIGHTS_FUSED_MAX = 256 * 1024  # dense middle layer: 64 channels fuse, 128 run as layers
 
 
 def unfused_by_default(spec: KernelSpec) -> str | None:
@@ -165,7 +174,19 @@ def unfused_by_default(spec: KernelSpec) -> str | None:
     (18.9 MB) 1.30/1.01. Splitting the expanded channels over the threads
     instead (each weight read once) does not change that: 384 @14 1.03 /
     8.4 ms, 768 @7 1.07 / 8.5 ms against the layers' 1.01 / 8.2 and 0.98 /
-    7.7 - these blocks are compute-bound. The tuner measures all three."""
+    7.7 - these blocks are compute-bound. The tuner measures all three.
+
+    A ResNet bottleneck is compute-bound too; fused, it saves the two
+    reduced tensors' round trips, which pays only while its dense middle
+    weights are small: 256-64-256 @56 (147 KB) block vs layers 0.89 / 0.89
+    ms at batch 1, 8.1 / 9.3 ms at batch 8; 512-128-512 @28 (590 KB) 0.91 /
+    0.89 and 7.5 / 7.5 ms."""
+    if _bottleneck(spec):
+        g = conv_geometry(spec.attrs["layers"][1])
+        weights = 4 * g["K"] * g["cout"]
+        if weights > BOTTLENECK_WEIGHTS_FUSED_MAX:
+            return f"its {g['kh']}x{g['kw']} weights ({weights / 2**10:.0f} KiB) are re-read for every band"
+        return None
     if not _convnext(spec):
         return None
     weights = 8 * math.prod(_gemm_dims(spec.attrs["layers"][-1]))
@@ -178,6 +199,8 @@ def unfused_by_default(spec: KernelSpec) -> str | None:
 
 
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
+    if _bottleneck(spec):  # the dense middle layer needs every channel of the ring: rows only
+        return {"band": (1, 2, 4, 8, 16), "split": ("rows",)}
     return {"band": (1, 2, 4, 8, 16), "split": ("rows", "channels")}
 
 
@@ -223,10 +246,13 @@ def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
         _, _, up, down = spec.attrs["layers"]
         tiles = [_panel_tile(_gemm_dims(layer)[1], dialect) for layer in (up, down)]
         return {"band": _band(spec), "tiles": tiles, "split": "rows", "vl": dialect.vl}
-    expand, _, project = _roles(spec)
+    expand, mid, project = _roles(spec)
     tiles = [
         _panel_tile(conv_geometry(layer)["cout"], dialect) if layer is not None else None for layer in (expand, project)
     ]
+    if _bottleneck(spec):
+        tiles.append(_panel_tile(conv_geometry(mid)["cout"], dialect))
+        return {"band": _band(spec), "tiles": tiles, "split": "rows", "vl": dialect.vl}
     return {"band": _band(spec), "tiles": tiles, "split": _default_split(spec), "vl": dialect.vl}
 
 
@@ -291,6 +317,13 @@ def prepare(spec: KernelSpec, params: dict, constants: dict[int, torch.Tensor]) 
         out[w_i] = pack_panels(constants[w_i].float().reshape(g["cout"], g["cin"]).t(), tile[1] * params["vl"])
     g = conv_geometry(dw)
     w_i = _weight_operand(spec, offset)
+    if _bottleneck(spec):  # [tap][panel][cin][NR]: one GEMM weight per tap
+        nr = tiles[2][1] * params["vl"]
+        weight = constants[w_i].float()
+        out[w_i] = torch.stack(
+            [pack_panels(weight[:, :, ky, kx].t(), nr) for ky in range(g["kh"]) for kx in range(g["kw"])]
+        ).contiguous()
+        return out
     out[w_i] = constants[w_i].float().reshape(g["cout"], g["kh"] * g["kw"]).t().contiguous()
     return out
 
@@ -339,10 +372,12 @@ def _epilogue(layer: KernelSpec, valid: str | None) -> list[str]:
     return epilogue_stores(flat, ["pix"], "co", valid, store)
 
 
-def _microkernels(name: str, layer: KernelSpec, tile: tuple[int, int], vl: int) -> list[str]:
-    k = _gemm_dims(layer)[0]
+def _microkernels(
+    name: str, layer: KernelSpec, tile: tuple[int, int], vl: int, k: int | None = None, accumulate: bool = False
+) -> list[str]:
+    k = k or _gemm_dims(layer)[0]
     return [
-        microkernel(f"{name}_u{r}", r, tile[1], vl, "lda", "1", k if k <= 512 else 512, inline=False)
+        microkernel(f"{name}_u{r}", r, tile[1], vl, "lda", "1", min(k, 512), inline=False, accumulate=accumulate)
         for r in range(1, tile[0] + 1)
     ]
 
@@ -453,6 +488,54 @@ static void {name}(void* const* args, const float* const* rows_in, const float* 
 """
 
 
+def _conv_row(spec: KernelSpec, name: str, index: int, tile: tuple[int, int], vl: int) -> str:
+    """``name(args, rows_in, wts, dst, pix0, c0, c1, ld)`` for a dense kxk
+    layer (a bottleneck's middle): one output row, all channels, as a GEMM
+    per tap - the A operand is the padded ring row ``ky`` shifted by ``kx``
+    pixels (rows ``sw * ld`` floats apart), accumulated in the register
+    tile over the kh x kw taps; the epilogue as for any layer."""
+    layer = spec.attrs["layers"][index]
+    g = conv_geometry(layer)
+    mr, nv = tile
+    nr, cin, cout, ow = nv * vl, g["cin"], g["cout"], g["ow"]
+    panels = math.ceil(cout / nr)
+    full, part = _epilogue(layer, None), _epilogue(layer, "rem")
+    cases = "\n".join(
+        f"            case {r}: {name}_u{r}({cin}L, a, {g['sw']}L * ld, bp, tile); break;" for r in range(1, mr + 1)
+    )
+    return (
+        "\n".join(_microkernels(name, layer, tile, vl, k=cin, accumulate=True))
+        + f"""
+static void {name}(void* const* args, const float* const* rows_in, const float* FC_RESTRICT wts,
+                   float* FC_RESTRICT dst, long pix0, long c0, long c1, long ld) {{
+  {_bind(spec, index)}
+  (void)c1;
+  const long ldd = ld, co_base = c0;
+  float tile[{mr * nr}] __attribute__((aligned(64)));
+  for (long p = 0; p < {panels}L; ++p) {{
+    for (long m0 = 0; m0 < {ow}L; m0 += {mr}L) {{
+      const long r = {ow}L - m0 < {mr}L ? {ow}L - m0 : {mr}L;
+      memset(tile, 0, sizeof tile);
+      for (long ky = 0; ky < {g["kh"]}L; ++ky)
+        for (long kx = 0; kx < {g["kw"]}L; ++kx) {{
+          const float* a = rows_in[ky] + (m0 * {g["sw"]}L + kx) * ld;
+          const float* bp = wts + ((ky * {g["kw"]}L + kx) * {panels}L + p) * {cin * nr}L;
+          switch (r) {{
+{cases}
+            default: break;
+          }}
+        }}
+      for (long i = 0; i < r; ++i) {{
+        const long row = m0 + i, pix = pix0 + row;
+{tile_columns(nr, vl, "co", f"p * {nr}L", cout, full, part, "        ")}
+      }}
+    }}
+  }}
+}}
+"""
+    )
+
+
 def _norm_rows(spec: KernelSpec, name: str, index: int, vl: int) -> str:
     """``name(args, buf, rows)``: layer ``index`` (a row reduction: the layer
     norm) on ``rows`` pixel rows of ``buf``, in place."""
@@ -516,7 +599,7 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     co = _gemm_dims(project)[1]
     n = g["n"]
     band, ring = params["band"], _ring_rows(spec, params)
-    channels = params.get("split") == "channels"
+    channels = params.get("split") == "channels" and not _bottleneck(spec)
     per_thread = _per_thread_floats(spec, params)
     x_i = spec.attrs["operand_maps"][0][(expand or dw).attrs["input"]]
     out_i = len(spec.operands)
@@ -537,7 +620,10 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     else:
         fill = f"""for (long ix = 0; ix < {w}L; ++ix)
             memcpy(slot + ({pl}L + ix) * cw, x + ((nimg * {h}L + r) * {w}L + ix) * {cin}L + c0, 4 * cw);"""
-    parts.append(_depthwise_row(spec, f"{name}_dw", off, vl))
+    if _bottleneck(spec):
+        parts.append(_conv_row(spec, f"{name}_dw", off, params["tiles"][2], vl))
+    else:
+        parts.append(_depthwise_row(spec, f"{name}_dw", off, vl))
     if convnext:
         tail, project_call = _convnext_tail(spec, name, vl, params, channels)
         parts.extend(tail)

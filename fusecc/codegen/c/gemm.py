@@ -95,7 +95,16 @@ def _panel_block(panels: int, panel_bytes: int, row_tasks: int, a_bytes: int) ->
 
 
 def microkernel(
-    fn: str, mr: int, nv: int, vl: int, a_row: str, a_k: str, kc: int = 256, a_dtype: str = "f32", inline: bool = True
+    fn: str,
+    mr: int,
+    nv: int,
+    vl: int,
+    a_row: str,
+    a_k: str,
+    kc: int = 256,
+    a_dtype: str = "f32",
+    inline: bool = True,
+    accumulate: bool = False,
 ) -> str:
     """``static inline void fn(long K, const float* a, long lda, const float* bp, float* tile)``:
     tile[MR x NR] = sum_k a[i*a_row + k*a_k] * bp[k*NR + l] (a broadcast, bp loaded);
@@ -105,8 +114,10 @@ def microkernel(
     ``inline=False`` keeps it a function of its own: inlined next to a heavy
     epilogue (GELU's erf), the epilogue's hoisted constants take the
     accumulators' registers and the K loop spills (ConvNeXt block: 1.8 ->
-    1.3 ms)."""
+    1.3 ms). ``accumulate`` adds to what ``tile`` holds (a convolution
+    summing its taps, one call per tap) instead of starting from zero."""
     nr = nv * vl
+    first = "vload(tile + {o})" if accumulate else "k0 ? vload(tile + {o}) : vzero()"
     a_type = "uint16_t" if a_dtype == "bf16" else "float"
     linkage = "static inline" if inline else "static __attribute__((noinline))"
     lines = [
@@ -118,7 +129,7 @@ def microkernel(
     ]
     for i in range(mr):
         lines.append(
-            "  " + " ".join(f"vf c{i}_{j} = k0 ? vload(tile + {i * nr + j * vl}) : vzero();" for j in range(nv))
+            "  " + " ".join(f"vf c{i}_{j} = {first.format(o=i * nr + j * vl)};" for j in range(nv))
         )
     lines.append("  for (long k = k0; k < k1; ++k) {")
     # B streams from L2 (a K x NR panel outgrows L1); the hardware prefetcher
