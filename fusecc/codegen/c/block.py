@@ -21,6 +21,9 @@ a second buffer and the project GEMM, epilogue fused (bias, layer scale,
 residual), writes the output. Neither the normalized nor the 4x expanded
 tensor exists in full.
 
+A ResNet bottleneck (``pattern == "bottleneck"``) is the inverted residual
+with a dense kxk middle layer, run as one GEMM per tap over the ring rows.
+
 The layers are the specs of the block's nested groups (``conv2d``, and for
 ConvNeXt ``reduction`` and ``gemm``); their epilogues are rendered by the
 same code as a lone kernel's.
