@@ -66,11 +66,39 @@ def test_block_fusion_off_runs_every_layer_alone():
     assert not _block_kernels(report) and len([k for k in report.kernels if k["kind"] == "conv"]) == 3
 
 
-def test_residual_blocks_of_full_convolutions_are_refused_with_the_reason():
-    report = _compile_report(_randomize_bn(BasicBlock(8)), _nhwc(1, 8, 8, 8), target="c")
+def test_residual_blocks_the_kernels_do_not_take_are_refused_with_the_reason():
+    """A residual add closing over a 1x1 then a 3x3 convolution: no block pattern."""
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+
+        def forward(self, x):
+            return x + self.body(x)
+
+    report = _compile_report(Odd().eval(), _nhwc(1, 8, 8, 8), target="c")
     assert not _block_kernels(report)
     refused = [d for d in report.decisions if d.pass_name == "block_fusion" and not d.accepted]
-    assert refused and "full kxk convolutions" in refused[0].message and "3x3 8->8" in refused[0].message
+    assert refused and "not an inverted residual, bottleneck or basic block" in refused[0].message
+    assert "1x1 8->8, 3x3 8->8" in refused[0].message
+
+
+def test_basic_blocks_fuse_but_run_as_their_layers_untuned():
+    report = _compile_report(_randomize_bn(BasicBlock(8)), _nhwc(1, 8, 8, 8), target="c")
+    (decision,) = [d for d in report.decisions if d.pass_name == "block_fusion" and d.accepted]
+    assert decision.message == "basic [3x3 8->8, 3x3 8->8] + residual"
+    assert not _block_kernels(report) and [k["kind"] for k in report.kernels] == ["conv", "conv"]
+    assert any("untuned, two dense convolutions" in d.message for d in report.decisions if d.pass_name == "lower")
+
+
+@pytest.mark.parametrize("band", [1, 2])
+@pytest.mark.parametrize("c, hw, batch", [(16, (9, 7), 2), (20, (5, 6), 1), (8, (1, 1), 2)])
+def test_basic_block_kernel_matches_eager_on_any_thread_count(c, hw, batch, band, tmp_path):
+    """The block kernel itself (the tuner's choice where it wins): odd sizes,
+    partial vectors, a 1x1 map that is all padding."""
+    model = _randomize_bn(BasicBlock(c))
+    _block_matches_on_any_thread_count(model, _nhwc(batch, c, *hw), tmp_path, band=band)
 
 
 def test_an_intermediate_used_outside_stays_out_of_the_block():

@@ -113,4 +113,4 @@ def test_host_dialects_match_eager(dialect):
 
 def test_every_block_pattern_is_among_the_checked_kernels():
     patterns = {spec.attrs["pattern"] for _, _, spec in groups() if spec.kind == "block"}
-    assert patterns == {"inverted_residual", "convnext", "bottleneck"}
+    assert patterns == {"inverted_residual", "convnext", "bottleneck", "basic"}

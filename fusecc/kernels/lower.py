@@ -726,6 +726,7 @@ def lower_conv(group: FusedGroup) -> KernelSpec:
 _BLOCK_LAYER_KINDS = {
     "inverted_residual": ("conv",),
     "bottleneck": ("conv",),
+    "basic": ("conv",),
     "convnext": ("conv", "reduction", "gemm", "gemm"),
 }
 

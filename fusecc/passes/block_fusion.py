@@ -141,17 +141,28 @@ def _why_not(chain: list[_Layer]) -> str | None:
     return None
 
 
-def _is_full_square(layer: _Layer) -> bool:
-    """A dense kxk convolution (groups 1) keeping its channel count."""
+def _is_dense(layer: _Layer) -> bool:
+    """A dense kxk convolution (groups 1, k > 1, no dilation)."""
     _, _, dilation, transposed, groups = layer.geometry
+    return groups == 1 and dilation == (1, 1) and not transposed and layer.weight_shape[2] > 1
+
+
+def _is_full_square(layer: _Layer) -> bool:
+    """A dense kxk convolution keeping its channel count."""
     cout, cin = layer.weight_shape[:2]
-    return groups == 1 and cin == cout and dilation == (1, 1) and not transposed and layer.weight_shape[2] > 1
+    return _is_dense(layer) and cin == cout
 
 
 def _inverted_residual(gm: GraphModule, project: _Layer) -> tuple[str, list[_Layer]] | None:
     """(pattern, [expand?, middle, project]) ending at ``project``: an
-    inverted residual (depthwise middle, expand optional) or a ResNet
-    bottleneck (1x1 reduce, a dense kxk middle, 1x1 expand); or None."""
+    inverted residual (depthwise middle, expand optional), a ResNet
+    bottleneck (1x1 reduce, a dense kxk middle, 1x1 expand), or a ResNet
+    basic block ([dense kxk, dense kxk stride 1 + residual]); or None."""
+    if _is_full_square(project) and project.geometry[0] == (1, 1) and project.runtime_inputs():
+        first = _conv_layer(gm, project.input)
+        if first is not None and _is_dense(first) and first.weight_shape[0] == project.weight_shape[1]:
+            return ("basic", [first, project])
+        return None
     if not project.is_pointwise():
         return None
     mid = _conv_layer(gm, project.input)
@@ -271,8 +282,8 @@ def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
                 ctx.decide(
                     NAME,
                     project.call.name,
-                    f"residual block [{kinds}]: full kxk convolutions outside a 1x1-kxk-1x1 bottleneck are "
-                    "not fused yet (block kernels take 1x1, depthwise and bottleneck layers)",
+                    f"residual block [{kinds}]: not an inverted residual, bottleneck or basic block "
+                    "(block kernels take 1x1 + depthwise/dense kxk + 1x1, or two dense kxk layers)",
                 )
             continue
         pattern, chain = found

@@ -23,6 +23,9 @@ tensor exists in full.
 
 A ResNet bottleneck (``pattern == "bottleneck"``) is the inverted residual
 with a dense kxk middle layer, run as one GEMM per tap over the ring rows.
+A basic block (``pattern == "basic"``: two dense kxk layers) keeps a ring
+of padded input rows and a ring of the first layer's rows; the second
+layer (+ residual) reads the latter straight into the output.
 
 The layers are the specs of the block's nested groups (``conv2d``, and for
 ConvNeXt ``reduction`` and ``gemm``); their epilogues are rendered by the
@@ -49,6 +52,11 @@ CONVNEXT_WEIGHTS_IN_L2 = 512 * 1024  # above: the GEMM weights stream from L3 on
 
 def _convnext(spec: KernelSpec) -> bool:
     return spec.attrs.get("pattern") == "convnext"
+
+
+def _basic(spec: KernelSpec) -> bool:
+    """ResNet's basic block: two dense kxk convolutions, the second with the residual."""
+    return spec.attrs.get("pattern") == "basic"
 
 
 def _bottleneck(spec: KernelSpec) -> bool:
@@ -109,9 +117,30 @@ def _check_convnext(spec: KernelSpec) -> None:
         raise NotImplementedError("the block output is not dense channels-last")
 
 
+def _check_basic(spec: KernelSpec) -> None:
+    first, second = spec.attrs["layers"]
+    g1, g2 = conv_geometry(first), conv_geometry(second)
+    for layer in (first, second):
+        if any(o.dtype != "f32" for o in layer.operands) or layer.outputs[0].dtype != "f32":
+            raise NotImplementedError("block kernels are float32")
+    if any(a.strides[0] or a.strides[2] or a.strides[3] for a in first.accesses):
+        raise NotImplementedError("the first layer's epilogue reads a per-pixel tensor")
+    if g1["g"] != 1 or g2["g"] != 1 or (g2["sh"], g2["sw"]) != (1, 1) or g2["cin"] != g2["cout"]:
+        raise NotImplementedError("a basic block is a dense kxk layer and a stride-1 one keeping its channels")
+    if (g2["oh"], g2["ow"]) != (g2["h"], g2["w"]) or (g1["dh"], g1["dw"], g2["dh"], g2["dw"]) != (1, 1, 1, 1):
+        raise NotImplementedError("the second layer of a basic block keeps the map size, with no dilation")
+    if not _dense_nhwc((g1["n"], g1["cin"], g1["h"], g1["w"]), (g1["xsn"], g1["xsc"], g1["xsh"], g1["xsw"])):
+        raise NotImplementedError("the block input is not dense channels-last")
+    out = spec.outputs[0]
+    if not _dense_nhwc(out.shape, out.strides or torch.empty(out.shape, device="meta").stride()):
+        raise NotImplementedError("the block output is not dense channels-last")
+
+
 def _check(spec: KernelSpec) -> None:
     if _convnext(spec):
         return _check_convnext(spec)
+    if _basic(spec):
+        return _check_basic(spec)
     expand, dw, project = _roles(spec)
     for layer, m in zip(spec.attrs["layers"], spec.attrs["operand_maps"]):
         if any(o.dtype != "f32" for o in layer.operands) or layer.outputs[0].dtype != "f32":
@@ -183,7 +212,18 @@ def unfused_by_default(spec: KernelSpec) -> str | None:
     reduced tensors' round trips, which pays only while its dense middle
     weights are small: 256-64-256 @56 (147 KB) block vs layers 0.89 / 0.89
     ms at batch 1, 8.1 / 9.3 ms at batch 8; 512-128-512 @28 (590 KB) 0.91 /
-    0.89 and 7.5 / 7.5 ms."""
+    0.89 and 7.5 / 7.5 ms.
+
+    A basic block (both layers dense kxk, run a row at a time by
+    `_conv_row`) loses to the indirect convolution kernels it replaces:
+    64 @56 1.02 / 0.94 ms (batch 8: 7.6 / 7.8), 128 @28 1.03 / 0.96, 256
+    @14 1.19 / 0.92, 512 @7 2.0 / 0.96 ms - so it is never the untuned
+    default."""
+    if _basic(spec):
+        return (
+            "two dense convolutions one output row at a time measured slower than the indirect convolution "
+            "kernels (ResNet-18's 64 ch @56: 1.02 vs 0.94 ms); the tuner can still choose the block"
+        )
     if _bottleneck(spec):
         g = conv_geometry(spec.attrs["layers"][1])
         weights = 4 * g["K"] * g["cout"]
@@ -202,6 +242,8 @@ def unfused_by_default(spec: KernelSpec) -> str | None:
 
 
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
+    if _basic(spec):
+        return {"band": (1, 2, 4), "split": ("rows",)}
     if _bottleneck(spec):  # the dense middle layer needs every channel of the ring: rows only
         return {"band": (1, 2, 4, 8, 16), "split": ("rows",)}
     return {"band": (1, 2, 4, 8, 16), "split": ("rows", "channels")}
@@ -245,6 +287,9 @@ def _band(spec: KernelSpec, nthreads: int = 2) -> int:
 
 def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
     _check(spec)
+    if _basic(spec):  # rows of the first layer are kept between bands: the band size changes no work
+        tiles = [_panel_tile(conv_geometry(layer)["cout"], dialect) for layer in spec.attrs["layers"]]
+        return {"band": 1, "tiles": tiles, "split": "rows", "vl": dialect.vl}
     if _convnext(spec):
         _, _, up, down = spec.attrs["layers"]
         tiles = [_panel_tile(_gemm_dims(layer)[1], dialect) for layer in (up, down)]
@@ -265,9 +310,24 @@ def _ring_rows(spec: KernelSpec, params: dict) -> int:
     return (params["band"] - 1) * g["sh"] + g["kh"]
 
 
+def _basic_rings(spec: KernelSpec, params: dict) -> tuple[int, int, int, int]:
+    """(input ring rows, floats per padded input row, first-layer ring rows,
+    floats per padded first-layer row) of a basic block."""
+    g1, g2 = (conv_geometry(layer) for layer in spec.attrs["layers"])
+    return (
+        g1["kh"],
+        (g1["w"] + g1["pl"] + g1["pr"]) * g1["cin"],
+        params["band"] - 1 + g2["kh"],
+        (g2["w"] + g2["pl"] + g2["pr"]) * g2["cin"],
+    )
+
+
 def _per_thread_floats(spec: KernelSpec, params: dict) -> int:
     """Ring + zero row + band buffer (+ the partial project sums of a
     channel split: one image's output)."""
+    if _basic(spec):  # two rings, each with its zero row
+        in_rows, in_row, mid_rows, mid_row = _basic_rings(spec, params)
+        return (in_rows + 1) * in_row + (mid_rows + 1) * mid_row + 32
     _, dw, project = _roles(spec)
     g = conv_geometry(dw)
     ring_row = (g["w"] + g["pl"] + g["pr"]) * g["cout"]
@@ -305,9 +365,21 @@ def _prepare_convnext(spec: KernelSpec, params: dict, constants: dict[int, torch
     return out
 
 
+def _pack_taps(weight: torch.Tensor, nr: int) -> torch.Tensor:
+    """[cout, cin, kh, kw] -> [tap][panel][cin][NR]: one GEMM weight per tap (`_conv_row`)."""
+    kh, kw = weight.shape[2:]
+    return torch.stack([pack_panels(weight[:, :, ky, kx].t(), nr) for ky in range(kh) for kx in range(kw)]).contiguous()
+
+
 def prepare(spec: KernelSpec, params: dict, constants: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     if _convnext(spec):
         return _prepare_convnext(spec, params, constants)
+    if _basic(spec):
+        out = {i: t.float() for i, t in constants.items()}
+        for index, tile in enumerate(params["tiles"]):
+            w_i = _weight_operand(spec, index)
+            out[w_i] = _pack_taps(constants[w_i].float(), tile[1] * params["vl"])
+        return out
     out = {i: t.float() for i, t in constants.items()}
     expand, dw, project = _roles(spec)
     offset = 1 if expand is not None else 0
@@ -320,12 +392,8 @@ def prepare(spec: KernelSpec, params: dict, constants: dict[int, torch.Tensor]) 
         out[w_i] = pack_panels(constants[w_i].float().reshape(g["cout"], g["cin"]).t(), tile[1] * params["vl"])
     g = conv_geometry(dw)
     w_i = _weight_operand(spec, offset)
-    if _bottleneck(spec):  # [tap][panel][cin][NR]: one GEMM weight per tap
-        nr = tiles[2][1] * params["vl"]
-        weight = constants[w_i].float()
-        out[w_i] = torch.stack(
-            [pack_panels(weight[:, :, ky, kx].t(), nr) for ky in range(g["kh"]) for kx in range(g["kw"])]
-        ).contiguous()
+    if _bottleneck(spec):
+        out[w_i] = _pack_taps(constants[w_i].float(), tiles[2][1] * params["vl"])
         return out
     out[w_i] = constants[w_i].float().reshape(g["cout"], g["kh"] * g["kw"]).t().contiguous()
     return out
@@ -512,8 +580,7 @@ def _conv_row(spec: KernelSpec, name: str, index: int, tile: tuple[int, int], vl
 static void {name}(void* const* args, const float* const* rows_in, const float* FC_RESTRICT wts,
                    float* FC_RESTRICT dst, long pix0, long c0, long c1, long ld) {{
   {_bind(spec, index)}
-  (void)c1;
-  const long ldd = ld, co_base = c0;
+  const long ldd = c1 - c0, co_base = c0;  /* output pixels are c1 - c0 floats apart */
   float tile[{mr * nr}] __attribute__((aligned(64)));
   for (long p = 0; p < {panels}L; ++p) {{
     for (long m0 = 0; m0 < {ow}L; m0 += {mr}L) {{
@@ -590,8 +657,105 @@ def _convnext_tail(spec: KernelSpec, name: str, vl: int, params: dict, channels:
     return parts, call
 
 
+def _render_basic(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
+    """A basic block: each thread walks its rows of the output in bands; the
+    first layer's rows a band needs (those of the previous band are kept)
+    come from a ring of padded input rows into a ring of padded rows of
+    their own, and the second layer (+ residual) reads that ring straight
+    into the output. The first layer's output never exists in full."""
+    first, second = spec.attrs["layers"]
+    g1, g2 = conv_geometry(first), conv_geometry(second)
+    in_rows, in_row, mid_rows, mid_row = _basic_rings(spec, params)
+    n, h, w, cin, c = g1["n"], g1["h"], g1["w"], g1["cin"], g2["cin"]
+    h2, w2, oh, ow, band = g2["h"], g2["w"], g2["oh"], g2["ow"], params["band"]
+    x_i = spec.attrs["operand_maps"][0][first.attrs["input"]]
+    out_i = len(spec.operands)
+    per_thread = 4 * _per_thread_floats(spec, params) + 128
+    t1, t2 = params["tiles"]
+
+    def pads(slot: str, pl: int, pr: int, width: int, channels: int) -> str:
+        left = f"memset({slot}, 0, {4 * pl * channels});" if pl else ""
+        right = f"memset({slot} + {(pl + width) * channels}L, 0, {4 * pr * channels});" if pr else ""
+        return left + " " + right
+
+    return f"""
+{_conv_row(spec, f"{name}_first", 0, t1, vl)}
+{_conv_row(spec, f"{name}_second", 1, t2, vl)}
+{SIGNATURE.format(name=name)} {{
+  const float* FC_RESTRICT x = (const float*)args[{x_i}];
+  float* FC_RESTRICT out = (float*)args[{out_i}];
+  char* ws = (char*)args[{out_i + 1}];
+  long chunks = ({n}L >= nthreads) ? 1 : (nthreads + {n}L - 1) / {n}L;
+  if (chunks > {oh}L) chunks = {oh}L;
+  const long per_chunk = ({oh}L + chunks - 1) / chunks;
+  #pragma omp parallel num_threads(nthreads) if ({n}L * chunks > 1)
+  {{
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    float* FC_RESTRICT in_ring = (float*)(((uintptr_t)(ws + (size_t)tid * {per_thread}) + 63) & ~(uintptr_t)63);
+    float* FC_RESTRICT in_zero = in_ring + {in_rows * in_row}L;
+    float* FC_RESTRICT mid_ring = in_zero + {in_row}L;
+    float* FC_RESTRICT mid_zero = mid_ring + {mid_rows * mid_row}L;
+    memset(in_zero, 0, {4 * in_row});
+    memset(mid_zero, 0, {4 * mid_row});
+    #pragma omp for schedule(static)
+    for (long task = 0; task < {n}L * chunks; ++task) {{
+      const long nimg = task / chunks, y0 = (task % chunks) * per_chunk;
+      const long y1 = y0 + per_chunk < {oh}L ? y0 + per_chunk : {oh}L;
+      long have_in = -(1L << 40), have_mid = -(1L << 40);  /* rows [.., have) are in the rings */
+      for (long oy0 = y0; oy0 < y1; oy0 += {band}L) {{
+        const long oy1 = oy0 + {band}L < y1 ? oy0 + {band}L : y1;
+        long r = oy0 - {g2["pt"]}L;
+        if (r < have_mid) r = have_mid;
+        if (r < 0) r = 0;
+        long r_end = oy1 - 1 - {g2["pt"]}L + {g2["kh"]}L;
+        if (r_end > {h2}L) r_end = {h2}L;
+        for (; r < r_end; ++r) {{  /* first-layer row r, from its input rows */
+          long iy = r * {g1["sh"]}L - {g1["pt"]}L;
+          if (iy < have_in) iy = have_in;
+          if (iy < 0) iy = 0;
+          long iy_end = r * {g1["sh"]}L - {g1["pt"]}L + {g1["kh"]}L;
+          if (iy_end > {h}L) iy_end = {h}L;
+          for (; iy < iy_end; ++iy) {{
+            float* FC_RESTRICT slot = in_ring + (iy % {in_rows}L) * {in_row}L;
+            {pads("slot", g1["pl"], g1["pr"], w, cin)}
+            memcpy(slot + {g1["pl"] * cin}L, x + (nimg * {h}L + iy) * {w * cin}L, {4 * w * cin});
+          }}
+          if (iy_end > have_in) have_in = iy_end;
+          const float* rows_in[{g1["kh"]}];
+          for (long ky = 0; ky < {g1["kh"]}L; ++ky) {{
+            const long yy = r * {g1["sh"]}L - {g1["pt"]}L + ky;
+            rows_in[ky] = (yy >= 0 && yy < {h}L) ? in_ring + (yy % {in_rows}L) * {in_row}L : in_zero;
+          }}
+          float* FC_RESTRICT mslot = mid_ring + (r % {mid_rows}L) * {mid_row}L;
+          {pads("mslot", g2["pl"], g2["pr"], w2, c)}
+          {name}_first(args, rows_in, (const float*)args[{_weight_operand(spec, 0)}], mslot + {g2["pl"] * c}L,
+                       (nimg * {h2}L + r) * {w2}L, 0, {c}L, {cin}L);
+        }}
+        if (r_end > have_mid) have_mid = r_end;
+        for (long oy = oy0; oy < oy1; ++oy) {{
+          const float* rows_in[{g2["kh"]}];
+          for (long ky = 0; ky < {g2["kh"]}L; ++ky) {{
+            const long yy = oy - {g2["pt"]}L + ky;
+            rows_in[ky] = (yy >= 0 && yy < {h2}L) ? mid_ring + (yy % {mid_rows}L) * {mid_row}L : mid_zero;
+          }}
+          {name}_second(args, rows_in, (const float*)args[{_weight_operand(spec, 1)}], out + (nimg * {oh}L + oy) * {ow * c}L,
+                        (nimg * {oh}L + oy) * {ow}L, 0, {c}L, {c}L);
+        }}
+      }}
+    }}
+  }}
+}}
+"""
+
+
 def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     _check(spec)
+    if _basic(spec):
+        return _render_basic(spec, name, vl, params)
     expand, dw, project = _roles(spec)
     convnext = _convnext(spec)
     off = 1 if expand is not None else 0
