@@ -48,6 +48,15 @@ _RESHAPES = {
 }
 
 
+# ops that only re-index their input: followed through by the expression
+# replay, an output's layout path and a block's layer-to-layer edges
+_LAYOUT_OPS = _RESHAPES | {aten.permute.default}
+
+
+def _is_layout(node: object) -> bool:
+    return isinstance(node, Node) and node.op == "call_function" and node.target in _LAYOUT_OPS
+
+
 def _val(node: Node) -> torch.Tensor:
     val = node.meta.get("val")
     if not isinstance(val, torch.Tensor):
@@ -634,7 +643,7 @@ def _layout_path(node: object, anchor: Node, memo: dict) -> list[Node] | None:
         return None
     if node not in memo:
         memo[node] = None
-        if node.target in _RESHAPES or node.target is aten.permute.default:
+        if _is_layout(node):
             inner = _layout_path(node.args[0], anchor, memo)
             memo[node] = None if inner is None else [*inner, node]
         else:
@@ -738,17 +747,16 @@ def _layer_input(spec: KernelSpec) -> int | None:
 
 def _through_layout(node: object) -> object:
     """``node`` with the views and permutes in front of it looked through."""
-    while isinstance(node, Node) and node.op == "call_function" and (
-        node.target in _RESHAPES or node.target is aten.permute.default
-    ):
+    while _is_layout(node):
         node = node.args[0]
     return node
 
 
 def lower_block(group: FusedGroup) -> KernelSpec:
     """A block: each layer (a nested group) lowers on its own - ``conv2d``
-    specs for an inverted residual; ``conv2d``, ``reduction`` (the layer
-    norm) and two ``gemm`` specs for a ConvNeXt block. The block spec lists
+    specs for an inverted residual, a bottleneck and a basic block;
+    ``conv2d``, ``reduction`` (the layer norm) and two ``gemm`` specs for a
+    ConvNeXt block. The block spec lists
     them with ``operand_maps`` saying, per layer operand, which block operand
     it is (-1: the previous layer's output, which never leaves the kernel;
     views and permutes between layers only rename it - the renderer checks
