@@ -202,6 +202,28 @@ _SYM_SCALAR_FUNCS = frozenset(
 )
 
 
+# ops that only re-index their input (no arithmetic): reshapes, and permutes
+# besides. Fusion looks through them; the expression replay undoes them.
+RESHAPE_OPS = frozenset(
+    [
+        aten.view.default,
+        aten._unsafe_view.default,
+        aten.reshape.default,
+        aten.unsqueeze.default,
+        aten.squeeze.dim,
+        aten.squeeze.dims,
+        aten.squeeze.default,
+        aten.alias.default,
+    ]
+)
+LAYOUT_OPS = RESHAPE_OPS | {aten.permute.default}
+
+
+def is_layout(node: object) -> bool:
+    """A call of a view, reshape or permute."""
+    return isinstance(node, Node) and node.op == "call_function" and node.target in LAYOUT_OPS
+
+
 # pools the C target generates kernels for (partition groups them, lowering reads them)
 GENERATED_POOLS = (aten.max_pool2d_with_indices.default, aten.avg_pool2d.default)
 

@@ -22,7 +22,7 @@ import torch
 from torch.fx import Node
 
 from ..graph.fused_group import FusedGroup
-from ..ops import GENERATED_POOLS, OpCategory, category
+from ..ops import GENERATED_POOLS, RESHAPE_OPS, OpCategory, category, is_layout
 from .expr import Acc, Const, Expr, Load, Stat, op
 from .spec import Access, KernelSpec, Operand, Output
 
@@ -36,25 +36,6 @@ class NotLowerable(Exception):
 
 
 _DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.bool: "bool"}
-_RESHAPES = {
-    aten.view.default,
-    aten._unsafe_view.default,
-    aten.reshape.default,
-    aten.unsqueeze.default,
-    aten.squeeze.dim,
-    aten.squeeze.dims,
-    aten.squeeze.default,
-    aten.alias.default,
-}
-
-
-# ops that only re-index their input: followed through by the expression
-# replay, an output's layout path and a block's layer-to-layer edges
-_LAYOUT_OPS = _RESHAPES | {aten.permute.default}
-
-
-def _is_layout(node: object) -> bool:
-    return isinstance(node, Node) and node.op == "call_function" and node.target in _LAYOUT_OPS
 
 
 def _val(node: Node) -> torch.Tensor:
@@ -176,7 +157,7 @@ class _Builder:
             result = self.special[node](view, key[1])
         elif node.op == "placeholder":
             result = self.load(node, _canonical(view(_meta_like(_val(node)))))
-        elif node.op == "call_function" and node.target in _RESHAPES:
+        elif node.op == "call_function" and node.target in RESHAPE_OPS:
             result = self.expr(node.args[0], lambda t, s=shape: view(t.view(s)))
         elif node.op == "call_function" and node.target is aten.permute.default:
             result = self.expr(node.args[0], lambda t, d=tuple(node.args[1]): view(t.permute(d)))
@@ -643,11 +624,13 @@ def _layout_path(node: object, anchor: Node, memo: dict) -> list[Node] | None:
         return None
     if node not in memo:
         memo[node] = None
-        if _is_layout(node):
+        if is_layout(node):
             inner = _layout_path(node.args[0], anchor, memo)
             memo[node] = None if inner is None else [*inner, node]
         else:
-            memo[node] = next((p for a in node.all_input_nodes if (p := _layout_path(a, anchor, memo)) is not None), None)
+            memo[node] = next(
+                (p for a in node.all_input_nodes if (p := _layout_path(a, anchor, memo)) is not None), None
+            )
     return memo[node]
 
 
@@ -747,7 +730,7 @@ def _layer_input(spec: KernelSpec) -> int | None:
 
 def _through_layout(node: object) -> object:
     """``node`` with the views and permutes in front of it looked through."""
-    while _is_layout(node):
+    while is_layout(node):
         node = node.args[0]
     return node
 

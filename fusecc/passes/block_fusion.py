@@ -41,6 +41,7 @@ from torch.fx import GraphModule, Node
 
 from ..graph.analysis import leaves_and_reenters, positions
 from ..graph.fused_group import FusedGroup, fuse_nodes
+from ..ops import is_layout
 from .manager import PassContext
 
 NAME = "block_fusion"
@@ -185,9 +186,6 @@ def _residual_chain(gm: GraphModule, last: _Layer) -> list[_Layer]:
     return chain
 
 
-_LAYOUT = frozenset([aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.permute.default])
-
-
 def _next_group(gm: GraphModule, node: Node, kind: str) -> tuple[Node, list[Node]] | str:
     """The group of ``kind`` that is the only consumer of ``node`` - looking
     through single-use views and permutes - with those layout nodes; or
@@ -195,7 +193,7 @@ def _next_group(gm: GraphModule, node: Node, kind: str) -> tuple[Node, list[Node
     glue: list[Node] = []
     while len(node.users) == 1:
         (user,) = node.users
-        if user.op == "call_function" and user.target in _LAYOUT:
+        if is_layout(user):
             glue.append(user)
             node = user
             continue

@@ -25,29 +25,17 @@ from torch.fx import GraphModule, Node
 
 from ..graph.analysis import count_compute_nodes, leaves_and_reenters, positions
 from ..graph.fused_group import fuse_nodes
-from ..ops import OpCategory, is_pointwise, node_category, op_name
+from ..ops import RESHAPE_OPS, OpCategory, is_pointwise, node_category, op_name
 from .manager import PassContext
 
 NAME = "vertical_fusion"
 INFERENCE_ONLY = False
 
 aten = torch.ops.aten
-_RESHAPES = frozenset(
-    [
-        aten.view.default,
-        aten._unsafe_view.default,
-        aten.reshape.default,
-        aten.unsqueeze.default,
-        aten.squeeze.dim,
-        aten.squeeze.dims,
-        aten.squeeze.default,
-        aten.alias.default,
-    ]
-)
 
 
 def _is_reshape(node: Node) -> bool:
-    return node.op == "call_function" and node.target in _RESHAPES
+    return node.op == "call_function" and node.target in RESHAPE_OPS
 
 
 def _is_permute(node: Node) -> bool:

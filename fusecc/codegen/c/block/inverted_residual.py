@@ -1,0 +1,130 @@
+"""MobileNetV2's inverted residual as one kernel: an optional 1x1 expand
+filling the ring, the depthwise kxk layer on the band, the 1x1 project
+(+ residual) as the tail. The expanded tensor, t x the input and the
+block's largest, never exists in full."""
+
+from __future__ import annotations
+
+import torch
+
+from ....kernels.spec import KernelSpec, conv_geometry
+from ..dialects import Dialect
+from . import banded
+from .common import (
+    check_channels_last,
+    check_f32,
+    layers,
+    pack_depthwise,
+    pack_pointwise,
+    panel_tile,
+    per_channel_epilogue,
+    weight_operand,
+)
+from .rows import depthwise_row
+
+SPLIT_ROWS_BELOW = 10  # output rows per thread under which a channel split wins
+
+
+def walk(spec: KernelSpec) -> banded.Walk:
+    """[expand?, middle, project]."""
+    count = len(layers(spec))
+    if count not in (2, 3):
+        raise NotImplementedError(f"an inverted residual kernel has 2 or 3 layers, not {count}")
+    return banded.Walk(expand=0 if count == 3 else None, middle=count - 2, last=count - 1)
+
+
+def check_pointwise_ends(spec: KernelSpec) -> None:
+    """The part of the check an inverted residual shares with a bottleneck:
+    float32 layers, 1x1 expand/project, per-channel inner epilogues, dense
+    channels-last ends."""
+    check_f32(spec)
+    w = walk(spec)
+    for index, (layer, m) in enumerate(zip(layers(spec), spec.attrs["operand_maps"])):
+        if any(m[a.operand] == -1 for a in layer.accesses):
+            raise NotImplementedError("a layer's epilogue reads the previous layer's output")
+        if index != w.last and not per_channel_epilogue(layer):
+            raise NotImplementedError("an inner layer's epilogue reads a per-pixel tensor")
+    for index in (w.expand, w.last):
+        if index is not None:
+            lg = conv_geometry(layers(spec)[index])
+            if (lg["kh"], lg["kw"], lg["sh"], lg["sw"], lg["g"]) != (1, 1, 1, 1, 1) or any(
+                lg[p] for p in ("pt", "pl", "pb", "pr")
+            ):
+                raise NotImplementedError("expand/project layers of a block are 1x1 convolutions")
+    check_channels_last(spec, layers(spec)[0])
+
+
+def check(spec: KernelSpec) -> None:
+    check_pointwise_ends(spec)
+    g = banded.middle_geometry(spec, walk(spec))
+    if g["cin_g"] != 1 or g["cout_g"] != 1:
+        raise NotImplementedError("the middle layer of a block is not depthwise")
+
+
+def unfused_reason(spec: KernelSpec) -> str | None:
+    return None  # memory-bound: the block kernel wins on every MobileNetV2 shape measured
+
+
+def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
+    return {"band": (1, 2, 4, 8, 16), "split": ("rows", "channels")}
+
+
+def _default_split(spec: KernelSpec) -> str:
+    """Small maps with fewer images than threads: split the expanded
+    channels, not the rows. Rows split an image into runs whose depthwise
+    halo is recomputed by both neighbours - 2 rows of expand GEMM per 3.5
+    rows of a 7x7 map - while a channel split recomputes nothing and reads
+    each weight once, at the price of adding up partial project sums (which
+    outweighs the halo on large maps: MobileNetV2's 112x112 block 188 us by
+    rows, 328 us by channels; its 7x7 blocks 200-346 us by rows, 162-251 by
+    channels)."""
+    g = banded.middle_geometry(spec, walk(spec))
+    threads = max(2, torch.get_num_threads())
+    few_rows = g["n"] * g["oh"] / threads < SPLIT_ROWS_BELOW
+    return "channels" if g["n"] < threads and few_rows else "rows"
+
+
+def pointwise_tiles(spec: KernelSpec, dialect: Dialect) -> list:
+    """[expand tile or None, project tile]."""
+    w = walk(spec)
+    return [
+        panel_tile(conv_geometry(layers(spec)[i])["cout"], dialect) if i is not None else None
+        for i in (w.expand, w.last)
+    ]
+
+
+def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
+    band = banded.band_rows(spec, walk(spec))
+    return {"band": band, "tiles": pointwise_tiles(spec, dialect), "split": _default_split(spec), "vl": dialect.vl}
+
+
+def per_thread_floats(spec: KernelSpec, params: dict) -> int:
+    return banded.per_thread_floats(spec, walk(spec), params)
+
+
+def prepare_pointwise(spec: KernelSpec, params: dict, constants: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Constants as float32, the expand and project weights packed as GEMM panels."""
+    out = {i: t.float() for i, t in constants.items()}
+    w = walk(spec)
+    for index, tile in ((w.expand, params["tiles"][0]), (w.last, params["tiles"][1])):
+        if index is not None:
+            w_i = weight_operand(spec, index)
+            out[w_i] = pack_pointwise(layers(spec)[index], constants[w_i], tile[1] * params["vl"])
+    return out
+
+
+def prepare(spec: KernelSpec, params: dict, constants: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    out = prepare_pointwise(spec, params, constants)
+    w = walk(spec)
+    w_i = weight_operand(spec, w.middle)
+    out[w_i] = pack_depthwise(layers(spec)[w.middle], constants[w_i])
+    return out
+
+
+def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
+    w = walk(spec)
+    return banded.render(
+        spec, w, name, vl, params,
+        depthwise_row(spec, f"{name}_dw", w.middle, vl),
+        lambda channels: banded.project_tail(spec, w, name, vl, params, channels),
+    )  # fmt: skip

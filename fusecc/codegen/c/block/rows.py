@@ -1,0 +1,240 @@
+"""The layer functions a block kernel is built from, each running one
+layer of the block on a few pixel rows held in the kernel's buffers: a 1x1
+layer as a GEMM over rows (or one thread's K share of it), a depthwise or
+a dense kxk layer on one output row read from a ring of padded rows, a
+row reduction (layer norm) in place. Epilogues are rendered by the same
+code as a lone kernel's, the layer's operands named as in its own spec
+(`bind`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from ....kernels.spec import KernelSpec, conv_geometry
+from ..common import vstore
+from ..gemm import epilogue_stores, microkernel, tile_columns
+from ..reduction import row_program
+from .common import gemm_dims, weight_key
+
+
+def bind(spec: KernelSpec, index: int) -> str:
+    """Declarations naming layer ``index``'s operands as in its own spec."""
+    layer = spec.attrs["layers"][index]
+    mapping = spec.attrs["operand_maps"][index]
+    return " ".join(
+        f"const float* FC_RESTRICT in{k} = (const float*)args[{m}]; (void)in{k};"
+        for k, m in enumerate(mapping)
+        if m >= 0 and k != weight_key(layer)
+    )
+
+
+def _pixel_stride(layer: KernelSpec, access) -> int:
+    """The stride of an epilogue operand over the flat (n, oh, ow) pixel index."""
+    n, _, oh, ow = layer.space
+    sn, _, sh, sw = access.strides
+    step = sw if ow > 1 else sh if oh > 1 else sn
+    if (oh > 1 and sh != step * ow) or (n > 1 and sn != step * oh * ow):
+        raise NotImplementedError("an epilogue operand is not laid out pixel after pixel")
+    return step
+
+
+def _flat_strides(layer: KernelSpec, access) -> tuple[int, int]:
+    """An epilogue access as (stride per pixel, stride per channel)."""
+    if layer.kind == "gemm":  # space (1, pixels, channels)
+        return access.strides[1], access.strides[2]
+    return _pixel_stride(layer, access), access.strides[1]
+
+
+def epilogue(layer: KernelSpec, valid: str | None) -> list[str]:
+    """The layer's epilogue at (pix, co), stored to ``dst + row * ldd + co - co_base``."""
+    flat = dataclasses.replace(
+        layer,
+        accesses=[dataclasses.replace(a, strides=_flat_strides(layer, a)) for a in layer.accesses],
+    )
+
+    def store(j: int, o, value: str, n: str | None) -> str:
+        return vstore("f32", "dst + row * ldd + (co - co_base)", value, n)
+
+    return epilogue_stores(flat, ["pix"], "co", valid, store)
+
+
+def _microkernels(
+    name: str, layer: KernelSpec, tile: tuple[int, int], vl: int, k: int | None = None, accumulate: bool = False
+) -> list[str]:
+    k = k or gemm_dims(layer)[0]
+    return [
+        microkernel(f"{name}_u{r}", r, tile[1], vl, "lda", "1", min(k, 512), inline=False, accumulate=accumulate)
+        for r in range(1, tile[0] + 1)
+    ]
+
+
+def _dispatch(name: str, mr: int, k: str, bp: str, indent: str) -> str:
+    cases = "\n".join(
+        f"{indent}  case {r}: {name}_u{r}({k}, a + m0 * lda, lda, {bp}, tile); break;" for r in range(1, mr + 1)
+    )
+    return f"{indent}switch (r) {{\n{cases}\n{indent}  default: break;\n{indent}}}"
+
+
+def gemm_rows(spec: KernelSpec, name: str, index: int, tile: tuple[int, int], vl: int) -> str:
+    """``name(args, a, lda, rows, wp, dst, ldd, pix0, p0, p1, co_base)``: columns of panels
+    [p0, p1) of dst[rows][..] = epilogue(a[rows][K] @ W), stored at column co - co_base."""
+    layer = spec.attrs["layers"][index]
+    mr, nv = tile
+    (k, c), nr = gemm_dims(layer), nv * vl
+    full, part = epilogue(layer, None), epilogue(layer, "rem")
+    return (
+        "\n".join(_microkernels(name, layer, tile, vl))
+        + f"""
+static void {name}(void* const* args, const float* FC_RESTRICT a, long lda, long rows,
+                   const float* FC_RESTRICT wp, float* FC_RESTRICT dst, long ldd, long pix0,
+                   long p0, long p1, long co_base) {{
+  {bind(spec, index)}
+  float tile[{mr * nr}] __attribute__((aligned(64)));
+  for (long p = p0; p < p1; ++p) {{
+    const float* FC_RESTRICT bp = wp + p * {k * nr}L;
+    for (long m0 = 0; m0 < rows; m0 += {mr}L) {{
+      const long r = rows - m0 < {mr}L ? rows - m0 : {mr}L;
+{_dispatch(name, mr, f"{k}L", "bp", "      ")}
+      for (long i = 0; i < r; ++i) {{
+        const long row = m0 + i, pix = pix0 + row;
+{tile_columns(nr, vl, "co", f"p * {nr}L", c, full, part, "        ")}
+      }}
+    }}
+  }}
+}}
+"""
+    )
+
+
+def gemm_partial_sums(spec: KernelSpec, name: str, index: int, tile: tuple[int, int], vl: int) -> str:
+    """``name(a, lda, rows, wp, k0, klen, dst)``: dst[rows][C] = a[rows][klen] @ W[k0 : k0 + klen]
+    with no epilogue - one thread's share of a K split (the channel-split project)."""
+    layer = spec.attrs["layers"][index]
+    mr, nv = tile
+    (k, c), nr = gemm_dims(layer), nv * vl
+    return (
+        "\n".join(_microkernels(name, layer, tile, vl))
+        + f"""
+static void {name}(const float* FC_RESTRICT a, long lda, long rows, const float* FC_RESTRICT wp,
+                   long k0, long klen, float* FC_RESTRICT dst) {{
+  float tile[{mr * nr}] __attribute__((aligned(64)));
+  for (long p = 0; p < {math.ceil(c / nr)}L; ++p) {{
+    const float* FC_RESTRICT bp = wp + p * {k * nr}L + k0 * {nr}L;
+    for (long m0 = 0; m0 < rows; m0 += {mr}L) {{
+      const long r = rows - m0 < {mr}L ? rows - m0 : {mr}L;
+{_dispatch(name, mr, "klen", "bp", "      ")}
+      for (long i = 0; i < r; ++i)
+        for (long cc = 0; cc < {nr}L; cc += {vl}) {{
+          const long co = p * {nr}L + cc;
+          if (co + {vl} <= {c}L) vstore(dst + (m0 + i) * {c}L + co, vload(tile + i * {nr} + cc));
+          else if (co < {c}L) vstoren(dst + (m0 + i) * {c}L + co, vload(tile + i * {nr} + cc), (int)({c}L - co));
+        }}
+    }}
+  }}
+}}
+"""
+    )
+
+
+def depthwise_row(spec: KernelSpec, name: str, index: int, vl: int) -> str:
+    """``name(args, rows_in, wts, dst, pix0, c0, c1, ld)``: channels [c0, c1) of one output
+    row of the depthwise layer from ``kh`` padded input rows of ``ld`` floats per pixel
+    (column 0 = image column -pad_left, channel 0 = c0)."""
+    layer = spec.attrs["layers"][index]
+    g = conv_geometry(layer)
+    c, taps = g["cout"], g["kh"] * g["kw"]
+
+    def body(partial: bool) -> list[str]:
+        load = (lambda p: f"vloadn({p}, rem)") if partial else (lambda p: f"vload({p})")
+        lines = [f"const vf w{t} = {load(f'wts + {t * c}L + co')};" for t in range(taps)]
+        lines.append(f"for (long ox = 0; ox < {g['ow']}L; ++ox) {{")
+        lines.append("  vf acc = vzero();")
+        for ky in range(g["kh"]):
+            for kx in range(g["kw"]):
+                ptr = f"rows_in[{ky}] + (ox * {g['sw']}L + {kx}L) * ld + (co - c0)"
+                lines.append(f"  acc = vfma(w{ky * g['kw'] + kx}, {load(ptr)}, acc);")
+        lines.append("  const long row = ox, pix = pix0 + ox, ldd = ld, co_base = c0;")
+        lines.extend("  " + x for x in epilogue(layer, "rem" if partial else None))
+        lines.append("}")
+        return lines
+
+    return f"""
+static void {name}(void* const* args, const float* const* rows_in, const float* FC_RESTRICT wts,
+                   float* FC_RESTRICT dst, long pix0, long c0, long c1, long ld) {{
+  {bind(spec, index)}
+  for (long co = c0; co < c1; co += {vl}) {{
+    if (co + {vl} <= c1) {{
+{chr(10).join("      " + x for x in body(False))}
+    }} else {{
+      const int rem = (int)(c1 - co);
+{chr(10).join("      " + x for x in body(True))}
+    }}
+  }}
+}}
+"""
+
+
+def conv_row(spec: KernelSpec, name: str, index: int, tile: tuple[int, int], vl: int) -> str:
+    """``name(args, rows_in, wts, dst, pix0, c0, c1, ld)`` for a dense kxk
+    layer (a bottleneck's middle): one output row, all channels, as a GEMM
+    per tap - the A operand is the padded ring row ``ky`` shifted by ``kx``
+    pixels (rows ``sw * ld`` floats apart), accumulated in the register
+    tile over the kh x kw taps; the epilogue as for any layer."""
+    layer = spec.attrs["layers"][index]
+    g = conv_geometry(layer)
+    mr, nv = tile
+    nr, cin, cout, ow = nv * vl, g["cin"], g["cout"], g["ow"]
+    panels = math.ceil(cout / nr)
+    full, part = epilogue(layer, None), epilogue(layer, "rem")
+    cases = "\n".join(
+        f"            case {r}: {name}_u{r}({cin}L, a, {g['sw']}L * ld, bp, tile); break;" for r in range(1, mr + 1)
+    )
+    return (
+        "\n".join(_microkernels(name, layer, tile, vl, k=cin, accumulate=True))
+        + f"""
+static void {name}(void* const* args, const float* const* rows_in, const float* FC_RESTRICT wts,
+                   float* FC_RESTRICT dst, long pix0, long c0, long c1, long ld) {{
+  {bind(spec, index)}
+  const long ldd = c1 - c0, co_base = c0;  /* output pixels are c1 - c0 floats apart */
+  float tile[{mr * nr}] __attribute__((aligned(64)));
+  for (long p = 0; p < {panels}L; ++p) {{
+    for (long m0 = 0; m0 < {ow}L; m0 += {mr}L) {{
+      const long r = {ow}L - m0 < {mr}L ? {ow}L - m0 : {mr}L;
+      memset(tile, 0, sizeof tile);
+      for (long ky = 0; ky < {g["kh"]}L; ++ky)
+        for (long kx = 0; kx < {g["kw"]}L; ++kx) {{
+          const float* a = rows_in[ky] + (m0 * {g["sw"]}L + kx) * ld;
+          const float* bp = wts + ((ky * {g["kw"]}L + kx) * {panels}L + p) * {cin * nr}L;
+          switch (r) {{
+{cases}
+            default: break;
+          }}
+        }}
+      for (long i = 0; i < r; ++i) {{
+        const long row = m0 + i, pix = pix0 + row;
+{tile_columns(nr, vl, "co", f"p * {nr}L", cout, full, part, "        ")}
+      }}
+    }}
+  }}
+}}
+"""
+    )
+
+
+def norm_rows(spec: KernelSpec, name: str, index: int, vl: int) -> str:
+    """``name(args, buf, rows)``: layer ``index`` (a row reduction: the layer
+    norm) on ``rows`` pixel rows of ``buf``, in place."""
+    layer = spec.attrs["layers"][index]
+    x = spec.attrs["operand_maps"][index].index(-1)
+    body = "\n".join("    " + line for line in row_program(layer, vl))
+    return f"""
+static void {name}(void* const* args, float* buf, long rows) {{
+  {bind(spec, index)}
+  const float* in{x} = buf;  /* read, then overwritten: no restrict */
+  float* out0 = buf;
+  for (long r = 0; r < rows; ++r) {{
+{body}
+  }}
+}}
+"""
