@@ -139,3 +139,17 @@ class GroupRecorder:
         from fusecc import targets
 
         del targets.TARGETS[self.name]
+
+
+def recorded_block(model, x):
+    """The one block group compiling ``model`` on ``x`` yields: (group, its
+    spec, its call arguments, the model's eager output)."""
+    from fusecc.kernels.lower import lower_group
+
+    with GroupRecorder() as recorder, torch.no_grad():
+        torch._dynamo.reset()
+        torch.compile(model, backend="fusecc", options={"target": recorder.name})(x)
+        ref = model(x)
+    ((group, constants),) = [(g, c) for g, c in recorder.items if g.kind == "block"]
+    args = [constants[i] if i in constants else x for i in range(len(group.graph.find_nodes(op="placeholder")))]
+    return group, lower_group(group), args, ref

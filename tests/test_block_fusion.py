@@ -184,19 +184,13 @@ def _block_matches_on_any_thread_count(model, x, tmp_path, **params):
     """The model's one block kernel, built with ``params`` over its defaults,
     run with 1, 2 and 3 threads against eager."""
     from fusecc.codegen import c as c_codegen
-    from fusecc.kernels.lower import lower_group
     from fusecc.targets.cpu import HostCTarget
 
-    from conftest import GroupRecorder, assert_close
+    from conftest import assert_close, recorded_block
 
-    with GroupRecorder() as recorder, torch.no_grad():
-        torch._dynamo.reset()
-        torch.compile(model, backend="fusecc", options={"target": recorder.name})(x)
-        ref = model(x)
-    ((group, constants),) = [(g, c) for g, c in recorder.items if g.kind == "block"]
-    spec = lower_group(group)
+    _group, spec, args, ref = recorded_block(model, x)
+    constants = {i: a for i, a in enumerate(args) if a is not x}
     target = HostCTarget(cache_dir=str(tmp_path))
-    args = [constants[i] if i in constants else x for i in range(len(group.graph.find_nodes(op="placeholder")))]
     params = {**c_codegen.default_params(spec, target.dialect), **params}
     kernel = target._build(spec, c_codegen.render(spec, target.dialect, params), constants, target.cache(), 3)
     for nthreads in (1, 2, 3):

@@ -1,38 +1,55 @@
-"""CUDA kernels: rendered for real zoo groups and compiled with nvcc for
-sm_80 and sm_90 everywhere; run against eager where a GPU is present."""
+"""CUDA kernels: rendered for real zoo groups, compiled with nvcc for sm_80
+and sm_90 everywhere, run on the CPU by the emulator against eager
+everywhere, and run on the GPU against eager where one is present."""
 
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+import dataclasses
+
 import pytest
 import torch
 
-from conftest import assert_close
-from fusecc.codegen.cuda import KINDS, render
+from conftest import assert_close, recorded_block
+from fusecc.bench.blocks import InvertedResidual, _randomize_bn
+from fusecc.codegen.cuda import KINDS, emulate, render
 from fusecc.targets.cuda import nvcc_toolchain
-from test_dialects import groups
+from test_dialects import _inputs, groups
 
 needs_nvcc = pytest.mark.skipif(
     not (shutil.which("nvcc") or Path("/usr/local/cuda/bin/nvcc").exists()), reason="nvcc not installed"
 )
 
 
+def _renderable():
+    """One CUDA source per zoo group the CUDA renderer takes (blocks: inverted
+    residuals; the other patterns run as their layers on this target)."""
+    out = []
+    for group, constants, spec in groups():
+        if spec.kind == "block" and spec.attrs["pattern"] != "inverted_residual":
+            with pytest.raises(NotImplementedError, match="inverted residuals only"):
+                render(spec)
+            continue
+        if spec.kind not in KINDS:  # pools run as ATen on this target (`CudaTarget.group_kinds`)
+            continue
+        out.append((group, constants, spec, render(spec)))
+    return out
+
+
 @needs_nvcc
 def test_cuda_kernels_compile_for_sm80_and_sm90():
     kinds = set()
     sources = []
-    for _group, _constants, spec in groups():
-        if spec.kind not in KINDS:  # blocks: the cuda target runs their layers
-            continue
+    for _group, _constants, spec, source in _renderable():
         if (spec.kind, len(spec.outputs)) in kinds and len(sources) > 12:
             continue
         kinds.add((spec.kind, len(spec.outputs)))
-        sources.append(render(spec))
+        sources.append(source)
     # one translation unit per kernel, built in one nvcc call each for both architectures
     toolchain = nvcc_toolchain(output="-cubin")
-    assert {s.symbol.split("_")[2] for s in sources} >= {"elementwise", "reduction", "gemm", "conv2d"}
+    assert {s.symbol.split("_")[2] for s in sources} >= {"elementwise", "reduction", "gemm", "conv2d", "block"}
     with tempfile.TemporaryDirectory() as tmp:
         for i, src in enumerate(sources):
             cu = Path(tmp) / f"k{i}.cu"
@@ -45,6 +62,57 @@ def test_cuda_kernels_compile_for_sm80_and_sm90():
                 assert result.returncode == 0, f"{src.symbol} for sm_{arch}:\n{result.stderr[-3000:]}"
                 assert out.stat().st_size > 0
     assert toolchain.fingerprint()
+
+
+def test_cuda_kernels_match_eager_under_emulation(tmp_path):
+    """Every CUDA kernel of the zoo groups, run on the CPU by the emulator
+    (a coroutine per CUDA thread, barriers honoured), against the group's
+    own ATen subgraph (fp32 1e-4)."""
+    kinds = set()
+    for group, constants, spec, source in _renderable():
+        args = _inputs(group, constants, spec)
+        with torch.no_grad():
+            ref = group(*args)
+        ref = list(ref) if isinstance(ref, (tuple, list)) else [ref]
+        out = emulate.run(spec, source, [args[o.arg_index] for o in spec.operands], str(tmp_path))
+        out = list(out) if isinstance(out, tuple) else [out]
+        for o, r in zip(out, ref):
+            assert_close(o, r, 1e-4)
+        kinds.add(spec.kind)
+    assert kinds == {"elementwise", "reduction", "gemm", "conv2d", "block"}
+
+
+@pytest.mark.parametrize(
+    "cin, cout, expand, stride, hw, batch",
+    [
+        (24, 24, 6, 1, (7, 7), 1),  # residual, one tile
+        (16, 24, 6, 2, (33, 31), 2),  # stride 2, tiles cut by the map's edge, two images
+        (10, 10, 3, 1, (9, 7), 1),  # 30 expanded channels: one short chunk
+        (32, 16, 1, 1, (8, 8), 1),  # no expand layer
+        (16, 16, 6, 1, (17, 10), 1),  # 96 channels: three chunks; halos across tiles
+    ],
+)
+def test_cuda_inverted_residual_block_matches_eager_under_emulation(cin, cout, expand, stride, hw, batch, tmp_path):
+    torch.manual_seed(0)
+    model = _randomize_bn(InvertedResidual(cin, cout, expand, stride)).eval()
+    x = torch.randn(batch, cin, *hw).contiguous(memory_format=torch.channels_last)
+    _group, spec, args, ref = recorded_block(model, x)
+    source = render(spec)
+    assert_close(emulate.run(spec, source, [args[o.arg_index] for o in spec.operands], str(tmp_path)), ref, 1e-4)
+
+
+def test_emulator_reports_a_barrier_only_some_threads_reach(tmp_path):
+    """A kernel whose threads disagree about __syncthreads would hang a GPU;
+    the emulator says so instead of returning numbers."""
+    spec = next(s for _, _, s in groups() if s.kind == "elementwise")
+    good = render(spec)
+    body = good.text.replace(
+        "  for (long idx", "  if (threadIdx.x < 7) return;\n  __syncthreads();\n  for (long idx", 1
+    )
+    bad = dataclasses.replace(good, text=body)
+    args = [torch.randn(o.shape) for o in spec.operands]
+    with pytest.raises(RuntimeError, match="disagree about a __syncthreads barrier"):
+        emulate.run(spec, bad, args, str(tmp_path))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

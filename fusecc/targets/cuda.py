@@ -14,7 +14,7 @@ import shutil
 import torch
 
 from ..codegen.cuda import CudaSource, render
-from ..errors import UnsupportedError
+from ..errors import KeepUnfused, UnsupportedError
 from ..graph.fused_group import FusedGroup
 from ..kernels.lower import lower_group
 from ..kernels.spec import KernelSpec
@@ -120,6 +120,9 @@ class CudaTarget(Target):
                 info = {"symbol": source.symbol, "params": source.params, "cached": cached, "source": source.text,
                         "spec": spec.describe(), "dialect": "cuda", **details}  # fmt: skip
                 results.append(CudaKernel(spec, source, path.read_bytes(), by_operand, info))
+            except NotImplementedError as e:
+                # a block pattern with no CUDA kernel: its layers are compiled instead
+                results.append(KeepUnfused(str(e)) if group.kind == "block" else e)
             except Exception as e:  # noqa: BLE001 - that group's fallback
                 results.append(e)
         return results
