@@ -40,11 +40,13 @@ LAYERS = {
 }
 
 
-def _conv_group(name):
+def _conv_group(name, memory_format=torch.channels_last):
+    """The layer's one conv group; with a contiguous (NCHW) input the
+    conversion to channels-last folds into it."""
     model, shape = LAYERS[name]
     torch.manual_seed(0)
     model.eval()
-    x = torch.randn(shape)
+    x = torch.randn(shape).contiguous(memory_format=memory_format)
     with GroupRecorder() as recorder:
         torch._dynamo.reset()
         with torch.no_grad():
@@ -101,6 +103,30 @@ def test_every_nhwc_conv_algorithm_matches_eager(layer, cpu):
             finally:
                 torch.set_num_threads(2)
             assert_close(out, ref, 1e-4), params
+
+
+@pytest.mark.parametrize("layer", ["7x7_s2_cin3", "3x3_s2_wide", "1x1_residual"])
+def test_an_nchw_input_is_read_through_the_row_segment_copy(layer, cpu):
+    """The network input's conversion to channels-last is not a copy of its
+    own: the first convolution reads NCHW into its padded channels-last
+    copy (row segments; every schedule, tile and K blocking), and refuses
+    parameters that would read the input in place."""
+    group, constants = _conv_group(layer, torch.contiguous_format)
+    assert [n.target for n in group.graph.nodes if n.op == "call_function"][0] is torch.ops.aten.clone.default
+    spec = lower_group(group)
+    geo = conv_geometry(spec)
+    assert geo["xsw"] == 1 and geo["xsc"] == geo["h"] * geo["w"]  # the kernel reads the NCHW tensor itself
+    tunables = c_codegen.tunables(spec, cpu.dialect)
+    assert tunables["algo"] == ("nhwc_indirect",) and tunables["segment"] == ("rows",)
+    x = torch.randn(tuple(spec.operands[spec.attrs["input"]].shape))
+    args = [constants[i] if i in constants else x for i in range(len(group.graph.find_nodes(op="placeholder")))]
+    with torch.no_grad():
+        ref = group(*args)
+    for params in [v for v in _variants(geo) if v.get("segment") == "rows"]:
+        kernel = cpu._build(spec, c_codegen.render(spec, cpu.dialect, params), constants, cpu.cache(), 2)
+        assert_close(kernel.run(*args), ref, 1e-4)
+    with pytest.raises(NotImplementedError, match="row-segment copy"):
+        c_codegen.render(spec, cpu.dialect, {"algo": "nhwc_indirect", "segment": "taps", "tile": (6, 2)})
 
 
 def test_row_segments_are_the_default_for_few_input_channels():

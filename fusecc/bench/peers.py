@@ -9,6 +9,9 @@ way it can be on this machine:
 * ``onnxruntime``      model exported with ``torch.onnx.export(dynamo=False)``,
                        CPU provider, all graph optimizations, same threads
 * ``fusecc``           ``torch.compile(backend="fusecc")``
+* ``fusecc_export``    ``fusecc.compile_exported(torch.export.export(...))``:
+                       the same compiler without Dynamo's per-call guards -
+                       deployed the way ONNX Runtime is (export, then run)
 
 Every builder returns ``(callable, compile_seconds)``; the compile time is
 the first call, which is where torch.compile does its work.
@@ -62,6 +65,15 @@ def fusecc_unfused(model: torch.nn.Module, x: torch.Tensor, options: dict | None
     return fusecc(model, x, {**(options or {}), "passes": passes})
 
 
+def fusecc_export(model: torch.nn.Module, x: torch.Tensor, options: dict | None = None) -> tuple[Runner, float]:
+    from ..export import compile_exported
+
+    start = time.perf_counter()
+    compiled = compile_exported(torch.export.export(model, (x,)), options or None)
+    run, _ = _first_call(compiled, x)
+    return run, time.perf_counter() - start  # export, compile and the first call
+
+
 def onnxruntime(model: torch.nn.Module, x: torch.Tensor) -> tuple[Runner, float]:
     import onnx
     import onnxruntime as ort
@@ -95,4 +107,5 @@ PEERS: dict[str, Callable[..., tuple[Runner, float]]] = {
     "onnxruntime": onnxruntime,
     "fusecc": fusecc,
     "fusecc_unfused": fusecc_unfused,
+    "fusecc_export": fusecc_export,
 }

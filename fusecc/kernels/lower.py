@@ -680,6 +680,8 @@ def lower_conv(group: FusedGroup) -> KernelSpec:
         if min(pads) < 0:
             raise NotLowerable("negative padding (cropping) before a convolution")
         x = x.args[0]
+    if isinstance(x, Node) and x.target is aten.clone.default:  # a layout change: read the source as it is
+        x = x.args[0]
     xval, wval, out = _val(x), _val(w), _val(c)
     if xval.dim() != 4:
         raise NotLowerable(f"{xval.dim() - 2}-d convolution (only 2-d is lowered)")

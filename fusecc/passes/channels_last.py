@@ -6,7 +6,10 @@ every such convolution whose input is not already channels-last; shape
 propagation then carries the layout through the graph (convolutions, the
 pointwise ops and residual adds after them keep it), and graph outputs
 that changed layout are copied back to the layout they had. Logical shapes
-and values are unchanged - only strides.
+and values are unchanged - only strides. The conversion in front of the
+first convolution does not run as a copy of its own: vertical fusion puts
+it in that convolution's group, whose kernel reads the NCHW input into the
+padded channels-last copy it makes anyway (`conv_indirect` row segments).
 
 Why: with channels innermost, a convolution is a GEMM over (pixels x
 output channels) whose vector dimension is the channel count (no waste on

@@ -148,19 +148,44 @@ class _Grouper:
             return None
         return pad
 
+    def layout_copy_prologue(self, consumer: Node) -> Node | None:
+        """A ``clone`` that only changes the memory format of the
+        convolution's input (the channels-last conversion of a network's
+        input), feeding nothing else: the convolution reads the source in
+        its own layout instead (C: through the copy its row segments make)."""
+        copy = consumer.args[0]
+        if not (isinstance(copy, Node) and copy.target is aten.clone.default and self.free(copy)):
+            return None
+        if len(copy.users) != 1 or set(copy.kwargs) - {"memory_format"}:
+            return None
+        return copy
+
+    def conv_prologue(self, conv: Node) -> list[Node]:
+        """[zero pad?, layout copy?] in front of a 2-d convolution with constant
+        weights, dense and undilated (what the kernels read through)."""
+        _, weight, _, _, _, dilation, transposed, _, groups = conv.args
+        prologue = []
+        pad = self.zero_pad_prologue(conv)
+        if pad is not None:
+            prologue.append(pad)
+        simple = groups == 1 and not transposed and tuple(dilation) == (1, 1) and weight.op == "get_attr"
+        copy = self.layout_copy_prologue(pad or conv) if simple else None
+        if copy is not None:
+            prologue.append(copy)
+        return prologue
+
     def epilogues(self) -> None:
         for node in list(self.gm.graph.nodes):
             cat = node_category(node)
             if cat not in (OpCategory.GEMM, OpCategory.CONV) or not self.free(node):
                 continue
             members = {node}
-            pad = self.zero_pad_prologue(node) if cat is OpCategory.CONV else None
-            if pad is not None:
-                members.add(pad)
+            prologue = self.conv_prologue(node) if cat is OpCategory.CONV else []
+            members.update(prologue)
             chain = self.grow_epilogue(members, node, permutes=cat is OpCategory.GEMM)
             attrs = {"anchor": op_name(node.target), "epilogue": [op_name(n.target) for n in chain]}
-            if pad is not None:
-                attrs["prologue"] = ["aten.constant_pad_nd.default"]
+            if prologue:
+                attrs["prologue"] = [op_name(n.target) for n in prologue]
             self.add(members, cat.value, attrs)
 
     def reductions(self) -> None:

@@ -42,6 +42,20 @@ def is_nhwc(spec: KernelSpec) -> bool:
     geo = conv_geometry(spec)
     if geo["xsc"] != 1 and geo["cin"] > 1:
         return False
+    return nhwc_outputs(spec)
+
+
+def copies_input(spec: KernelSpec) -> bool:
+    """Channels-last outputs from an input in another layout (the network's
+    NCHW input, its layout change folded into the convolution): the
+    indirect kernel with row segments, which reads the input through its
+    own zero-padded channels-last copy."""
+    geo = conv_geometry(spec)
+    return not is_nhwc(spec) and nhwc_outputs(spec) and geo["g"] == 1 and geo["dw"] == 1 and not _runtime_weights(spec)
+
+
+def nhwc_outputs(spec: KernelSpec) -> bool:
+    geo = conv_geometry(spec)
     for o in spec.outputs:
         strides = o.strides or torch.empty(o.shape, device="meta").stride()
         if (strides[1] != 1 and geo["cout"] > 1) or not _pixels_linear(tuple(strides), geo):
@@ -55,6 +69,8 @@ def _runtime_weights(spec: KernelSpec) -> bool:
 
 def _algorithms(spec: KernelSpec) -> tuple[str, ...]:
     geo = conv_geometry(spec)
+    if copies_input(spec):
+        return ("nhwc_indirect",)
     if is_nhwc(spec) and not _runtime_weights(spec):
         if is_depthwise(spec):
             return ("nhwc_depthwise", "depthwise")
@@ -76,7 +92,7 @@ def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
     if any(a in ("im2col", "nhwc_gemm", "nhwc_indirect") for a in algos):
         out["tile"] = _tiles(dialect)
     if "nhwc_indirect" in algos:
-        out["segment"] = conv_indirect.segment_choices(conv_geometry(spec))
+        out["segment"] = ("rows",) if copies_input(spec) else conv_indirect.segment_choices(conv_geometry(spec))
         out["schedule"] = ("pixel_major", "channel_major")
         out["kc"] = (64, 128, 256, 512, 1 << 30)
     return out
@@ -97,7 +113,7 @@ def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
     if nhwc:
         params["schedule"] = nhwc_schedule(geo)
     if algo == "nhwc_indirect":
-        params["segment"] = conv_indirect.default_segment(geo)
+        params["segment"] = "rows" if copies_input(spec) else conv_indirect.default_segment(geo)
     if algo == "nhwc_gemm":
         params["kc"] = 256
     return {**params, "tile": (mr, nv)}
@@ -174,6 +190,11 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     if any(o.dtype != "f32" for o in spec.operands) or any(o.dtype != "f32" for o in spec.outputs):
         raise NotImplementedError("bfloat16 convolution kernels are not generated yet")
     geo = conv_geometry(spec)
+    if copies_input(spec) and (params["algo"], params.get("segment")) != ("nhwc_indirect", "rows"):
+        raise NotImplementedError(
+            "a convolution from a non-channels-last input to channels-last outputs reads the input through "
+            f"the row-segment copy: algo 'nhwc_indirect' with segment 'rows', not {params['algo']!r}"
+        )
     if params["algo"] == "nhwc_indirect":
         return conv_indirect.render(spec, name, vl, params, geo, _nhwc_epilogue(spec, geo))
     if params["algo"] == "nhwc_gemm":

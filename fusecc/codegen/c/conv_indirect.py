@@ -58,8 +58,8 @@ def _padded_shape(geo: dict) -> tuple[int, int]:
 
 
 def _needs_copy(geo: dict) -> bool:
-    """Row segments read the input in place only if it is dense and unpadded."""
-    dense = geo["xsw"] == geo["cin"] and geo["xsh"] == geo["w"] * geo["cin"]
+    """Row segments read the input in place only if it is dense channels-last and unpadded."""
+    dense = geo["xsw"] == geo["cin"] and geo["xsh"] == geo["w"] * geo["cin"] and (geo["xsc"] == 1 or geo["cin"] == 1)
     return not dense or any(geo[p] for p in ("pt", "pl", "pb", "pr"))
 
 
@@ -160,7 +160,12 @@ def _copy_padded(geo: dict) -> str:
     hp, wp = _padded_shape(geo)
     cin = geo["cin"]
     row_bytes = 4 * wp * cin
-    if geo["xsw"] == cin:
+    if geo["xsc"] != 1 and cin > 1:  # another layout (NCHW): gather each pixel's channels
+        copy_row = (
+            f"for (long ix = 0; ix < {geo['w']}L; ++ix) for (long c = 0; c < {cin}L; ++c) "
+            f"dst[(ix + {geo['pl']}L) * {cin}L + c] = src[ix * {geo['xsw']}L + c * {geo['xsc']}L];"
+        )
+    elif geo["xsw"] == cin:
         copy_row = f"memcpy(dst + {geo['pl'] * cin}L, src, {4 * geo['w'] * cin});"
     else:
         copy_row = (
