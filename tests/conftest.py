@@ -111,12 +111,25 @@ class GroupRecorder:
     """A target that records the fused groups a compile hands it (and runs
     them as ATen): ``with GroupRecorder() as rec: torch.compile(m,
     backend="fusecc", options={"target": rec.name})(x)``; ``rec.items``
-    holds (group, constants) pairs."""
+    holds (group, constants) pairs. With ``capture_args``, each group runs
+    as itself (blocks are not unfused) and ``rec.args[group]`` holds the
+    arguments of its first call."""
 
     name = "test-record"
 
-    def __init__(self):
+    def __init__(self, capture_args: bool = False):
         from fusecc import targets
+
+        recorder = self
+
+        class _Replay(torch.nn.Module):
+            def __init__(self, group):
+                super().__init__()
+                self.group = group
+
+            def forward(self, *args):
+                recorder.args.setdefault(self.group, list(args))
+                return self.group(*args)
 
         class _Target(targets.Target):
             name = GroupRecorder.name
@@ -124,9 +137,10 @@ class GroupRecorder:
 
             def compile_groups(inner, items, options):
                 self.items.extend(items)
-                return [None] * len(items)
+                return [_Replay(g) for g, _ in items] if capture_args else [None] * len(items)
 
         self.items = []
+        self.args: dict = {}
         self._target = _Target()
 
     def __enter__(self) -> GroupRecorder:
@@ -143,13 +157,12 @@ class GroupRecorder:
 
 def recorded_block(model, x):
     """The one block group compiling ``model`` on ``x`` yields: (group, its
-    spec, its call arguments, the model's eager output)."""
+    spec, the arguments it was called with, the model's eager output)."""
     from fusecc.kernels.lower import lower_group
 
-    with GroupRecorder() as recorder, torch.no_grad():
+    with GroupRecorder(capture_args=True) as recorder, torch.no_grad():
         torch._dynamo.reset()
         torch.compile(model, backend="fusecc", options={"target": recorder.name})(x)
         ref = model(x)
-    ((group, constants),) = [(g, c) for g, c in recorder.items if g.kind == "block"]
-    args = [constants[i] if i in constants else x for i in range(len(group.graph.find_nodes(op="placeholder")))]
-    return group, lower_group(group), args, ref
+    (group,) = [g for g, _ in recorder.items if g.kind == "block"]
+    return group, lower_group(group), recorder.args[group], ref

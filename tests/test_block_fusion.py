@@ -189,7 +189,7 @@ def _block_matches_on_any_thread_count(model, x, tmp_path, **params):
     from conftest import assert_close, recorded_block
 
     _group, spec, args, ref = recorded_block(model, x)
-    constants = {i: a for i, a in enumerate(args) if a is not x}
+    constants = {o.arg_index: args[o.arg_index] for o in spec.operands if o.constant}
     target = HostCTarget(cache_dir=str(tmp_path))
     params = {**c_codegen.default_params(spec, target.dialect), **params}
     kernel = target._build(spec, c_codegen.render(spec, target.dialect, params), constants, target.cache(), 3)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import assert_close, recorded_block
-from fusecc.bench.blocks import InvertedResidual, _randomize_bn
+from fusecc.bench.blocks import Bottleneck, InvertedResidual, _randomize_bn
 from fusecc.codegen.cuda import KINDS, emulate, render
 from fusecc.targets.cuda import nvcc_toolchain
 from test_dialects import _inputs, groups
@@ -25,11 +25,11 @@ needs_nvcc = pytest.mark.skipif(
 
 def _renderable():
     """One CUDA source per zoo group the CUDA renderer takes (blocks: inverted
-    residuals; the other patterns run as their layers on this target)."""
+    residuals and bottlenecks; the other patterns run as their layers there)."""
     out = []
     for group, constants, spec in groups():
-        if spec.kind == "block" and spec.attrs["pattern"] != "inverted_residual":
-            with pytest.raises(NotImplementedError, match="inverted residuals only"):
+        if spec.kind == "block" and spec.attrs["pattern"] not in ("inverted_residual", "bottleneck"):
+            with pytest.raises(NotImplementedError, match="inverted residuals and bottlenecks"):
                 render(spec)
             continue
         if spec.kind not in KINDS:  # pools run as ATen on this target (`CudaTarget.group_kinds`)
@@ -43,13 +43,15 @@ def test_cuda_kernels_compile_for_sm80_and_sm90():
     kinds = set()
     sources = []
     for _group, _constants, spec, source in _renderable():
-        if (spec.kind, len(spec.outputs)) in kinds and len(sources) > 12:
+        key = (spec.kind, len(spec.outputs), spec.attrs.get("pattern"))
+        if key in kinds and len(sources) > 12:
             continue
-        kinds.add((spec.kind, len(spec.outputs)))
+        kinds.add(key)
         sources.append(source)
     # one translation unit per kernel, built in one nvcc call each for both architectures
     toolchain = nvcc_toolchain(output="-cubin")
     assert {s.symbol.split("_")[2] for s in sources} >= {"elementwise", "reduction", "gemm", "conv2d", "block"}
+    assert {k[2] for k in kinds} >= {"inverted_residual", "bottleneck"}
     with tempfile.TemporaryDirectory() as tmp:
         for i, src in enumerate(sources):
             cu = Path(tmp) / f"k{i}.cu"
@@ -83,19 +85,22 @@ def test_cuda_kernels_match_eager_under_emulation(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "cin, cout, expand, stride, hw, batch",
+    "block, shape",
     [
-        (24, 24, 6, 1, (7, 7), 1),  # residual, one tile
-        (16, 24, 6, 2, (33, 31), 2),  # stride 2, tiles cut by the map's edge, two images
-        (10, 10, 3, 1, (9, 7), 1),  # 30 expanded channels: one short chunk
-        (32, 16, 1, 1, (8, 8), 1),  # no expand layer
-        (16, 16, 6, 1, (17, 10), 1),  # 96 channels: three chunks; halos across tiles
+        (lambda: InvertedResidual(24, 24, 6, 1), (1, 24, 7, 7)),  # residual, one tile
+        (lambda: InvertedResidual(16, 24, 6, 2), (2, 16, 33, 31)),  # stride 2, tiles cut by the edge, two images
+        (lambda: InvertedResidual(10, 10, 3, 1), (1, 10, 9, 7)),  # 30 expanded channels: one short chunk
+        (lambda: InvertedResidual(32, 16, 1, 1), (1, 32, 8, 8)),  # no expand layer
+        (lambda: InvertedResidual(16, 16, 6, 1), (1, 16, 17, 10)),  # 96 channels: three chunks; halos across tiles
+        (lambda: Bottleneck(64, 16), (1, 64, 9, 11)),  # dense 3x3 middle, identity shortcut
+        (lambda: Bottleneck(48, 24, 2), (2, 48, 13, 12)),  # stride 2 with the projection shortcut
+        (lambda: Bottleneck(256, 64), (1, 256, 7, 9)),  # 64 reduced channels: a smaller tile
     ],
 )
-def test_cuda_inverted_residual_block_matches_eager_under_emulation(cin, cout, expand, stride, hw, batch, tmp_path):
+def test_cuda_block_kernels_match_eager_under_emulation(block, shape, tmp_path):
     torch.manual_seed(0)
-    model = _randomize_bn(InvertedResidual(cin, cout, expand, stride)).eval()
-    x = torch.randn(batch, cin, *hw).contiguous(memory_format=torch.channels_last)
+    model = _randomize_bn(block()).eval()
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
     _group, spec, args, ref = recorded_block(model, x)
     source = render(spec)
     assert_close(emulate.run(spec, source, [args[o.arg_index] for o in spec.operands], str(tmp_path)), ref, 1e-4)

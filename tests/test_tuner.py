@@ -82,6 +82,85 @@ def test_cost_model_learns_which_parameters_are_fast():
     assert scores[fastest] < scores[slowest]
 
 
+# -- the cross-kernel prior -----------------------------------------------------------------------
+
+WIDE_SPACE = {"tile": ((4, 1), (4, 4), (6, 2), (6, 4), (8, 3), (12, 2), (14, 2)), "kc": (64, 128, 256, 512),
+              "schedule": ("pixel_major", "channel_major")}  # fmt: skip
+
+
+def _synthetic_us(kernel: dict, params: dict) -> float:
+    """A deterministic cost with structure shared by every kernel of the kind:
+    (6, 4) tiles, kc 256 and the channel-major order are best; time scales
+    with the kernel's work."""
+    mr, nv = params["tile"]
+    tile_cost = 1 + abs(mr * nv - 24) / 8 + (0.3 if nv == 1 else 0)
+    kc_cost = 1 + abs(params["kc"] - 256) / 512
+    order = 1.0 if params["schedule"] == "channel_major" else 1.15
+    return 2 ** kernel["log_flops"] / 1e3 * tile_cost * kc_cost * order
+
+
+def _kernel(log_flops: float, space0: float) -> dict:
+    return {"log_flops": log_flops, "log_bytes": log_flops - 3, "space0": space0, "space1": 6.0, "log_k": 9.0}
+
+
+def test_history_holds_other_kernels_of_the_kind_on_the_target(tmp_path):
+    db = TuningDatabase(tmp_path / "t.sqlite3")
+    db.describe("cpu", "a", "conv2d", _kernel(26, 10))
+    db.describe("cpu", "b", "conv2d", _kernel(27, 11))
+    db.describe("cpu", "g", "gemm", _kernel(20, 7))
+    db.record("cpu", "a", DEFAULT, 10.0)
+    db.record("cpu", "b", DEFAULT, 20.0)
+    db.record("cpu", "b", {**DEFAULT, "tile": (8, 3)}, None, "failed")  # failures teach nothing
+    db.record("cpu", "b", {"impl": "layers"}, 5.0)  # implementation choices are not parameters
+    db.record("cpu", "g", DEFAULT, 1.0)
+    db.record("other-cpu", "a", DEFAULT, 1.0)  # another machine
+    (record,) = db.history("cpu", "conv2d", exclude="a")
+    assert record == (_kernel(27, 11), DEFAULT, 20.0)
+    assert len(db.history("cpu", "conv2d")) == 2 and db.history("other-cpu", "conv2d") == []
+
+
+def test_prior_from_earlier_kernels_ranks_a_new_kernels_candidates():
+    """Fitted on three fully measured kernels of other sizes, the prior puts
+    the new kernel's true best among its first picks, where the kernel's own
+    model has nothing to go on yet and the search would pick at random."""
+    from fusecc.tuner.search import Prior
+
+    default = {"tile": (4, 1), "kc": 64, "schedule": "pixel_major", "vl": 16}
+    pool = Search(default, WIDE_SPACE).pool
+    history = [(k, p, _synthetic_us(k, p)) for k in (_kernel(24, 9), _kernel(26, 11), _kernel(28, 12)) for p in pool]
+    prior = Prior.fit(history)
+    assert prior is not None
+    new = _kernel(25, 10)
+    truth = sorted(pool, key=lambda p: _synthetic_us(new, p))
+    best3 = {canonical(p) for p in truth[:3]}
+    search = Search(default, WIDE_SPACE, prior=prior, kernel=new)
+    measured = {canonical(default): _synthetic_us(new, default)}
+    picks = []
+    for _ in range(3):
+        params = search.next(measured)
+        measured[canonical(params)] = _synthetic_us(new, params)
+        picks.append(canonical(params))
+    assert best3 & set(picks), (picks, best3)
+    # too little history: no prior, the search stays as it was
+    assert Prior.fit(history[:3]) is None
+
+
+def test_tuning_a_new_kernel_starts_from_the_database(tmp_path):
+    """KernelTuner describes every kernel it tunes and fits the prior on the
+    other kernels of its kind (the tuning info says how many records)."""
+    db = TuningDatabase(tmp_path / "t.sqlite3")
+    default = {"tile": (4, 1), "kc": 64, "schedule": "pixel_major", "vl": 16}
+    for sig, kernel in (("k1", _kernel(24, 9)), ("k2", _kernel(26, 11))):
+        db.describe("cpu", sig, "conv2d", kernel)
+        for p in Search(default, WIDE_SPACE).pool[:12]:
+            db.record("cpu", sig, p, _synthetic_us(kernel, p))
+    tuner = KernelTuner(db, "cpu", trials=2)
+    _, info = tuner.choose("k3", default, WIDE_SPACE, lambda p: (lambda: None), measure=True,
+                           kind="conv2d", features=_kernel(25, 10))  # fmt: skip
+    assert info["prior_records"] == 24 and info["measured_now"] == 2
+    assert len(db.history("cpu", "conv2d", exclude="k1")) == 12 + 2  # k2's records and k3's own two
+
+
 def test_robust_median_ignores_a_preempted_run():
     assert robust_median([1.0, 1.1, 0.9, 1.0, 50.0, 1.05]) == pytest.approx(1.0, abs=0.05)
 

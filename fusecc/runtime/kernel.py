@@ -79,6 +79,7 @@ class CompiledKernel(torch.nn.Module):
     def _bind(self, constants: dict[int, torch.Tensor], owner: object = None) -> None:
         self._consts = constants  # kept alive: the kernel holds raw pointers into them
         self._owner = owner
+        self._generation = getattr(self, "_generation", 0) + 1  # pointer arrays built before are stale
         # operand slots: None for a runtime input (filled per call), else the constant's pointer
         self._order = [constants[i].data_ptr() if i in constants else None for i in range(len(self.spec.operands))]
 
@@ -164,6 +165,43 @@ class CompiledKernel(torch.nn.Module):
                 out = tensors()[slot]
                 invoke((out,), args)
                 return out
+
+        call.__name__ = call.__qualname__ = self.spec.name
+        call.__module__ = "kernel"
+        call.kernel = self
+        return call
+
+    def fixed_function(self, plan, slot: int, input_slots: dict[int, int]):
+        """Like ``as_function(plan, slot)`` for a kernel whose every runtime
+        input is a planned tensor too (``input_slots``: argument position ->
+        slot): all its pointers are fixed for a thread, so the pointer array
+        is built once per thread and a call is one foreign call - no layout
+        checks, no array building. The graph passes it only its runtime
+        inputs, for the dataflow (they are where their producers wrote);
+        constants it holds itself. None when a planned input's layout
+        differs from the compiled one."""
+        for index, (shape, strides, dtype) in zip(self._runtime, self._expected):
+            planned = plan.slots[input_slots[index]]
+            if planned.dtype is not dtype or tuple(planned.shape) != tuple(shape):
+                return None
+            if not _same_layout(shape, planned.strides, strides):
+                return None
+        local = threading.local()
+
+        def pointers():
+            views = plan.tensors()
+            it = iter(views[input_slots[i]].data_ptr() for i in self._runtime)
+            ptrs = [next(it) if p is None else p for p in self._order]
+            ptrs += [views[slot].data_ptr(), self._workspace_ptr()]
+            local.state = (self._generation, self._array(*ptrs), views[slot])
+            return local.state
+
+        def call(*_inputs):
+            state = getattr(local, "state", None)
+            if state is None or state[0] != self._generation:
+                state = pointers()
+            self.fn(state[1], min(torch.get_num_threads(), self.max_threads))
+            return state[2]
 
         call.__name__ = call.__qualname__ = self.spec.name
         call.__module__ = "kernel"

@@ -13,7 +13,11 @@ Runtime plans its memory the same way.
 
 The arena is allocated once per calling thread (so concurrent calls never
 share intermediates) and the kernels' outputs are views made once, so a
-planned call allocates nothing.
+planned call allocates nothing. A kernel whose runtime inputs are planned
+too has every pointer fixed for a thread: its pointer array is built once
+(`CompiledKernel.fixed_function`) and the graph hands it neither its
+constants nor anything to check - a call is one foreign call (MobileNetV2:
+18 of its 21 kernels).
 """
 
 from __future__ import annotations
@@ -126,8 +130,19 @@ def plan_memory(gm: GraphModule) -> MemoryPlan | None:
         for d in dying.get(i, ()):
             alloc.release(slots[d].offset, aligned(slots[d].nbytes), i)
     plan = MemoryPlan(list(slots.values()), alloc.top)
-    for j, n in enumerate(slots):
-        n.target = _kernel_of(n).as_function(plan, j)
+    slot_of = {n: j for j, n in enumerate(slots)}
+    for n, j in slot_of.items():
+        kernel = _kernel_of(n)
         n.meta["memory_slot"] = j  # dumps and tests read the assignment
+        inputs = {i: slot_of.get(n.args[i]) for i in kernel._runtime}
+        fixed = kernel.fixed_function(plan, j, inputs) if None not in inputs.values() else None
+        if fixed is None:
+            n.target = kernel.as_function(plan, j)
+            continue
+        constants = [a for i, a in enumerate(n.args) if i not in inputs]
+        n.target, n.args = fixed, tuple(n.args[i] for i in sorted(inputs))
+        for c in constants:  # held by the kernel; the graph no longer loads them
+            if isinstance(c, Node) and not c.users:
+                gm.graph.erase_node(c)
     gm.memory_plan = plan
     return plan

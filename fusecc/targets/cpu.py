@@ -157,6 +157,7 @@ class HostCTarget(Target):
         if options.tune == "off":
             return lambda group, spec, constants: (None, None)
         from ..tuner import KernelTuner, TuningDatabase, database_path
+        from ..tuner.features import kernel_features
         from .tuning import random_runtime_args, tuning_progress
 
         tuner = KernelTuner(
@@ -179,7 +180,10 @@ class HostCTarget(Target):
                 return lambda: kernel.run(*args)
 
             try:
-                return tuner.choose(spec.signature(), default, space, build, measure=measure)
+                return tuner.choose(
+                    spec.signature(), default, space, build, measure=measure,
+                    kind=spec.kind, features=kernel_features(spec),
+                )  # fmt: skip
             except Exception as e:  # noqa: BLE001 - tuning trouble (e.g. a locked database) keeps the defaults
                 return default, {"source": "default", "error": f"{type(e).__name__}: {e}"[:300]}
 

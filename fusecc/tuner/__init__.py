@@ -5,8 +5,8 @@ of the tuning database for each kernel (and the default parameters where
 there is none); ``tune`` first measures candidates until the kernel has
 ``tune_trials`` measurements in the database (so tuning a model again with
 the same budget measures nothing; a larger budget measures only the rest). The search space is the renderer's ``tunables(spec)``,
-the order comes from `search.Search` (default first, then an xgboost cost
-model), timing from `measure.median_us`, and every measurement - failures
+the order comes from `search.Search` (default first, then xgboost cost
+models: one fitted on earlier kernels of the kind, then the kernel's own), timing from `measure.median_us`, and every measurement - failures
 included - goes to the `database.TuningDatabase`, so tuning the same model
 again measures nothing new.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .database import TuningDatabase, best_record, canonical
 from .measure import median_us
-from .search import Search
+from .search import Prior, Search
 
 __all__ = ["KernelTuner", "TuningDatabase", "database_path"]
 
@@ -43,14 +43,25 @@ class KernelTuner:
         space: dict[str, tuple],
         build: Callable[[dict], Callable[[], object]],
         measure: bool,
+        kind: str | None = None,
+        features: dict[str, float] | None = None,
     ) -> tuple[dict, dict]:
         """Parameters for one kernel, and a record of how they were chosen.
-        ``build(params)`` returns a call that runs the kernel once (or raises)."""
+        ``build(params)`` returns a call that runs the kernel once (or raises).
+        With the kernel's ``kind`` and ``features`` (`features.kernel_features`),
+        the search starts from what earlier kernels of that kind taught (`Prior`)."""
         valid = {k: tuple(v) + ((default[k],) if k in default else ()) for k, v in space.items()}
         new = 0
         measured = _parameter_records(self.db.measured(self.target_key, signature))
+        prior_records = 0
         if measure and space:
-            search = Search(default, space)
+            prior = None
+            if kind is not None and features is not None:
+                self.db.describe(self.target_key, signature, kind, features)
+                if len(measured) < self.trials:
+                    history = self.db.history(self.target_key, kind, exclude=signature)
+                    prior, prior_records = Prior.fit(history), len(history)
+            search = Search(default, space, prior=prior, kernel=features)
             while len(measured) < self.trials and (params := search.next(measured)) is not None:
                 try:
                     us, error = median_us(build(params)), ""
@@ -62,6 +73,8 @@ class KernelTuner:
                 self.on_measure(signature, params, us)
         best = best_record(measured, valid)
         info = {"measured_now": new, "records": len(measured), "default_us": measured.get(canonical(default))}
+        if prior_records:
+            info["prior_records"] = prior_records  # other kernels' measurements the search started from
         if best is None:
             return default, {**info, "source": "default"}
         params, us = best

@@ -30,6 +30,13 @@ CREATE TABLE IF NOT EXISTS measurements (
     created REAL NOT NULL,
     PRIMARY KEY (target, signature, params)
 );
+CREATE TABLE IF NOT EXISTS kernels (  -- what the cross-kernel cost model learns from
+    target TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    features TEXT NOT NULL,        -- JSON: tuner.features.kernel_features
+    PRIMARY KEY (target, signature)
+);
 """
 
 
@@ -100,6 +107,35 @@ class TuningDatabase:
                 "SELECT params, median_us FROM measurements WHERE target = ? AND signature = ?", (target, signature)
             ).fetchall()
         return dict(rows)
+
+    def describe(self, target: str, signature: str, kind: str, features: dict[str, float]) -> None:
+        """Remember what kernel ``signature`` is, for the cross-kernel cost model."""
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO kernels VALUES (?, ?, ?, ?)",
+                (target, signature, kind, json.dumps(features, sort_keys=True)),
+            )
+
+    def history(self, target: str, kind: str, exclude: str = "") -> list[tuple[dict[str, float], dict, float]]:
+        """(kernel features, parameters, us) of every successful measurement of
+        the other described kernels of ``kind`` on ``target``; records that no
+        longer parse are skipped."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT k.features, m.params, m.median_us FROM measurements m JOIN kernels k"
+                " ON k.target = m.target AND k.signature = m.signature"
+                " WHERE m.target = ? AND k.kind = ? AND m.signature != ? AND m.median_us > 0",
+                (target, kind, exclude),
+            ).fetchall()
+        out = []
+        for features, params, us in rows:
+            try:
+                decoded_features, decoded = json.loads(features), _decode(params)
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(decoded_features, dict) and "impl" not in decoded:
+                out.append((decoded_features, decoded, us))
+        return out
 
     def best(self, target: str, signature: str, space: dict[str, tuple] | None = None) -> tuple[dict, float] | None:
         return best_record(self.measured(target, signature), space)
