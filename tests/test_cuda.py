@@ -11,9 +11,10 @@ import dataclasses
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import assert_close, recorded_block
-from fusecc.bench.blocks import Bottleneck, InvertedResidual, _randomize_bn
+from fusecc.bench.blocks import BasicBlock, Bottleneck, ConvNeXtBlock, InvertedResidual, _randomize_bn
 from fusecc.codegen.cuda import KINDS, emulate, render
 from fusecc.targets.cuda import nvcc_toolchain
 from test_dialects import _inputs, groups
@@ -24,14 +25,10 @@ needs_nvcc = pytest.mark.skipif(
 
 
 def _renderable():
-    """One CUDA source per zoo group the CUDA renderer takes (blocks: inverted
-    residuals and bottlenecks; the other patterns run as their layers there)."""
+    """One CUDA source per zoo group the CUDA renderer takes (every kind but
+    pooling, every block pattern)."""
     out = []
     for group, constants, spec in groups():
-        if spec.kind == "block" and spec.attrs["pattern"] not in ("inverted_residual", "bottleneck"):
-            with pytest.raises(NotImplementedError, match="inverted residuals and bottlenecks"):
-                render(spec)
-            continue
         if spec.kind not in KINDS:  # pools run as ATen on this target (`CudaTarget.group_kinds`)
             continue
         out.append((group, constants, spec, render(spec)))
@@ -51,7 +48,7 @@ def test_cuda_kernels_compile_for_sm80_and_sm90():
     # one translation unit per kernel, built in one nvcc call each for both architectures
     toolchain = nvcc_toolchain(output="-cubin")
     assert {s.symbol.split("_")[2] for s in sources} >= {"elementwise", "reduction", "gemm", "conv2d", "block"}
-    assert {k[2] for k in kinds} >= {"inverted_residual", "bottleneck"}
+    assert {k[2] for k in kinds} >= {"inverted_residual", "bottleneck", "convnext", "basic"}
     with tempfile.TemporaryDirectory() as tmp:
         for i, src in enumerate(sources):
             cu = Path(tmp) / f"k{i}.cu"
@@ -95,11 +92,18 @@ def test_cuda_kernels_match_eager_under_emulation(tmp_path):
         (lambda: Bottleneck(64, 16), (1, 64, 9, 11)),  # dense 3x3 middle, identity shortcut
         (lambda: Bottleneck(48, 24, 2), (2, 48, 13, 12)),  # stride 2 with the projection shortcut
         (lambda: Bottleneck(256, 64), (1, 256, 7, 9)),  # 64 reduced channels: a smaller tile
+        (lambda: ConvNeXtBlock(16), (2, 16, 9, 7)),  # 7x7 depthwise, layer norm, GELU GEMMs, layer scale
+        (lambda: ConvNeXtBlock(20), (3, 20, 5, 6)),  # 80 expanded channels: a short chunk
+        (lambda: ConvNeXtBlock(24, act=nn.ReLU, kernel=3), (1, 24, 8, 8)),  # another activation and kernel
+        (lambda: ConvNeXtBlock(96), (1, 96, 12, 10)),  # several tiles, halos across them
+        (lambda: BasicBlock(16), (1, 16, 10, 10)),  # two dense 3x3 layers, identity shortcut
+        (lambda: BasicBlock(24), (2, 24, 9, 7)),  # tiles cut by the map's edge, two images
+        (lambda: BasicBlock(48), (1, 48, 7, 7)),  # 48 input channels: two chunks, the second short
     ],
 )
 def test_cuda_block_kernels_match_eager_under_emulation(block, shape, tmp_path):
     torch.manual_seed(0)
-    model = _randomize_bn(block()).eval()
+    model = _randomize_bn(block()).eval()  # (ConvNeXt blocks have no batch norm)
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
     _group, spec, args, ref = recorded_block(model, x)
     source = render(spec)

@@ -12,10 +12,10 @@ Kernel shapes (simple, correctness first; tuned shapes come with the tuner):
 * conv2d - the same tiled GEMM as an implicit GEMM: the shared-memory B tile
   is gathered from the input on the fly (im2col never materialized),
   grouped convolutions on the grid's z dimension;
-* block - an inverted residual or a bottleneck in one kernel (`block.py`):
-  per output tile, the middle layer's input window and a chunk of its
-  outputs in shared memory, the project sums in registers. Basic and
-  ConvNeXt blocks run as their layers.
+* block - every block pattern (inverted residual, bottleneck, ConvNeXt,
+  basic) in one kernel (`block.py`): per output tile, the kxk layer's input
+  window and its outputs (or a chunk of them) in shared memory, the last
+  layer's sums in registers.
 
 Kernels can be run on the CPU for checking (`emulate.py`). Expressions go through the scalar form of the shared `ExprEmitter` with
 CUDA's float math. Every kernel is ``extern "C" __global__`` taking one
@@ -242,7 +242,7 @@ __device__ __forceinline__ float fc_im2col_{name}(const {CTYPE[spec.operands[x_i
 
 
 _KINDS = {"elementwise": _elementwise, "reduction": _reduction, "gemm": _gemm, "conv2d": _conv, "block": block.render}
-KINDS = frozenset(_KINDS)  # blocks: inverted residuals, bottlenecks (`block.render` says why not; the target unfuses)
+KINDS = frozenset(_KINDS)  # blocks: every pattern block fusion finds
 
 
 def render(spec: KernelSpec) -> CudaSource:

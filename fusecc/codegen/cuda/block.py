@@ -1,8 +1,8 @@
 """CUDA block kernels: an inverted residual (optional 1x1 expand, depthwise
-kxk, 1x1 project + residual) or a ResNet bottleneck (1x1 reduce, dense kxk,
-1x1 expand + residual) as one kernel - the same `KernelSpec` the C
-renderer takes, with shared memory where the C kernel keeps its ring in
-cache.
+kxk, 1x1 project + residual), a ResNet bottleneck (1x1 reduce, dense kxk,
+1x1 expand + residual), a ConvNeXt block (`render_convnext`) or a ResNet
+basic block (`render_basic`) as one kernel - the same `KernelSpec` the C renderer takes, with shared memory
+where the C kernel keeps its ring and bands in cache.
 
 One thread block owns a TH x TW tile of output pixels of one image, for
 every output channel:
@@ -30,7 +30,7 @@ import math
 
 from ...kernels.expr import Load
 from ...kernels.spec import KernelSpec, conv_geometry
-from ..c.block import bottleneck, inverted_residual
+from ..c.block import basic, bottleneck, convnext, inverted_residual
 from ..c.common import sload as _load
 from ..c.common import sstore as _store
 from ..c.expr import ExprEmitter
@@ -60,6 +60,35 @@ def _weight(spec: KernelSpec, index: int) -> tuple[str, tuple[int, ...]]:
     layer = spec.attrs["layers"][index]
     w = layer.attrs["weight"]
     return f"in{spec.attrs['operand_maps'][index][w]}", layer.operands[w].strides
+
+
+def _owned_outputs(per_thread: int, th: int, tw: int, oh: int, ow: int, channels: int, body: list[str]) -> str:
+    """The loop over the outputs a thread owns - output ``j = threadIdx.x + k
+    * THREADS`` of the tile's (pixel q, channel co) - running ``body`` at
+    each in-map one with ``k``, ``q``, ``co``, ``oy``, ``ox`` and the global
+    pixel ``pix`` defined."""
+    lines = "\n".join("    " + line for line in body)
+    return f"""#pragma unroll
+  for (int k = 0; k < {per_thread}; ++k) {{{{
+    const int j = threadIdx.x + k * {THREADS};
+    if (j >= {th * tw * channels}) break;
+    const long q = j / {channels}, co = j % {channels}, oy = oy0 + q / {tw}, ox = ox0 + q % {tw};
+    const long pix = (nimg * {oh}L + oy) * {ow}L + ox;
+    (void)pix;
+    if (oy >= {oh}L || ox >= {ow}L) continue;
+{lines}
+  }}}}"""
+
+
+def _copy_window(buf: str, x: str, xs: tuple, ih: int, iw: int, chunk: int, channels: int, h: int, w: int) -> str:
+    """The block input's window at (``iy0``, ``ix0``), channels [c0, c0 +
+    ``chunk``), into shared ``buf`` as [pixel][channel]; zero outside the map."""
+    return f"""for (int t = threadIdx.x; t < {ih * iw * chunk}; t += blockDim.x) {{
+      const int p = t / {chunk}, k = t % {chunk};
+      const long iy = iy0 + p / {iw}, ix = ix0 + p % {iw}, cc = c0 + k;
+      {buf}[t] = (cc < {channels}L && iy >= 0 && iy < {h}L && ix >= 0 && ix < {w}L)
+        ? {x}[nimg * {xs[0]}L + cc * {xs[1]}L + iy * {xs[2]}L + ix * {xs[3]}L] : 0.0f;
+    }}"""
 
 
 def _window(g: dict, th: int, tw: int) -> tuple[int, int]:
@@ -93,12 +122,13 @@ _PATTERNS = {"inverted_residual": inverted_residual, "bottleneck": bottleneck}
 
 
 def render(spec: KernelSpec, name: str) -> CudaSource:
+    if spec.attrs.get("pattern") == "convnext":
+        return render_convnext(spec, name)
+    if spec.attrs.get("pattern") == "basic":
+        return render_basic(spec, name)
     pattern = _PATTERNS.get(spec.attrs.get("pattern"))
     if pattern is None:
-        raise NotImplementedError(
-            "the CUDA renderer has block kernels for inverted residuals and bottlenecks, "
-            f"not {spec.attrs.get('pattern')!r} blocks"
-        )
+        raise NotImplementedError(f"the CUDA renderer has no kernel for {spec.attrs.get('pattern')!r} blocks")
     pattern.check(spec)
     walk = pattern.walk(spec)
     dense = pattern is bottleneck
@@ -204,17 +234,264 @@ extern "C" __global__ void __launch_bounds__({THREADS}) {name}({parameters(spec)
 #pragma unroll
   for (int k = 0; k < {per_thread}; ++k) acc[k] = 0.0f;
   {body}
-#pragma unroll
-  for (int k = 0; k < {per_thread}; ++k) {{
-    const int j = threadIdx.x + k * {THREADS};
-    if (j >= {th * tw * cout}) break;
-    const long q = j / {cout}, co = j % {cout}, oy = oy0 + q / {tw}, ox = ox0 + q % {tw};
-    if (oy >= {oh}L || ox >= {ow}L) continue;
-    const float accv = acc[k];
-{chr(10).join("    " + s for s in pr_lines)}
-    {store}
-  }}
+  {_owned_outputs(per_thread, th, tw, oh, ow, cout, ["const float accv = acc[k];", *pr_lines, store])}
 }}
 """
     grid = (math.ceil(ow / tw), math.ceil(oh / th), n)
     return CudaSource(name, PRELUDE + text, grid, (THREADS, 1, 1), {"tile": (th, tw), "chunk": chunk})
+
+
+# -- ConvNeXt ---------------------------------------------------------------------------------------
+
+_INIT = {"sum": "0.0f", "max": "-INFINITY", "min": "INFINITY"}
+_COMBINE = {"sum": "{a} + {b}", "max": "fc_maxf({a}, {b})", "min": "fc_minf({a}, {b})"}
+
+
+def _convnext_tiles(g: dict, e: int) -> tuple[int, int, int, int, int, int]:
+    """(TH, TW, IH, IW, CE, CH): the output tile, its depthwise window, the
+    chunk of channels the window holds and the chunk of expanded channels;
+    the tile's depthwise outputs (every channel: the layer norm needs them
+    all) and both chunks share the 40 KB."""
+    c = g["cout"]
+    ce, ch = min(8, c), min(16, e)
+    for edge in (TILE, 6, 4, 2, 1):
+        th, tw = min(edge, g["oh"]), min(edge, g["ow"])
+        ih, iw = _window(g, th, tw)
+        if 4 * (ih * iw * ce + th * tw * (c + ch)) <= SHARED_BYTES:
+            return th, tw, ih, iw, ce, ch
+    raise NotImplementedError(f"a {c}-channel pixel row does not fit in shared memory")
+
+
+def _norm_program(spec: KernelSpec, index: int, c: int) -> list[str]:
+    """The layer norm of pixel row ``q`` of ``dbuf`` (``pix`` its global pixel), in place."""
+    layer = spec.attrs["layers"][index]
+    mapping = spec.attrs["operand_maps"][index]
+
+    def load(node: Load) -> str:
+        if mapping[node.operand] == -1:  # the depthwise output, in shared memory
+            return f"dbuf[q * {c} + cc]"
+        a = layer.accesses[node.access]
+        return _load(
+            layer.operands[node.operand].dtype, f"in{mapping[node.operand]} + {offset(['pix', 'cc'], a.strides)}"
+        )
+
+    lines = []
+    for k, (kind, expr) in enumerate(layer.stages):
+        em = ExprEmitter(False, load, stat=lambda s: f"st{s.index}", prefix=f"s{k}_")
+        value = em.emit(expr)
+        lines.append(f"float st{k} = {_INIT[kind]};")
+        lines.append(f"for (long cc = 0; cc < {c}L; ++cc) {{")
+        lines.extend("  " + x for x in em.lines)
+        lines.append(f"  st{k} = {_COMBINE[kind].format(a=f'st{k}', b=value)};")
+        lines.append("}")
+    em = ExprEmitter(False, load, stat=lambda s: f"st{s.index}", prefix="n_")
+    value = em.emit(layer.outputs[0].expr)
+    # every element is read by the output expression before it is overwritten
+    lines.append(f"for (long cc = 0; cc < {c}L; ++cc) {{")
+    lines.extend("  " + x for x in em.lines)
+    lines.append(f"  dbuf[q * {c} + cc] = {value};")
+    lines.append("}")
+    return lines
+
+
+def _gemm_weight(spec: KernelSpec, index: int) -> tuple[str, int, int]:
+    """(block operand pointer, K stride, N stride) of GEMM layer ``index``'s B."""
+    layer = spec.attrs["layers"][index]
+    b = layer.attrs["b"]
+    _, sk, sn = layer.attrs["b_strides"]
+    return f"in{spec.attrs['operand_maps'][index][b]}", sk, sn
+
+
+def render_convnext(spec: KernelSpec, name: str) -> CudaSource:
+    """A ConvNeXt block: per output tile, the depthwise layer chunk by chunk
+    of channels (the window in shared memory) into the tile's rows of every
+    channel, the layer norm on each row in place, then the expanded channels
+    a chunk at a time - the expand GEMM + GELU into shared memory, its share
+    of the project GEMM into the registers - and the project epilogue (bias,
+    layer scale, residual) at the end."""
+    convnext.check(spec)
+    layers = spec.attrs["layers"]
+    dw = layers[convnext.DW]
+    g = conv_geometry(dw)
+    n, h, w, c = g["n"], g["h"], g["w"], g["cout"]
+    oh, ow = g["oh"], g["ow"]
+    e = layers[convnext.UP].space[2]
+    th, tw, ih, iw, ce, ch = _convnext_tiles(g, e)
+    per_thread = math.ceil(th * tw * c / THREADS)
+    x = f"in{spec.attrs['operand_maps'][convnext.DW][dw.attrs['input']]}"
+    xs = (g["xsn"], g["xsc"], g["xsh"], g["xsw"])
+    wd, wds = _weight(spec, convnext.DW)
+    wu, uk, un = _gemm_weight(spec, convnext.UP)
+    wdn, dk, dn = _gemm_weight(spec, convnext.DOWN)
+    out = spec.outputs[0]
+    ost = out.strides or (c * oh * ow, oh * ow, ow, 1)
+    dw_lines, dw_value = _layer_value(spec, convnext.DW, ["nimg", "cc", "oy", "ox"], "accv", "dw")
+    up_lines, up_value = _layer_value(spec, convnext.UP, ["zb", "pix", "hh"], "accv", "up")
+    dn_lines, dn_value = _layer_value(spec, convnext.DOWN, ["zb", "pix", "co"], "accv", "dn")
+    store = _store(out.dtype, f"out0 + nimg * {ost[0]}L + co * {ost[1]}L + oy * {ost[2]}L + ox * {ost[3]}L", dn_value)
+    norm = _norm_program(spec, convnext.NORM, c)
+    pixel = f"const long oy = oy0 + q / {tw}, ox = ox0 + q % {tw}, pix = (nimg * {oh}L + oy) * {ow}L + ox;"
+    text = f"""
+extern "C" __global__ void __launch_bounds__({THREADS}) {name}({parameters(spec)}) {{
+  __shared__ float ebuf[{ih * iw * ce}];  /* the depthwise window, a chunk of channels */
+  __shared__ float dbuf[{th * tw * c}];  /* the tile's depthwise outputs, then their layer norm */
+  __shared__ float hbuf[{th * tw * ch}];  /* a chunk of the tile's expanded channels */
+  const long nimg = blockIdx.z, oy0 = (long)blockIdx.y * {th}, ox0 = (long)blockIdx.x * {tw};
+  const long iy0 = oy0 * {g["sh"]}L - {g["pt"]}L, ix0 = ox0 * {g["sw"]}L - {g["pl"]}L, zb = 0;
+  (void)zb;
+  for (long c0 = 0; c0 < {c}L; c0 += {ce}) {{
+    {_copy_window("ebuf", x, xs, ih, iw, ce, c, h, w)}
+    __syncthreads();
+    for (int t = threadIdx.x; t < {th * tw * ce}; t += blockDim.x) {{
+      const int q = t / {ce}, k = t % {ce};
+      const long oy = oy0 + q / {tw}, ox = ox0 + q % {tw}, cc = c0 + k;
+      if (cc >= {c}L) continue;
+      float v = 0.0f;
+      if (oy < {oh}L && ox < {ow}L) {{
+        float accv = 0.0f;
+        for (int ky = 0; ky < {g["kh"]}; ++ky)
+          for (int kx = 0; kx < {g["kw"]}; ++kx)
+            accv += ebuf[(((q / {tw}) * {g["sh"]} + ky * {g["dh"]}) * {iw} + (q % {tw}) * {g["sw"]} + kx * {g["dw"]}) * {ce} + k]
+                    * {wd}[cc * {wds[0]}L + ky * {wds[2]}L + kx * {wds[3]}L];
+{chr(10).join("        " + s for s in dw_lines)}
+        v = {dw_value};
+      }}
+      dbuf[q * {c} + cc] = v;
+    }}
+    __syncthreads();
+  }}
+  for (int q = threadIdx.x; q < {th * tw}; q += blockDim.x) {{
+    {pixel}
+    if (oy >= {oh}L || ox >= {ow}L) continue;
+{chr(10).join("    " + s for s in norm)}
+  }}
+  __syncthreads();
+  float acc[{per_thread}];
+#pragma unroll
+  for (int k = 0; k < {per_thread}; ++k) acc[k] = 0.0f;
+  for (long h0 = 0; h0 < {e}L; h0 += {ch}) {{
+    for (int t = threadIdx.x; t < {th * tw * ch}; t += blockDim.x) {{
+      const int q = t / {ch}, k = t % {ch};
+      const long hh = h0 + k;
+      {pixel}
+      float v = 0.0f;
+      if (hh < {e}L && oy < {oh}L && ox < {ow}L) {{
+        float accv = 0.0f;
+        for (long cc = 0; cc < {c}L; ++cc) accv += dbuf[q * {c} + cc] * {wu}[cc * {uk}L + hh * {un}L];
+{chr(10).join("        " + s for s in up_lines)}
+        v = {up_value};
+      }}
+      hbuf[t] = v;
+    }}
+    __syncthreads();
+    const int chunk = {e}L - h0 < {ch} ? (int)({e}L - h0) : {ch};
+#pragma unroll
+    for (int k = 0; k < {per_thread}; ++k) {{
+      const int j = threadIdx.x + k * {THREADS};
+      if (j >= {th * tw * c}) break;
+      const int q = j / {c}, co = j % {c};
+      float s = acc[k];
+      for (int m = 0; m < chunk; ++m) s += hbuf[q * {ch} + m] * {wdn}[(h0 + m) * {dk}L + co * {dn}L];
+      acc[k] = s;
+    }}
+    __syncthreads();
+  }}
+  {_owned_outputs(per_thread, th, tw, oh, ow, c, ["const float accv = acc[k];", *dn_lines, store])}
+}}
+"""
+    grid = (math.ceil(ow / tw), math.ceil(oh / th), n)
+    return CudaSource(name, PRELUDE + text, grid, (THREADS, 1, 1), {"tile": (th, tw), "chunk": (ce, ch)})
+
+
+# -- ResNet basic blocks ----------------------------------------------------------------------------
+
+
+def _basic_tiles(g1: dict, g2: dict) -> tuple[int, int, int, int, int, int, int]:
+    """(TH, TW, MH, MW, IH, IW, CI): the output tile, the first layer's rows
+    it needs (the second layer's window, every channel), their input window
+    and the chunk of input channels that window holds."""
+    c = g2["cin"]
+    ci = min(32, g1["cin"])
+    for edge in (TILE, 6, 4, 2, 1):
+        th, tw = min(edge, g2["oh"]), min(edge, g2["ow"])
+        mh, mw = _window(g2, th, tw)
+        ih, iw = _window(g1, mh, mw)
+        if 4 * (mh * mw * c + ih * iw * ci) <= SHARED_BYTES:
+            return th, tw, mh, mw, ih, iw, ci
+    raise NotImplementedError(f"a {c}-channel window does not fit in shared memory")
+
+
+def render_basic(spec: KernelSpec, name: str) -> CudaSource:
+    """A ResNet basic block: per output tile, the first layer's outputs over
+    the second layer's window (every channel) accumulate in shared memory
+    over chunks of the input channels (each chunk's input window in shared
+    memory too); then the first epilogue, zero where the window leaves the
+    map (the second layer's padding), and the second layer + residual
+    straight to the output."""
+    basic.check(spec)
+    first, second = spec.attrs["layers"]
+    g1, g2 = conv_geometry(first), conv_geometry(second)
+    n, cin, h, w = g1["n"], g1["cin"], g1["h"], g1["w"]
+    c, h2, w2, oh, ow = g2["cin"], g2["h"], g2["w"], g2["oh"], g2["ow"]
+    th, tw, mh, mw, ih, iw, ci = _basic_tiles(g1, g2)
+    per_thread = math.ceil(th * tw * c / THREADS)
+    x = f"in{spec.attrs['operand_maps'][0][first.attrs['input']]}"
+    xs = (g1["xsn"], g1["xsc"], g1["xsh"], g1["xsw"])
+    wt1, wt1s = _weight(spec, 0)
+    wt2, wt2s = _weight(spec, 1)
+    out = spec.outputs[0]
+    ost = out.strides or (c * oh * ow, oh * ow, ow, 1)
+    l1_lines, l1_value = _layer_value(spec, 0, ["nimg", "m", "my", "mx"], "accv", "f")
+    l2_lines, l2_value = _layer_value(spec, 1, ["nimg", "co", "oy", "ox"], "accv", "s")
+    store = _store(out.dtype, f"out0 + nimg * {ost[0]}L + co * {ost[1]}L + oy * {ost[2]}L + ox * {ost[3]}L", l2_value)
+    second = [  # the second layer at (q, co), from the first layer's window
+        "float accv = 0.0f;",
+        f"for (int ky = 0; ky < {g2['kh']}; ++ky)",
+        f"  for (int kx = 0; kx < {g2['kw']}; ++kx) {{",
+        f"    const float* mv = mbuf + (((q / {tw}) + ky) * {mw} + (q % {tw}) + kx) * {c};",
+        f"    for (int m = 0; m < {c}; ++m) accv += mv[m] * {wt2}[co * {wt2s[0]}L + m * {wt2s[1]}L + ky * {wt2s[2]}L + kx * {wt2s[3]}L];",
+        "  }",
+    ]
+    text = f"""
+extern "C" __global__ void __launch_bounds__({THREADS}) {name}({parameters(spec)}) {{
+  __shared__ float xbuf[{ih * iw * ci}];  /* the input window, a chunk of input channels */
+  __shared__ float mbuf[{mh * mw * c}];  /* the first layer over the second one's window, every channel */
+  const long nimg = blockIdx.z, oy0 = (long)blockIdx.y * {th}, ox0 = (long)blockIdx.x * {tw};
+  const long my0 = oy0 - {g2["pt"]}L, mx0 = ox0 - {g2["pl"]}L;  /* the window's first row and column */
+  const long iy0 = my0 * {g1["sh"]}L - {g1["pt"]}L, ix0 = mx0 * {g1["sw"]}L - {g1["pl"]}L;
+  for (int t = threadIdx.x; t < {mh * mw * c}; t += blockDim.x) mbuf[t] = 0.0f;
+  for (long c0 = 0; c0 < {cin}L; c0 += {ci}) {{
+    __syncthreads();
+    {_copy_window("xbuf", x, xs, ih, iw, ci, cin, h, w)}
+    __syncthreads();
+    const int chunk = {cin}L - c0 < {ci} ? (int)({cin}L - c0) : {ci};
+    for (int t = threadIdx.x; t < {mh * mw * c}; t += blockDim.x) {{
+      const int p = t / {c}, m = t % {c};
+      float s = mbuf[t];
+      for (int ky = 0; ky < {g1["kh"]}; ++ky)
+        for (int kx = 0; kx < {g1["kw"]}; ++kx) {{
+          const float* xv = xbuf + (((p / {mw}) * {g1["sh"]} + ky * {g1["dh"]}) * {iw} + (p % {mw}) * {g1["sw"]} + kx * {g1["dw"]}) * {ci};
+          for (int k = 0; k < chunk; ++k)
+            s += xv[k] * {wt1}[m * {wt1s[0]}L + (c0 + k) * {wt1s[1]}L + ky * {wt1s[2]}L + kx * {wt1s[3]}L];
+        }}
+      mbuf[t] = s;
+    }}
+  }}
+  __syncthreads();
+  for (int t = threadIdx.x; t < {mh * mw * c}; t += blockDim.x) {{
+    const int p = t / {c};
+    const long m = t % {c}, my = my0 + p / {mw}, mx = mx0 + p % {mw};
+    float v = 0.0f;
+    if (my >= 0 && my < {h2}L && mx >= 0 && mx < {w2}L) {{
+      const float accv = mbuf[t];
+{chr(10).join("      " + s for s in l1_lines)}
+      v = {l1_value};
+    }}
+    mbuf[t] = v;
+  }}
+  __syncthreads();
+  {_owned_outputs(per_thread, th, tw, oh, ow, c, [*second, *l2_lines, store])}
+}}
+"""
+    grid = (math.ceil(ow / tw), math.ceil(oh / th), n)
+    return CudaSource(name, PRELUDE + text, grid, (THREADS, 1, 1), {"tile": (th, tw), "chunk": ci})
