@@ -65,11 +65,12 @@ register(AtenTarget())
 
 def _register_builtin() -> None:
     from .cpu import HostCTarget
-    from .cuda import CudaTarget
+    from .cuda import CudaTarget, EmulatedCudaTarget
     from .tvm_target import TvmLlvmTarget
 
     register(HostCTarget())
     register(CudaTarget())
+    register(EmulatedCudaTarget())
     register(TvmLlvmTarget())
 
 

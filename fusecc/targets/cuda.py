@@ -1,7 +1,9 @@
 """The CUDA target ("cuda"): groups become CUDA C kernels, built with nvcc
 into fat binaries for sm_80 and sm_90 (plus PTX), cached like the C
 kernels, loaded with the CUDA driver API and launched on PyTorch's current
-stream."""
+stream. "cuda-emulated" takes the same path but runs every kernel on the
+CPU under the emulator (`codegen.cuda.emulate`), so the whole target is
+checked against eager where there is no GPU."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import shutil
 
 import torch
 
-from ..codegen.cuda import CudaSource, render
+from ..codegen.cuda import CudaSource, emulate, render
 from ..errors import KeepUnfused, UnsupportedError
 from ..graph.fused_group import FusedGroup
 from ..kernels.lower import lower_group
@@ -101,28 +103,71 @@ class CudaTarget(Target):
     def __init__(self):
         self.toolchain = nvcc_toolchain()
 
-    def compile_groups(self, items: list[tuple[FusedGroup, dict]], options) -> list:
+    def unavailable(self) -> str | None:
+        """Why this target cannot compile here, or None."""
         if not torch.cuda.is_available():
-            error = UnsupportedError("target 'cuda' needs a CUDA device; none is available")
-            return [error] * len(items)
+            return "target 'cuda' needs a CUDA device; none is available"
         if not self.toolchain.available():
-            return [UnsupportedError(f"target 'cuda' needs nvcc ({self.toolchain.cc} not found)")] * len(items)
+            return f"target 'cuda' needs nvcc ({self.toolchain.cc} not found)"
+        return None
+
+    def compile_groups(self, items: list[tuple[FusedGroup, dict]], options) -> list:
+        if (why := self.unavailable()) is not None:
+            return [UnsupportedError(why)] * len(items)
         cache = CompileCache(options.cache_dir)
         results = []
         for group, constants in items:
             try:
                 spec = lower_group(group)
                 source = render(spec)
-                path, cached, details = cache.get_or_build(
-                    source.text, self.toolchain.fingerprint(), functools.partial(build_cuda, self.toolchain)
-                )
                 by_operand = {i: constants[o.arg_index] for i, o in enumerate(spec.operands) if o.constant}
-                info = {"symbol": source.symbol, "params": source.params, "cached": cached, "source": source.text,
-                        "spec": spec.describe(), "dialect": "cuda", **details}  # fmt: skip
-                results.append(CudaKernel(spec, source, path.read_bytes(), by_operand, info))
+                results.append(self._load(spec, source, by_operand, cache))
             except NotImplementedError as e:
                 # a block pattern with no CUDA kernel: its layers are compiled instead
                 results.append(KeepUnfused(str(e)) if group.kind == "block" else e)
             except Exception as e:  # noqa: BLE001 - that group's fallback
                 results.append(e)
         return results
+
+    def _load(self, spec: KernelSpec, source: CudaSource, constants: dict, cache: CompileCache) -> torch.nn.Module:
+        path, cached, details = cache.get_or_build(
+            source.text, self.toolchain.fingerprint(), functools.partial(build_cuda, self.toolchain)
+        )
+        info = {"symbol": source.symbol, "params": source.params, "cached": cached, "source": source.text,
+                "spec": spec.describe(), "dialect": "cuda", **details}  # fmt: skip
+        return CudaKernel(spec, source, path.read_bytes(), constants, info)
+
+
+class EmulatedCudaKernel(torch.nn.Module):
+    """A rendered CUDA kernel run on the CPU by `codegen.cuda.emulate`; called
+    like `CudaKernel`, with CPU tensors."""
+
+    def __init__(self, spec: KernelSpec, source: CudaSource, constants: dict, info: dict, directory: str):
+        super().__init__()
+        self.spec, self.source, self.info, self._consts, self._dir = spec, source, info, constants, directory
+        emulate.build(spec, source, directory)  # compile now: a broken kernel is that group's compile error
+
+    def run(self, *args: torch.Tensor):
+        values = [self._consts[i] if o.constant else args[o.arg_index] for i, o in enumerate(self.spec.operands)]
+        values = [v.contiguous() if v.dim() == 0 else v for v in values]
+        return emulate.run(self.spec, self.source, values, self._dir)
+
+    forward = run
+
+
+class EmulatedCudaTarget(CudaTarget):
+    """The cuda target's whole path - lowering, the CUDA renderer, block
+    unfusing, constants, output layouts - with each kernel run on the CPU by
+    the emulator instead of a GPU: slow, for checking CUDA numerics on
+    machines without one."""
+
+    name = "cuda-emulated"
+    description = "the cuda target's kernels run on the CPU by an emulator (slow; checks numerics without a GPU)"
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def _load(self, spec: KernelSpec, source: CudaSource, constants: dict, cache: CompileCache) -> torch.nn.Module:
+        info = {"symbol": source.symbol, "params": source.params, "cached": False, "source": source.text,
+                "spec": spec.describe(), "dialect": "cuda-emulated"}  # fmt: skip
+        return EmulatedCudaKernel(spec, source, constants, info, str(cache.root / "cuda-emulated"))
