@@ -45,3 +45,20 @@ def test_bench_harness_tiny_run_writes_json(tmp_path, capsys):
             assert entry["median_ms"] > 0 and entry["rel_error"] < 1e-3
     printed = capsys.readouterr().out
     assert "eager/fusecc" in printed and "geomean" in printed
+
+
+def test_attention_bench_times_the_kernel_against_sdpa(tmp_path):
+    """`fusecc bench --attention`: the case is built, checked against eager
+    (SDPA) and timed; fusecc ran it as its attention kernel."""
+    import json
+
+    from fusecc.compiler import collect_reports
+
+    out = tmp_path / "attention.json"
+    with collect_reports() as reports:
+        rc = main(["--attention", "--only", "attention L=128", "--budget", "0.2", "--peers", "eager", "fusecc",
+                   "--json", str(out)])  # fmt: skip
+    assert rc == 0
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["peers"]["fusecc"]["rel_error"] < 1e-4 and result["peers"]["fusecc"]["median_ms"] > 0
+    assert any(k["kind"] == "attention" for r in reports for k in r.kernels)

@@ -10,14 +10,10 @@ channels-last, as they are between the layers of a channels-last network.
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
-from rich.console import Console
 from torch import nn
 
-from .harness import bench_module, machine_info, print_table, to_markdown
+from .harness import cases_main
 
 PEERS = ["eager", "inductor", "inductor_freeze", "onnxruntime", "fusecc_unfused", "fusecc"]
 
@@ -115,33 +111,14 @@ BLOCKS = {
 }
 
 
+def _case(factory, shape):
+    def build(batch: int):
+        # inside a network a block's input comes from channels-last layers
+        return _randomize_bn(factory()), torch.randn(batch, *shape).to(memory_format=torch.channels_last)
+
+    return build
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fusecc bench --blocks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--blocks", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--budget", type=float, default=3.0, help="timing seconds per (block, batch)")
-    parser.add_argument("--only", nargs="+", choices=list(BLOCKS), help="a subset of the blocks")
-    parser.add_argument("--peers", nargs="+", default=PEERS)
-    parser.add_argument("--json", metavar="PATH")
-    parser.add_argument("--markdown", metavar="PATH")
-    args = parser.parse_args(argv)
-    console = Console(width=200 if not Console().is_terminal else None)
-    info = machine_info()
-    console.print(f"machine: {info}")
-    results = []
-    for name in args.only or list(BLOCKS):
-        factory, shape = BLOCKS[name]
-        for batch in args.batch:
-            torch.manual_seed(0)
-            model = _randomize_bn(factory())
-            # inside a network a block's input comes from channels-last layers
-            x = torch.randn(batch, *shape).to(memory_format=torch.channels_last)
-            results.append(bench_module(name, model, x, batch, args.peers, args.budget, console))
-    print_table(results, args.peers, console)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"machine": info, "results": results}, fh, indent=2)
-    if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write(to_markdown(results, args.peers, info, "fusecc bench " + " ".join(argv or [])))
-    return 0
+    cases = {name: _case(factory, shape) for name, (factory, shape) in BLOCKS.items()}
+    return cases_main(argv, "--blocks", __doc__.split("\n\n")[0], cases, [1, 8], PEERS)

@@ -15,6 +15,7 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict
 
 import torch
@@ -179,6 +180,46 @@ def to_markdown(results: list[dict], peer_names: list[str], info: dict, command:
     return "\n".join(lines)
 
 
+def cases_main(
+    argv: list[str] | None,
+    flag: str,
+    description: str,
+    cases: dict[str, Callable[[int], tuple[torch.nn.Module, torch.Tensor]]],
+    default_batch: list[int],
+    default_peers: list[str],
+) -> int:
+    """The command line of a benchmark of named cases (``fusecc bench
+    --blocks``, ``--attention``): each case builds (model, input) for a
+    batch size; every peer is timed on it by `bench_module`; the table is
+    printed and optionally written as JSON and Markdown."""
+    parser = argparse.ArgumentParser(prog=f"fusecc bench {flag}", description=description)
+    parser.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", nargs="+", type=int, default=default_batch)
+    parser.add_argument("--budget", type=float, default=3.0, help="timing seconds per (case, batch)")
+    parser.add_argument("--only", nargs="+", choices=list(cases), help="a subset of the cases")
+    parser.add_argument("--peers", nargs="+", default=default_peers)
+    parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--markdown", metavar="PATH")
+    args = parser.parse_args(argv)
+    console = Console(width=200 if not Console().is_terminal else None)
+    info = machine_info()
+    console.print(f"machine: {info}")
+    results = []
+    for name in args.only or list(cases):
+        for batch in args.batch:
+            torch.manual_seed(0)
+            model, x = cases[name](batch)
+            results.append(bench_module(name, model, x, batch, args.peers, args.budget, console))
+    print_table(results, args.peers, console)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": info, "results": results}, fh, indent=2)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(to_markdown(results, args.peers, info, "fusecc bench " + " ".join(argv or [])))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--gemm" in argv:
@@ -189,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         from .blocks import main as blocks_main
 
         return blocks_main(argv)
+    if "--attention" in argv:
+        from .attention import main as attention_main
+
+        return attention_main(argv)
     if "--overhead" in argv:
         from .overhead import main as overhead_main
 
@@ -197,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gemm", action="store_true", help="benchmark the generated GEMM against MLAS and MKL")
     parser.add_argument("--overhead", action="store_true", help="per-call overhead of a one-op graph")
     parser.add_argument("--blocks", action="store_true", help="residual blocks alone (fused, unfused, peers)")
+    parser.add_argument("--attention", action="store_true", help="scaled dot-product attention alone, 128-4096 tokens")
     parser.add_argument("--models", nargs="+", default=list(zoo.ZOO), choices=list(zoo.ZOO))
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--peers", nargs="+", default=DEFAULT_PEERS, choices=list(peer_builders.PEERS))

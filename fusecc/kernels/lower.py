@@ -840,6 +840,50 @@ def lower_pool(group: FusedGroup) -> KernelSpec:
     return _finish(b, "pool2d", space, [output], attrs=attrs)
 
 
+def lower_attention(group: FusedGroup) -> KernelSpec:
+    """Scaled dot-product attention (ATen's CPU flash-attention op):
+    ``space = (B, H, Lq, D)``; operands q [B, H, Lq, D], k and v [B, H, Lk,
+    D] and an optional additive float mask broadcast to [B, H, Lq, Lk];
+    attrs: the scale, the causal flag and every operand's strides. The
+    output is the attention result (the log-sum-exp is not computed:
+    partition groups the op only when nobody reads it)."""
+    anchors = [n for n in group.graph.nodes if n.op == "call_function" and n.target is _SDPA_CPU]
+    if len(anchors) != 1:
+        raise NotLowerable(f"attention group with {len(anchors)} attention ops")
+    a = anchors[0]
+    q, k, v = a.args[:3]
+    dropout = a.args[3] if len(a.args) > 3 else a.kwargs.get("dropout_p", 0.0)
+    causal = bool(a.args[4] if len(a.args) > 4 else a.kwargs.get("is_causal", False))
+    mask = a.kwargs.get("attn_mask")
+    (out,) = _group_outputs(group)
+    if not (out.target is operator.getitem and out.args[0] is a and out.args[1] == 0):
+        raise NotLowerable("an attention group must return the attention output (not the log-sum-exp)")
+    if dropout:
+        raise NotLowerable("attention with dropout")
+    qv, kv, vv, ov = _val(q), _val(k), _val(v), _val(out)
+    if any(t.dtype is not torch.float32 for t in (qv, kv, vv)) or qv.dim() != 4:
+        raise NotLowerable("attention kernels are 4-d float32")
+    if tuple(kv.shape) != tuple(vv.shape) or kv.shape[:2] != qv.shape[:2] or kv.shape[3] != qv.shape[3]:
+        raise NotLowerable("q, k and v must agree on batch, heads and head size")
+    space = tuple(qv.shape)
+    b = _Builder(group, space)
+    idx = {"q": b.operand(q), "k": b.operand(k), "v": b.operand(v)}
+    attrs = {"q": idx["q"], "k": idx["k"], "v": idx["v"], "lk": kv.shape[2], "causal": causal,
+             "scale": float(a.kwargs.get("scale") or 1.0 / math.sqrt(qv.shape[3])),
+             "q_strides": tuple(qv.stride()), "k_strides": tuple(kv.stride()), "v_strides": tuple(vv.stride())}  # fmt: skip
+    if mask is not None:
+        mval = _val(mask)
+        if mval.dtype is not torch.float32:
+            raise NotLowerable(f"a {mval.dtype} attention mask (only additive float32 masks are generated)")
+        full = mval.expand(space[0], space[1], space[2], kv.shape[2])  # broadcast dims get stride 0
+        attrs.update(mask=b.operand(mask), mask_strides=tuple(full.stride()))
+    output = Output(out.name, _dtype(out), space, Acc(), strides=tuple(ov.stride()))
+    return _finish(b, "attention", space, [output], attrs=attrs)
+
+
+_SDPA_CPU = aten._scaled_dot_product_flash_attention_for_cpu.default
+
+
 _LOWER_BY_KIND = {
     "pool": lower_pool,
     "block": lower_block,
@@ -847,6 +891,7 @@ _LOWER_BY_KIND = {
     "reduction": lower_reduction,
     "gemm": lower_gemm,
     "conv": lower_conv,
+    "attention": lower_attention,
 }
 
 

@@ -1,11 +1,13 @@
 """partition: every floating-point compute op not yet in a group becomes a
 one-op group, so a target sees the graph as a sequence of kernels (groups)
-and ATen calls (views, data movement, attention, unknown ops).
+and ATen calls (views, data movement, unknown ops).
 
-Matches: GEMMs, convolutions, reductions, pointwise ops and 2-d max/average
-pools (a max pool only if its indices are unused) outside groups whose
-results are float32/bfloat16/float16. Produces: a FusedGroup of kind
-``gemm`` / ``conv`` / ``reduction`` / ``pointwise`` / ``pool`` around each
+Matches: GEMMs, convolutions, reductions, pointwise ops, 2-d max/average
+pools (a max pool only if its indices are unused) and float32 scaled
+dot-product attention (ATen's CPU flash attention, no dropout, its
+log-sum-exp unread) outside groups whose results are
+float32/bfloat16/float16. Produces: a FusedGroup of kind ``gemm`` /
+``conv`` / ``reduction`` / ``pointwise`` / ``pool`` / ``attention`` around each
 (attrs ``single``). Integer and boolean ops (masks, indices) stay ATen calls.
 The reference target inlines these groups again at no cost.
 """
@@ -30,6 +32,7 @@ _KIND = {
     OpCategory.REDUCTION: "reduction",
     OpCategory.POINTWISE: "pointwise",
     OpCategory.POOL: "pool",
+    OpCategory.ATTENTION: "attention",
 }
 
 
@@ -47,6 +50,18 @@ def _poolable(node) -> bool:
 _FLOAT = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def _attention(node) -> bool:
+    """ATen's CPU flash attention, float32, no dropout, its log-sum-exp unread."""
+    if node.target is not torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default:
+        return False
+    val = node.meta.get("val")
+    first = val[0] if isinstance(val, (tuple, list)) else val
+    dropout = node.args[3] if len(node.args) > 3 else node.kwargs.get("dropout_p", 0.0)
+    if not isinstance(first, torch.Tensor) or first.dtype is not torch.float32 or dropout:
+        return False
+    return all(u.target is operator.getitem and (u.args[1] == 0 or not u.users) for u in node.users)
+
+
 def _is_float(node) -> bool:
     val = node.meta.get("val")
     vals = val if isinstance(val, (tuple, list)) else [val]
@@ -62,6 +77,8 @@ def _attrs(kind: str, node) -> dict:
         return {"reduction": name, "prologue": 0, "epilogue": 0, "single": True}
     if kind == "pool":
         return {"pool": name, "single": True}
+    if kind == "attention":
+        return {"attention": name, "single": True}
     return {"ops": 1, "single": True}
 
 
@@ -70,6 +87,8 @@ def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
     for node in list(gm.graph.nodes):
         kind = _KIND.get(node_category(node))
         if kind is None or not _is_float(node) or (kind == "pool" and not _poolable(node)):
+            continue
+        if kind == "attention" and not _attention(node):
             continue
         members = [node] + [u for u in node.users if u.target is operator.getitem]
         if not any(u for m in members for u in m.users):

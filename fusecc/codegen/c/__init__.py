@@ -1,7 +1,7 @@
 """The C renderer: `KernelSpec` + dialect + parameters -> a self-contained C file.
 
 One renderer, several dialects (`dialects.py`); one module per kernel kind
-(elementwise, reduction, gemm, conv2d, block), each exposing the same functions:
+(elementwise, reduction, gemm, conv2d, block, pool2d, attention), each exposing the same functions:
 
 * ``tunables(spec)`` - parameter name -> candidate values;
 * ``default_params(spec, dialect)`` - a good choice without tuning;
@@ -19,7 +19,7 @@ from types import ModuleType
 import torch
 
 from ...kernels.spec import KernelSpec
-from . import block, conv, elementwise, gemm, pool, reduction
+from . import attention, block, conv, elementwise, gemm, pool, reduction
 from .dialects import DIALECTS, Dialect
 from .prelude import prelude
 
@@ -30,6 +30,7 @@ KINDS: dict[str, ModuleType] = {
     "conv2d": conv,
     "block": block,
     "pool2d": pool,
+    "attention": attention,
 }
 
 

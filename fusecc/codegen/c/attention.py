@@ -1,0 +1,213 @@
+"""Scaled dot-product attention as one tiled kernel, online softmax
+(FlashAttention's recurrence, on CPU vectors).
+
+A task is one (batch, head) and a block of ``q_tiles`` x MR query rows.
+It walks the keys in blocks of BK = NV * VL:
+
+  1. the key block is packed transposed ([D][BK]) and the value block in
+     NR-wide panels ([D / NR][BK][NR]), into the thread's buffers;
+  2. S = Q K^T for each row tile, by the GEMM micro-kernel (a query row
+     broadcast, the packed keys streamed);
+  3. each row scales S, adds the mask, sets keys past the causal diagonal
+     or the sequence to -inf, and updates its running max m and sum l:
+     P = exp(S - m_new), the row's output so far scaled by exp(m - m_new);
+  4. O += P V for each row tile and value panel, by the same micro-kernel.
+
+At the end each output row is divided by its l. Nothing of size Lq x Lk
+is ever stored: the scores of one key block live in a BQ x BK buffer.
+Under the causal flag, key blocks wholly above the diagonal are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ...kernels.spec import KernelSpec
+from .common import SIGNATURE
+from .dialects import Dialect
+from .gemm import microkernel
+
+# row tiles per task: a key block is packed once for Q_TILES x MR query rows.
+# Measured (12 heads x 64, 2 threads): 4 tiles 1.02-1.06x SDPA, 8 1.22x, 16 1.38x, 32 1.41-1.72x
+Q_TILES = 32
+
+
+def _tile(dialect: Dialect) -> tuple[int, int]:
+    """(MR, NV) of both GEMMs: four vectors of keys (or values) where the
+    registers allow, the most query rows that fit beside them."""
+    regs = dialect.vector_registers
+    nv = 4 if regs >= 32 else 2
+    mr = max(m for m in (1, 2, 3, 4, 6, 8) if m * nv + nv + 1 <= regs)
+    return mr, nv
+
+
+def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
+    return {"q_tiles": (4, 8, 16, 32)}
+
+
+def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
+    _check(spec)
+    mr, nv = _tile(dialect)
+    return {"tile": (mr, nv), "q_tiles": max(1, min(Q_TILES, math.ceil(spec.space[2] / mr))), "vl": dialect.vl}
+
+
+def _check(spec: KernelSpec) -> None:
+    a = spec.attrs
+    if a["q_strides"][3] != 1 or a["k_strides"][3] != 1 or a["v_strides"][3] != 1:
+        raise NotImplementedError("attention kernels read q, k and v rows with unit stride over the head size")
+    if spec.outputs[0].dtype != "f32":
+        raise NotImplementedError("attention kernels are float32")
+
+
+def _sizes(spec: KernelSpec, params: dict) -> dict:
+    b, h, lq, d = spec.space
+    mr, nv = params["tile"]
+    bk = nv * params["vl"]
+    qb = mr * params["q_tiles"]
+    panels = math.ceil(d / bk)
+    return {"b": b, "h": h, "lq": lq, "d": d, "lk": spec.attrs["lk"], "mr": mr, "nv": nv, "bk": bk, "qb": qb,
+            "panels": panels, "dpad": panels * bk}  # fmt: skip
+
+
+def _per_thread_floats(z: dict) -> int:
+    """Packed keys, packed values, scores, output rows, running max and sum."""
+    return z["d"] * z["bk"] + z["panels"] * z["bk"] * z["bk"] + z["qb"] * z["bk"] + z["qb"] * z["dpad"] + 2 * z["qb"]
+
+
+def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
+    return nthreads * (4 * _per_thread_floats(_sizes(spec, params)) + 128) + 64
+
+
+def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
+    _check(spec)
+    a = spec.attrs
+    z = _sizes(spec, {**params, "vl": vl})
+    b, h, lq, d, lk, mr, nv, bk, qb, panels, dpad = (z[k] for k in ("b", "h", "lq", "d", "lk", "mr", "nv", "bk", "qb",
+                                                                  "panels", "dpad"))  # fmt: skip
+    qs, ks, vs = a["q_strides"], a["k_strides"], a["v_strides"]
+    os_ = spec.outputs[0].strides or (h * lq * d, lq * d, d, 1)
+    qblocks = math.ceil(lq / qb)
+    per_thread = 4 * _per_thread_floats(z) + 128
+    causal_shift = lk - lq  # query row i sees keys j <= i + (Lk - Lq), as ATen aligns them
+    out_i = len(spec.operands)
+    mask = a.get("mask")
+    ms = a.get("mask_strides")
+    mask_row = (
+        f"const float* mrow = (const float*)args[{mask}] + bi * {ms[0]}L + hi * {ms[1]}L + (q0 + i) * {ms[2]}L;"
+        if mask is not None
+        else ""
+    )
+    if mask is not None and ms[3] != 1:
+        raise NotImplementedError("the attention mask must be contiguous over the keys")
+    kernels = "\n".join(
+        microkernel(f"{name}_u{r}", r, nv, vl, "lda", "1", max(d, bk), inline=False) for r in range(1, mr + 1)
+    )
+    dispatch = "\n".join(f"      case {r}: {name}_u{r}(K, a, lda, bp, tile); break;" for r in range(1, mr + 1))
+    causal_skip = f"if (kb > q0 + {qb - 1}L + {causal_shift}L) break;" if a["causal"] else ""
+    causal_cut = f"if (kb + jj > q0 + i + {causal_shift}L) s = -INFINITY;" if a["causal"] else ""
+    return f"""
+{kernels}
+
+static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda, const float* FC_RESTRICT bp,
+                        float* FC_RESTRICT tile) {{
+  switch (rows) {{
+{dispatch}
+      default: break;
+  }}
+}}
+
+{SIGNATURE.format(name=name)} {{
+  const float* FC_RESTRICT qp = (const float*)args[{a["q"]}];
+  const float* FC_RESTRICT kp = (const float*)args[{a["k"]}];
+  const float* FC_RESTRICT vp = (const float*)args[{a["v"]}];
+  float* FC_RESTRICT out = (float*)args[{out_i}];
+  char* ws = (char*)args[{out_i + 1}];
+  const long tasks = {b * h * qblocks}L;
+  #pragma omp parallel num_threads(nthreads) if (tasks > 1)
+  {{
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    float* FC_RESTRICT kt = (float*)(((uintptr_t)(ws + (size_t)tid * {per_thread}) + 63) & ~(uintptr_t)63);
+    float* FC_RESTRICT vpk = kt + {d * bk}L;          /* [panel][BK][NR] */
+    float* FC_RESTRICT sc = vpk + {panels * bk * bk}L;  /* scores, then probabilities: [QB][BK] */
+    float* FC_RESTRICT acc = sc + {qb * bk}L;         /* output rows: [QB][DPAD] */
+    float* FC_RESTRICT mx = acc + {qb * dpad}L;       /* running max per row */
+    float* FC_RESTRICT sm = mx + {qb}L;               /* running sum per row */
+    float tile[{mr * bk}] __attribute__((aligned(64)));
+    #pragma omp for schedule(static)
+    for (long task = 0; task < tasks; ++task) {{
+      const long bi = task / {h * qblocks}L, hi = (task / {qblocks}L) % {h}L, q0 = (task % {qblocks}L) * {qb}L;
+      const long rows = {lq}L - q0 < {qb}L ? {lq}L - q0 : {qb}L;
+      const float* FC_RESTRICT qh = qp + bi * {qs[0]}L + hi * {qs[1]}L + q0 * {qs[2]}L;
+      const float* FC_RESTRICT kh = kp + bi * {ks[0]}L + hi * {ks[1]}L;
+      const float* FC_RESTRICT vh = vp + bi * {vs[0]}L + hi * {vs[1]}L;
+      memset(acc, 0, sizeof(float) * {qb * dpad});
+      for (long i = 0; i < {qb}L; ++i) {{ mx[i] = -INFINITY; sm[i] = 0.0f; }}
+      for (long kb = 0; kb < {lk}L; kb += {bk}L) {{
+        {causal_skip}
+        const long kn = {lk}L - kb < {bk}L ? {lk}L - kb : {bk}L;
+        for (long j = 0; j < {bk}L; ++j)  /* keys transposed: [D][BK] */
+          for (long dd = 0; dd < {d}L; ++dd) kt[dd * {bk}L + j] = j < kn ? kh[(kb + j) * {ks[2]}L + dd] : 0.0f;
+        for (long p = 0; p < {panels}L; ++p)  /* values in NR-wide panels: [panel][BK][NR] */
+          for (long j = 0; j < {bk}L; ++j)
+            for (long n = 0; n < {bk}L; ++n) {{
+              const long dd = p * {bk}L + n;
+              vpk[(p * {bk}L + j) * {bk}L + n] = (j < kn && dd < {d}L) ? vh[(kb + j) * {vs[2]}L + dd] : 0.0f;
+            }}
+        for (long r0 = 0; r0 < rows; r0 += {mr}L) {{  /* S = Q K^T, a row tile at a time */
+          const long r = rows - r0 < {mr}L ? rows - r0 : {mr}L;
+          {name}_gemm(r, {d}L, qh + r0 * {qs[2]}L, {qs[2]}L, kt, tile);
+          memcpy(sc + r0 * {bk}L, tile, sizeof(float) * r * {bk});
+        }}
+        for (long i = 0; i < rows; ++i) {{  /* online softmax of row i over this key block */
+          float* FC_RESTRICT srow = sc + i * {bk}L;
+          {mask_row}
+          float bmax = -INFINITY;
+          for (long jj = 0; jj < {bk}L; ++jj) {{
+            float s = jj < kn ? srow[jj] * {a["scale"]!r}f : -INFINITY;
+            {"if (jj < kn) s += mrow[kb + jj];" if mask is not None else ""}
+            {causal_cut}
+            srow[jj] = s;
+            bmax = s > bmax ? s : bmax;
+          }}
+          const float mnew = mx[i] > bmax ? mx[i] : bmax;
+          if (mnew == -INFINITY) {{ memset(srow, 0, sizeof(float) * {bk}); continue; }}  /* every key masked so far */
+          const float alpha = sexp(mx[i] - mnew);
+          vf vsum = vzero();
+          const vf vm = vset1(mnew);
+          for (long jj = 0; jj < {bk}L; jj += {vl}) {{
+            const vf e = vexp(vsub(vload(srow + jj), vm));
+            vstore(srow + jj, e);
+            vsum = vadd(vsum, e);
+          }}
+          sm[i] = sm[i] * alpha + vreduce_add(vsum);
+          mx[i] = mnew;
+          if (alpha != 1.0f) {{
+            const vf va = vset1(alpha);
+            for (long dd = 0; dd < {dpad}L; dd += {vl}) vstore(acc + i * {dpad}L + dd, vmul(vload(acc + i * {dpad}L + dd), va));
+          }}
+        }}
+        for (long r0 = 0; r0 < rows; r0 += {mr}L) {{  /* O += P V */
+          const long r = rows - r0 < {mr}L ? rows - r0 : {mr}L;
+          for (long p = 0; p < {panels}L; ++p) {{
+            {name}_gemm(r, {bk}L, sc + r0 * {bk}L, {bk}L, vpk + p * {bk * bk}L, tile);
+            for (long i = 0; i < r; ++i)
+              for (long n = 0; n < {bk}L; n += {vl}) {{
+                float* o = acc + (r0 + i) * {dpad}L + p * {bk}L + n;
+                vstore(o, vadd(vload(o), vload(tile + i * {bk}L + n)));
+              }}
+          }}
+        }}
+      }}
+      for (long i = 0; i < rows; ++i) {{
+        const float inv = 1.0f / sm[i];
+        float* FC_RESTRICT orow = out + bi * {os_[0]}L + hi * {os_[1]}L + (q0 + i) * {os_[2]}L;
+        for (long dd = 0; dd < {d}L; ++dd) orow[dd * {os_[3]}L] = acc[i * {dpad}L + dd] * inv;
+      }}
+    }}
+  }}
+}}
+"""
