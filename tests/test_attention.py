@@ -90,3 +90,10 @@ def test_transformer_attention_runs_as_generated_kernels(name):
     with collect_reports() as reports:
         check_against_eager(entry.model("tiny"), entry.example_input("tiny", 2), target="c", tol=1e-3)
     assert sum(k["kind"] == "attention" for r in reports for k in r.kernels) >= 2
+    # the attention group says what it is: heads, key heads (GQA), head size, mask
+    (attrs,) = {tuple(sorted(g["attrs"].items())) for r in reports for g in r.groups if g["kind"] == "attention"}
+    attrs = dict(attrs)
+    assert attrs["mask"] == ("additive" if name in ("gpt2", "llama") else "none")
+    spaces = {tuple(k["spec"]["space"]) for r in reports for k in r.kernels if k["kind"] == "attention"}
+    assert {(attrs["heads"], attrs["q_len"], attrs["head_dim"])} == {s[1:] for s in spaces}
+    assert (attrs["kv_heads"] < attrs["heads"]) == (name == "llama")

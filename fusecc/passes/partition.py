@@ -62,6 +62,39 @@ def _attention(node) -> bool:
     return all(u.target is operator.getitem and (u.args[1] == 0 or not u.users) for u in node.users)
 
 
+_SHAPE_ONLY = (
+    torch.ops.aten.view.default,
+    torch.ops.aten._unsafe_view.default,
+    torch.ops.aten.reshape.default,
+    torch.ops.aten.clone.default,
+)
+
+
+def _kv_heads(k) -> int:
+    """The key heads before a repeat (GQA: Llama's ``repeat_kv`` expands
+    [B, Hkv, 1, L, D] to [B, Hkv, rep, L, D] and reshapes to [B, H, L, D])."""
+    node = k
+    while getattr(node, "op", None) == "call_function" and node.target in _SHAPE_ONLY:
+        node = node.args[0]
+    if getattr(node, "target", None) is torch.ops.aten.expand.default:
+        src = node.args[0].meta.get("val")
+        if isinstance(src, torch.Tensor) and src.dim() == 5 and src.shape[2] == 1:
+            return int(src.shape[1])
+    return int(k.meta["val"].shape[1])
+
+
+def _attention_attrs(node) -> dict:
+    """What the dump says of an attention op: heads (and key heads: fewer
+    under grouped-query attention), head size, lengths, causal flag, mask kind."""
+    q, k = node.args[0].meta["val"], node.args[1].meta["val"]
+    mask = node.kwargs.get("attn_mask")
+    mask_val = mask.meta.get("val") if mask is not None else None
+    causal = bool(node.args[4] if len(node.args) > 4 else node.kwargs.get("is_causal", False))
+    kind = "none" if mask_val is None else "boolean" if mask_val.dtype is torch.bool else "additive"
+    return {"heads": int(q.shape[1]), "kv_heads": _kv_heads(node.args[1]), "head_dim": int(q.shape[3]),
+            "q_len": int(q.shape[2]), "kv_len": int(k.shape[2]), "causal": causal, "mask": kind}  # fmt: skip
+
+
 def _is_float(node) -> bool:
     val = node.meta.get("val")
     vals = val if isinstance(val, (tuple, list)) else [val]
@@ -78,7 +111,7 @@ def _attrs(kind: str, node) -> dict:
     if kind == "pool":
         return {"pool": name, "single": True}
     if kind == "attention":
-        return {"attention": name, "single": True}
+        return {"attention": name, **_attention_attrs(node), "single": True}
     return {"ops": 1, "single": True}
 
 
