@@ -224,6 +224,25 @@ def is_layout(node: object) -> bool:
     return isinstance(node, Node) and node.op == "call_function" and node.target in LAYOUT_OPS
 
 
+# ATen's CPU flash attention: what `F.scaled_dot_product_attention` lowers to on CPU
+SDPA_CPU = aten._scaled_dot_product_flash_attention_for_cpu.default
+
+
+def sdpa_options(node: Node) -> dict:
+    """An `SDPA_CPU` call's options by name: ``dropout``, ``causal``,
+    ``mask`` (a node or None) and ``scale`` (None: 1/sqrt(head size))."""
+
+    def arg(position: int, name: str, default):
+        return node.args[position] if len(node.args) > position else node.kwargs.get(name, default)
+
+    return {
+        "dropout": arg(3, "dropout_p", 0.0),
+        "causal": bool(arg(4, "is_causal", False)),
+        "mask": node.kwargs.get("attn_mask"),
+        "scale": node.kwargs.get("scale"),
+    }
+
+
 # pools the C target generates kernels for (partition groups them, lowering reads them)
 GENERATED_POOLS = (aten.max_pool2d_with_indices.default, aten.avg_pool2d.default)
 

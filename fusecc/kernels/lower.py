@@ -22,7 +22,7 @@ import torch
 from torch.fx import Node
 
 from ..graph.fused_group import FusedGroup
-from ..ops import GENERATED_POOLS, RESHAPE_OPS, OpCategory, category, is_layout
+from ..ops import GENERATED_POOLS, RESHAPE_OPS, SDPA_CPU, OpCategory, category, is_layout, sdpa_options
 from .expr import Acc, Const, Expr, Load, Stat, op
 from .spec import Access, KernelSpec, Operand, Output
 
@@ -847,18 +847,17 @@ def lower_attention(group: FusedGroup) -> KernelSpec:
     attrs: the scale, the causal flag and every operand's strides. The
     output is the attention result (the log-sum-exp is not computed:
     partition groups the op only when nobody reads it)."""
-    anchors = [n for n in group.graph.nodes if n.op == "call_function" and n.target is _SDPA_CPU]
+    anchors = [n for n in group.graph.nodes if n.op == "call_function" and n.target is SDPA_CPU]
     if len(anchors) != 1:
         raise NotLowerable(f"attention group with {len(anchors)} attention ops")
     a = anchors[0]
     q, k, v = a.args[:3]
-    dropout = a.args[3] if len(a.args) > 3 else a.kwargs.get("dropout_p", 0.0)
-    causal = bool(a.args[4] if len(a.args) > 4 else a.kwargs.get("is_causal", False))
-    mask = a.kwargs.get("attn_mask")
+    options = sdpa_options(a)
+    mask = options["mask"]
     (out,) = _group_outputs(group)
     if not (out.target is operator.getitem and out.args[0] is a and out.args[1] == 0):
         raise NotLowerable("an attention group must return the attention output (not the log-sum-exp)")
-    if dropout:
+    if options["dropout"]:
         raise NotLowerable("attention with dropout")
     qv, kv, vv, ov = _val(q), _val(k), _val(v), _val(out)
     if any(t.dtype is not torch.float32 for t in (qv, kv, vv)) or qv.dim() != 4:
@@ -868,8 +867,8 @@ def lower_attention(group: FusedGroup) -> KernelSpec:
     space = tuple(qv.shape)
     b = _Builder(group, space)
     idx = {"q": b.operand(q), "k": b.operand(k), "v": b.operand(v)}
-    attrs = {"q": idx["q"], "k": idx["k"], "v": idx["v"], "lk": kv.shape[2], "causal": causal,
-             "scale": float(a.kwargs.get("scale") or 1.0 / math.sqrt(qv.shape[3])),
+    attrs = {"q": idx["q"], "k": idx["k"], "v": idx["v"], "lk": kv.shape[2], "causal": options["causal"],
+             "scale": float(options["scale"] or 1.0 / math.sqrt(qv.shape[3])),
              "q_strides": tuple(qv.stride()), "k_strides": tuple(kv.stride()), "v_strides": tuple(vv.stride())}  # fmt: skip
     if mask is not None:
         mval = _val(mask)
@@ -879,9 +878,6 @@ def lower_attention(group: FusedGroup) -> KernelSpec:
         attrs.update(mask=b.operand(mask), mask_strides=tuple(full.stride()))
     output = Output(out.name, _dtype(out), space, Acc(), strides=tuple(ov.stride()))
     return _finish(b, "attention", space, [output], attrs=attrs)
-
-
-_SDPA_CPU = aten._scaled_dot_product_flash_attention_for_cpu.default
 
 
 _LOWER_BY_KIND = {

@@ -20,7 +20,7 @@ import torch
 from torch.fx import GraphModule
 
 from ..graph.fused_group import fuse_nodes
-from ..ops import GENERATED_POOLS, OpCategory, node_category, op_name
+from ..ops import GENERATED_POOLS, RESHAPE_OPS, SDPA_CPU, OpCategory, node_category, op_name, sdpa_options
 from .manager import PassContext
 
 NAME = "partition"
@@ -52,22 +52,16 @@ _FLOAT = (torch.float32, torch.bfloat16, torch.float16)
 
 def _attention(node) -> bool:
     """ATen's CPU flash attention, float32, no dropout, its log-sum-exp unread."""
-    if node.target is not torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default:
+    if node.target is not SDPA_CPU:
         return False
     val = node.meta.get("val")
     first = val[0] if isinstance(val, (tuple, list)) else val
-    dropout = node.args[3] if len(node.args) > 3 else node.kwargs.get("dropout_p", 0.0)
-    if not isinstance(first, torch.Tensor) or first.dtype is not torch.float32 or dropout:
+    if not isinstance(first, torch.Tensor) or first.dtype is not torch.float32 or sdpa_options(node)["dropout"]:
         return False
     return all(u.target is operator.getitem and (u.args[1] == 0 or not u.users) for u in node.users)
 
 
-_SHAPE_ONLY = (
-    torch.ops.aten.view.default,
-    torch.ops.aten._unsafe_view.default,
-    torch.ops.aten.reshape.default,
-    torch.ops.aten.clone.default,
-)
+_SHAPE_ONLY = RESHAPE_OPS | {torch.ops.aten.clone.default}  # what repeat_kv's result goes through
 
 
 def _kv_heads(k) -> int:
@@ -87,12 +81,11 @@ def _attention_attrs(node) -> dict:
     """What the dump says of an attention op: heads (and key heads: fewer
     under grouped-query attention), head size, lengths, causal flag, mask kind."""
     q, k = node.args[0].meta["val"], node.args[1].meta["val"]
-    mask = node.kwargs.get("attn_mask")
-    mask_val = mask.meta.get("val") if mask is not None else None
-    causal = bool(node.args[4] if len(node.args) > 4 else node.kwargs.get("is_causal", False))
+    options = sdpa_options(node)
+    mask_val = options["mask"].meta.get("val") if options["mask"] is not None else None
     kind = "none" if mask_val is None else "boolean" if mask_val.dtype is torch.bool else "additive"
     return {"heads": int(q.shape[1]), "kv_heads": _kv_heads(node.args[1]), "head_dim": int(q.shape[3]),
-            "q_len": int(q.shape[2]), "kv_len": int(k.shape[2]), "causal": causal, "mask": kind}  # fmt: skip
+            "q_len": int(q.shape[2]), "kv_len": int(k.shape[2]), "causal": options["causal"], "mask": kind}  # fmt: skip
 
 
 def _is_float(node) -> bool:

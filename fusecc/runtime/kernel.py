@@ -166,6 +166,10 @@ class CompiledKernel(torch.nn.Module):
                 invoke((out,), args)
                 return out
 
+        return self._named(call)
+
+    def _named(self, call):
+        """``call`` named after the kernel, so the graph reads ``kernel.<name>(...)``."""
         call.__name__ = call.__qualname__ = self.spec.name
         call.__module__ = "kernel"
         call.kernel = self
@@ -203,7 +207,4 @@ class CompiledKernel(torch.nn.Module):
             self.fn(state[1], min(torch.get_num_threads(), self.max_threads))
             return state[2]
 
-        call.__name__ = call.__qualname__ = self.spec.name
-        call.__module__ = "kernel"
-        call.kernel = self
-        return call
+        return self._named(call)

@@ -133,9 +133,13 @@ class CudaTarget(Target):
         path, cached, details = cache.get_or_build(
             source.text, self.toolchain.fingerprint(), functools.partial(build_cuda, self.toolchain)
         )
-        info = {"symbol": source.symbol, "params": source.params, "cached": cached, "source": source.text,
-                "spec": spec.describe(), "dialect": "cuda", **details}  # fmt: skip
-        return CudaKernel(spec, source, path.read_bytes(), constants, info)
+        return CudaKernel(spec, source, path.read_bytes(), constants, _info(spec, source, "cuda", cached, details))
+
+
+def _info(spec: KernelSpec, source: CudaSource, dialect: str, cached: bool, details: dict) -> dict:
+    """What the report records of a CUDA kernel."""
+    return {"symbol": source.symbol, "params": source.params, "cached": cached, "source": source.text,
+            "spec": spec.describe(), "dialect": dialect, **details}  # fmt: skip
 
 
 class EmulatedCudaKernel(torch.nn.Module):
@@ -144,13 +148,14 @@ class EmulatedCudaKernel(torch.nn.Module):
 
     def __init__(self, spec: KernelSpec, source: CudaSource, constants: dict, info: dict, directory: str):
         super().__init__()
-        self.spec, self.source, self.info, self._consts, self._dir = spec, source, info, constants, directory
-        emulate.build(spec, source, directory)  # compile now: a broken kernel is that group's compile error
+        self.spec, self.source, self.info, self._consts = spec, source, info, constants
+        # built and loaded now: a kernel that does not compile is that group's compile error
+        self._launch = emulate.launcher(spec, source, directory)
 
     def run(self, *args: torch.Tensor):
-        values = [self._consts[i] if o.constant else args[o.arg_index] for i, o in enumerate(self.spec.operands)]
-        values = [v.contiguous() if v.dim() == 0 else v for v in values]
-        return emulate.run(self.spec, self.source, values, self._dir)
+        return self._launch(
+            [self._consts[i] if o.constant else args[o.arg_index] for i, o in enumerate(self.spec.operands)]
+        )
 
     forward = run
 
@@ -168,6 +173,5 @@ class EmulatedCudaTarget(CudaTarget):
         return None
 
     def _load(self, spec: KernelSpec, source: CudaSource, constants: dict, cache: CompileCache) -> torch.nn.Module:
-        info = {"symbol": source.symbol, "params": source.params, "cached": False, "source": source.text,
-                "spec": spec.describe(), "dialect": "cuda-emulated"}  # fmt: skip
+        info = _info(spec, source, "cuda-emulated", False, {})
         return EmulatedCudaKernel(spec, source, constants, info, str(cache.root / "cuda-emulated"))

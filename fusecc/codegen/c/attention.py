@@ -21,6 +21,7 @@ Under the causal flag, key blocks wholly above the diagonal are skipped.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from ...kernels.spec import KernelSpec
 from .common import SIGNATURE
@@ -59,19 +60,31 @@ def _check(spec: KernelSpec) -> None:
         raise NotImplementedError("attention kernels are float32")
 
 
-def _sizes(spec: KernelSpec, params: dict) -> dict:
+class _Sizes(NamedTuple):
+    b: int
+    h: int
+    lq: int
+    d: int
+    lk: int
+    mr: int
+    nv: int
+    bk: int  # keys per block: one register tile's width
+    qb: int  # query rows per task
+    panels: int  # value panels of BK floats covering the head size
+    dpad: int  # the head size padded to whole panels
+
+
+def _sizes(spec: KernelSpec, params: dict) -> _Sizes:
     b, h, lq, d = spec.space
     mr, nv = params["tile"]
     bk = nv * params["vl"]
-    qb = mr * params["q_tiles"]
     panels = math.ceil(d / bk)
-    return {"b": b, "h": h, "lq": lq, "d": d, "lk": spec.attrs["lk"], "mr": mr, "nv": nv, "bk": bk, "qb": qb,
-            "panels": panels, "dpad": panels * bk}  # fmt: skip
+    return _Sizes(b, h, lq, d, spec.attrs["lk"], mr, nv, bk, mr * params["q_tiles"], panels, panels * bk)
 
 
-def _per_thread_floats(z: dict) -> int:
+def _per_thread_floats(z: _Sizes) -> int:
     """Packed keys, packed values, scores, output rows, running max and sum."""
-    return z["d"] * z["bk"] + z["panels"] * z["bk"] * z["bk"] + z["qb"] * z["bk"] + z["qb"] * z["dpad"] + 2 * z["qb"]
+    return z.d * z.bk + z.panels * z.bk * z.bk + z.qb * z.bk + z.qb * z.dpad + 2 * z.qb
 
 
 def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
@@ -82,8 +95,7 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     _check(spec)
     a = spec.attrs
     z = _sizes(spec, {**params, "vl": vl})
-    b, h, lq, d, lk, mr, nv, bk, qb, panels, dpad = (z[k] for k in ("b", "h", "lq", "d", "lk", "mr", "nv", "bk", "qb",
-                                                                  "panels", "dpad"))  # fmt: skip
+    b, h, lq, d, lk, mr, nv, bk, qb, panels, dpad = z
     qs, ks, vs = a["q_strides"], a["k_strides"], a["v_strides"]
     os_ = spec.outputs[0].strides or (h * lq * d, lq * d, d, 1)
     qblocks = math.ceil(lq / qb)

@@ -136,20 +136,31 @@ def build(spec: KernelSpec, source: CudaSource, directory: str | None = None) ->
     return lib
 
 
-def run(spec: KernelSpec, source: CudaSource, inputs: list[torch.Tensor], directory: str | None = None):
-    """The kernel's outputs for ``inputs`` (one CPU tensor per spec operand,
-    constants as the CUDA target passes them: not re-laid-out)."""
-    fn = ctypes.CDLL(str(build(spec, source, directory))).fc_emulate
-    fn.restype = ctypes.c_int
-    outs = [
-        torch.empty_strided(o.shape, o.strides or torch.empty(o.shape, device="meta").stride(), dtype=_DTYPES[o.dtype])
-        for o in spec.outputs
-    ]
-    tensors = [t.contiguous() if t.dim() == 0 else t for t in inputs] + outs
-    ptrs = (ctypes.c_void_p * (len(tensors) + 1))(*[t.data_ptr() for t in tensors], None)
-    (gx, gy, gz), (bx, by, bz) = source.grid, source.block
+def launcher(spec: KernelSpec, source: CudaSource, directory: str | None = None):
+    """``inputs -> outputs`` for the kernel: built (or found in the cache) and
+    loaded once; ``inputs`` is one CPU tensor per spec operand, constants as
+    the CUDA target passes them (not re-laid-out)."""
     if math.prod(source.block) > 1024:
         raise ValueError(f"{source.symbol}: {math.prod(source.block)} threads per block; CUDA allows 1024")
-    if fn(ptrs, gx, gy, gz, bx, by, bz):
-        raise RuntimeError(f"{source.symbol}: threads of a block disagree about a __syncthreads barrier")
-    return outs[0] if len(outs) == 1 else tuple(outs)
+    fn = ctypes.CDLL(str(build(spec, source, directory))).fc_emulate
+    fn.restype = ctypes.c_int
+    (gx, gy, gz), (bx, by, bz) = source.grid, source.block
+
+    def launch(inputs: list[torch.Tensor]):
+        outs = [
+            torch.empty_strided(o.shape, o.strides or torch.empty(o.shape, device="meta").stride(),
+                                dtype=_DTYPES[o.dtype])
+            for o in spec.outputs
+        ]  # fmt: skip
+        tensors = [t.contiguous() if t.dim() == 0 else t for t in inputs] + outs
+        ptrs = (ctypes.c_void_p * (len(tensors) + 1))(*[t.data_ptr() for t in tensors], None)
+        if fn(ptrs, gx, gy, gz, bx, by, bz):
+            raise RuntimeError(f"{source.symbol}: threads of a block disagree about a __syncthreads barrier")
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    return launch
+
+
+def run(spec: KernelSpec, source: CudaSource, inputs: list[torch.Tensor], directory: str | None = None):
+    """The kernel's outputs for ``inputs`` (see `launcher`), built and loaded for this one call."""
+    return launcher(spec, source, directory)(inputs)
