@@ -14,7 +14,8 @@ from torch import nn
 
 from conftest import GroupRecorder, assert_close
 from fusecc.codegen import c as c_codegen
-from fusecc.codegen.c import conv_indirect
+from fusecc.codegen.c import conv_indirect, conv_winograd
+from fusecc.kernels import winograd
 from fusecc.kernels.lower import lower_group
 from fusecc.kernels.spec import conv_geometry
 from fusecc.targets.cpu import HostCTarget
@@ -37,6 +38,9 @@ LAYERS = {
     "3x3_dilated": (ConvLayer(8, 40, 3, 1, 2, dilation=2), (1, 8, 10, 10)),
     "1x1_residual": (ConvLayer(24, 36, 1, 1, 0, residual=True), (2, 24, 7, 5)),
     "3x3_s2_wide": (ConvLayer(64, 72, 3, 2, 1), (1, 64, 12, 12)),
+    # Winograd's: channels filling no vector, tiles crossing the map's edge, no padding
+    "3x3_odd_residual": (ConvLayer(20, 36, 3, 1, 1, residual=True), (2, 20, 13, 7)),
+    "3x3_unpadded": (ConvLayer(16, 24, 3, 1, 0), (1, 16, 10, 9)),
 }
 
 
@@ -65,6 +69,10 @@ def _variants(geo) -> list[dict]:
                 if kc:
                     params["kc"] = kc
                 out.append(params)
+    if conv_winograd.applicable(geo):
+        for m in conv_winograd.TILE_SIZES:
+            for tile, chunk in (((6, 4), None), ((5, 3), 1), ((4, 1), None)):
+                out.append({"algo": "nhwc_winograd", "m": m, "tile": tile, **({"chunk": chunk} if chunk else {})})
     out.append({"algo": "nhwc_gemm", "schedule": "channel_major", "tile": (6, 2), "kc": 64})
     out.append({"algo": "nhwc_gemm", "schedule": "pixel_major", "tile": (4, 3), "kc": 256})
     return out
@@ -134,5 +142,59 @@ def test_row_segments_are_the_default_for_few_input_channels():
     spec = lower_group(group)
     params = c_codegen.default_params(spec, HostCTarget().dialect)
     assert params["algo"] == "nhwc_indirect" and params["segment"] == "rows"
-    group, _ = _conv_group("3x3_s1")
+    group, _ = _conv_group("3x3_s2_wide")
     assert c_codegen.default_params(lower_group(group), HostCTarget().dialect)["segment"] == "taps"
+
+
+@pytest.mark.parametrize("m", sorted(winograd.POINTS))
+def test_winograd_matrices_compute_the_correlation(m):
+    """Cook-Toom's A^T, G, B^T give a 3x3 correlation of every (m+2)^2 tile
+    exactly (float64), and the run-time transforms are small integers."""
+    a_t, g, b_t = (winograd.as_tensor(x) for x in winograd.matrices(m))
+    assert a_t.shape == (m, m + 2) and g.shape == (m + 2, 3) and b_t.shape == (m + 2, m + 2)
+    assert torch.equal(b_t, b_t.round())
+    torch.manual_seed(m)
+    d, w = torch.randn(m + 2, m + 2, dtype=torch.float64), torch.randn(3, 3, dtype=torch.float64)
+    y = a_t @ ((g @ w @ g.T) * (b_t @ d @ b_t.T)) @ a_t.T
+    torch.testing.assert_close(y, torch.nn.functional.conv2d(d[None, None], w[None, None])[0, 0], rtol=0, atol=1e-12)
+
+
+def test_winograd_is_the_default_where_it_was_measured_faster():
+    group, _ = _conv_group("3x3_odd_residual")
+    spec = lower_group(group)
+    params = c_codegen.default_params(spec, HostCTarget().dialect)
+    assert params["algo"] == "nhwc_winograd" and params["m"] == 2  # 13 x 7: F(4, 3) tiles would be 40% padding
+    assert c_codegen.tunables(spec, HostCTarget().dialect)["m"] == conv_winograd.TILE_SIZES
+    resnet = {"n": 1, "oh": 56, "ow": 56, "cin": 64, "cout": 64}
+    assert conv_winograd.preferred(resnet) and conv_winograd.default_m(resnet) == 4
+    assert not conv_winograd.preferred({**resnet, "oh": 7, "ow": 7, "cin": 512, "cout": 512})  # weight-bound
+    assert conv_winograd.preferred({**resnet, "n": 8, "oh": 7, "ow": 7, "cin": 512, "cout": 512})
+    assert conv_winograd.default_m({**resnet, "oh": 14, "ow": 14, "cin": 256, "cout": 256}) == 4
+    assert conv_winograd.default_m({**resnet, "oh": 7, "ow": 7, "cin": 512, "cout": 512}) == 2  # 38 MB of filters
+
+
+def test_winograd_is_refused_where_it_does_not_apply(cpu):
+    group, _ = _conv_group("3x3_s2_wide")
+    spec = lower_group(group)
+    assert "nhwc_winograd" not in c_codegen.tunables(spec, cpu.dialect)["algo"]
+    with pytest.raises(NotImplementedError, match="3x3, stride-1"):
+        c_codegen.render(spec, cpu.dialect, {"algo": "nhwc_winograd", "m": 4, "tile": (6, 2)})
+
+
+def test_the_roofline_counts_what_winograd_executes():
+    """The effective rate stays the direct count over the time (comparable
+    across algorithms); the efficiency against the peak uses the multiplies
+    Winograd runs: 16 per 2x2 tile instead of 36."""
+    from fusecc.kernels.cost import executed_flops, flops
+    from fusecc.targets.roofline import efficiency
+
+    spec = lower_group(_conv_group("3x3_odd_residual")[0])
+    geo = conv_geometry(spec)
+    params = {"algo": "nhwc_winograd", "m": 2, "tile": (6, 2)}
+    tiles = geo["n"] * 7 * 4  # 13 x 7 in 2 x 2 tiles
+    assert executed_flops(spec, params) == 2 * tiles * 16 * geo["cin"] * geo["cout"] < flops(spec)
+    assert executed_flops(spec, {**params, "algo": "nhwc_indirect"}) == flops(spec)
+    peaks = {"gflops": 1000.0, "gbps": 1e6}  # compute-bound
+    direct, wino = efficiency(spec, 10.0, peaks), efficiency(spec, 10.0, peaks, params)
+    assert wino["gflops"] == direct["gflops"] and wino["efficiency"] < direct["efficiency"]
+    assert wino["executed_mflop"] == pytest.approx(executed_flops(spec, params) / 1e6)

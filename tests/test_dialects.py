@@ -31,7 +31,8 @@ def _groups(models):
     seen, picked = set(), []
     for group, constants in recorder.items:
         spec = lower_group(group)
-        key = (spec.kind, spec.attrs.get("reduction") or spec.attrs.get("pattern"), spec.attrs.get("algo"),
+        algo = spec.attrs.get("algo") or c_codegen.default_params(spec, DIALECTS["scalar"]).get("algo")
+        key = (spec.kind, spec.attrs.get("reduction") or spec.attrs.get("pattern"), algo,
                len(spec.outputs), spec.signature())  # fmt: skip
         if key[:4] in seen and len(picked) > 40:
             continue
@@ -114,3 +115,8 @@ def test_host_dialects_match_eager(dialect):
 def test_every_block_pattern_is_among_the_checked_kernels():
     patterns = {spec.attrs["pattern"] for _, _, spec in groups() if spec.kind == "block"}
     assert patterns == {"inverted_residual", "convnext", "bottleneck", "basic"}
+
+
+def test_winograd_convolutions_are_among_the_checked_kernels():
+    algos = {c_codegen.default_params(spec, DIALECTS["neon"]).get("algo") for _, _, spec in groups()}
+    assert "nhwc_winograd" in algos

@@ -35,6 +35,21 @@ def flops(spec: KernelSpec) -> int:
     return epilogue
 
 
+def executed_flops(spec: KernelSpec, params: dict | None) -> int:
+    """The arithmetic the chosen algorithm runs: a Winograd convolution's
+    alpha^2 channel GEMMs over its tiles instead of the direct count (the
+    transforms' adds are left out, as the epilogue's are in a GEMM) - what
+    the roofline efficiency should compare with the peak, while `flops`
+    (the direct count) stays the effective rate users compare across
+    algorithms."""
+    if spec.kind == "conv2d" and params and params.get("algo") == "nhwc_winograd":
+        geo = conv_geometry(spec)
+        m = params["m"]
+        tiles = geo["n"] * math.ceil(geo["oh"] / m) * math.ceil(geo["ow"] / m)
+        return 2 * tiles * (m + 2) ** 2 * geo["cin"] * geo["cout"]
+    return flops(spec)
+
+
 def bytes_moved(spec: KernelSpec) -> int:
     reads = sum(math.prod(o.shape) * _BYTES[o.dtype] for o in spec.operands)
     writes = sum(math.prod(o.shape) * _BYTES[o.dtype] for o in spec.outputs)

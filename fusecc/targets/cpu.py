@@ -92,7 +92,7 @@ class HostCTarget(Target):
 
         def timed(spec, kernel, constants) -> dict:
             args = random_runtime_args(spec, constants)
-            return efficiency(spec, median_us(lambda: kernel.run(*args)), peaks)
+            return efficiency(spec, median_us(lambda: kernel.run(*args)), peaks, kernel.info.get("params"))
 
         for entry, kernel in zip(prepared, built):
             if isinstance(entry, Exception) or isinstance(kernel, Exception):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..kernels.cost import bytes_moved, flops
+from ..kernels.cost import bytes_moved, executed_flops, flops
 from ..kernels.spec import KernelSpec
 from ..tuner.measure import median_us
 
@@ -49,19 +49,27 @@ def machine_peaks(key: str, cache_dir: Path) -> dict[str, float]:
     return known[key]
 
 
-def efficiency(spec: KernelSpec, time_us: float, peaks: dict[str, float]) -> dict[str, float | str]:
-    work, traffic = flops(spec), bytes_moved(spec)
-    gflops = work / time_us / 1e3
+def efficiency(
+    spec: KernelSpec, time_us: float, peaks: dict[str, float], params: dict | None = None
+) -> dict[str, float | str]:
+    """``gflops`` is the effective rate (the direct algorithm's operation
+    count over the time); the roofline compares what the chosen algorithm
+    executes (``params``: a Winograd convolution does a quarter of the
+    multiplies) with the peaks."""
+    work, executed, traffic = flops(spec), executed_flops(spec, params), bytes_moved(spec)
     gbps = traffic / time_us / 1e3
-    intensity = work / max(1, traffic)
+    intensity = executed / max(1, traffic)
     attainable = min(peaks["gflops"], intensity * peaks["gbps"])
-    return {
+    out = {
         "time_us": time_us,
         "mflop": work / 1e6,
         "mbytes": traffic / 1e6,
-        "gflops": gflops,
+        "gflops": work / time_us / 1e3,
         "gbps": gbps,
         "intensity": intensity,
-        "efficiency": gflops / attainable if attainable else 0.0,
+        "efficiency": executed / time_us / 1e3 / attainable if attainable else 0.0,
         "bound": "compute" if peaks["gflops"] <= intensity * peaks["gbps"] else "memory",
     }
+    if executed != work:
+        out["executed_mflop"] = executed / 1e6
+    return out

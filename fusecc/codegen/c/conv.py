@@ -6,6 +6,9 @@
   weights - packed once at compile time into MR-row panels - are the
   broadcast operand of the same register-tiled micro-kernel the GEMM uses.
   A 1x1 stride-1 convolution packs by plain copies.
+* Channels-last layers (the graph's default layout) by the indirect
+  convolution algorithm (`conv_indirect.py`) or, for 3x3 stride-1 ones,
+  Winograd F(m, 3) (`conv_winograd.py`); the tuner measures both.
 * Depthwise convolution directly: per (image, channel) the zero-padded
   input plane is split by the horizontal stride into phase planes in
   scratch, so every tap of every output vector is one contiguous load.
@@ -18,7 +21,7 @@ import math
 import torch
 
 from ...kernels.spec import KernelSpec, conv_geometry
-from . import conv_indirect
+from . import conv_indirect, conv_winograd
 from .common import SIGNATURE, declarations, vstore
 from .dialects import Dialect
 from .gemm import epilogue_stores, microkernel, pack_panels, tile_columns
@@ -76,6 +79,10 @@ def _algorithms(spec: KernelSpec) -> tuple[str, ...]:
             return ("nhwc_depthwise", "depthwise")
         if geo["g"] == 1 and _nhwc_direct(geo):  # a plain GEMM over the input in place
             return ("nhwc_gemm", "nhwc_indirect", "im2col")
+        if geo["g"] == 1 and conv_winograd.applicable(geo):
+            if conv_winograd.preferred(geo):
+                return ("nhwc_winograd", "nhwc_indirect", "nhwc_gemm", "im2col")
+            return ("nhwc_indirect", "nhwc_winograd", "nhwc_gemm", "im2col")
         if geo["g"] == 1:
             return ("nhwc_indirect", "nhwc_gemm", "im2col")
     return ("depthwise",) if is_depthwise(spec) else ("im2col",)
@@ -89,8 +96,10 @@ def _tiles(dialect: Dialect) -> tuple:
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
     algos = _algorithms(spec)
     out = {"algo": algos}
-    if any(a in ("im2col", "nhwc_gemm", "nhwc_indirect") for a in algos):
+    if any(a in ("im2col", "nhwc_gemm", "nhwc_indirect", "nhwc_winograd") for a in algos):
         out["tile"] = _tiles(dialect)
+    if "nhwc_winograd" in algos:
+        out["m"] = conv_winograd.TILE_SIZES
     if "nhwc_indirect" in algos:
         out["segment"] = ("rows",) if copies_input(spec) else conv_indirect.segment_choices(conv_geometry(spec))
         out["schedule"] = ("pixel_major", "channel_major")
@@ -105,7 +114,7 @@ def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
     if algo in ("depthwise", "nhwc_depthwise"):
         return params
     mr, nv = {"avx512": (6, 4), "avx2": (6, 2), "neon": (6, 4), "scalar": (4, 4)}[dialect.name]
-    nhwc = algo in ("nhwc_gemm", "nhwc_indirect")
+    nhwc = algo in ("nhwc_gemm", "nhwc_indirect", "nhwc_winograd")
     vector_extent = geo["cout"] if nhwc else geo["P"]
     row_extent = geo["n"] * geo["P"] if nhwc else geo["cout_g"]
     nv = max(1, min(nv, math.ceil(vector_extent / dialect.vl)))
@@ -116,6 +125,9 @@ def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
         params["segment"] = "rows" if copies_input(spec) else conv_indirect.default_segment(geo)
     if algo == "nhwc_gemm":
         params["kc"] = 256
+    if algo == "nhwc_winograd":
+        params["m"] = conv_winograd.default_m(geo)
+        mr = min(6, mr)
     return {**params, "tile": (mr, nv)}
 
 
@@ -137,6 +149,8 @@ def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
         return 64
     if params["algo"] == "nhwc_indirect":
         return conv_indirect.workspace_bytes(geo, params, nthreads)
+    if params["algo"] == "nhwc_winograd":
+        return conv_winograd.workspace_bytes(geo, params, nthreads)
     if params["algo"] == "nhwc_gemm":
         mr, _ = params["tile"]
         if params.get("schedule") == "channel_major":
@@ -171,6 +185,9 @@ def prepare(spec: KernelSpec, params: dict, constants: dict[int, torch.Tensor]) 
     if params["algo"] == "nhwc_depthwise":  # [taps][C]: one channel vector per tap
         out[w_i] = constants[w_i].float().reshape(geo["cout"], geo["kh"] * geo["kw"]).t().contiguous()
         return out
+    if params["algo"] == "nhwc_winograd":  # transformed filters, [pos][panel][Cin][NR]
+        out[w_i] = conv_winograd.prepare_weights(constants[w_i], geo, params)
+        return out
     if params["algo"] in ("nhwc_gemm", "nhwc_indirect"):  # [K = (ky, kx, ci)][Cout] in NR-wide panels
         _, nv = params["tile"]
         w = constants[w_i].float().permute(2, 3, 1, 0).reshape(geo["K"], geo["cout"])
@@ -197,6 +214,10 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
         )
     if params["algo"] == "nhwc_indirect":
         return conv_indirect.render(spec, name, vl, params, geo, _nhwc_epilogue(spec, geo))
+    if params["algo"] == "nhwc_winograd":
+        if not conv_winograd.applicable(geo):
+            raise NotImplementedError("Winograd convolution needs a 3x3, stride-1, undilated, ungrouped layer")
+        return conv_winograd.render(spec, name, vl, params, geo, _nhwc_epilogue(spec, geo))
     if params["algo"] == "nhwc_gemm":
         return _render_nhwc_gemm(spec, name, vl, params, geo)
     if params["algo"] == "nhwc_depthwise":
