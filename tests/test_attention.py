@@ -80,15 +80,22 @@ def test_a_boolean_mask_is_honoured():
     check_against_eager(Attention(), q, k, v, mask, target="c")
 
 
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("name", ["bert_base", "vit_small", "gpt2", "llama"])
-def test_transformer_attention_runs_as_generated_kernels(name):
+def test_transformer_attention_runs_as_generated_kernels(name, implementation):
     """BERT and ViT (no mask), GPT-2 and Llama (an additive causal mask, GQA
-    heads repeated before the op) run their attention as the kernel."""
+    heads repeated before the op) run their attention as the kernel, whether
+    written as SDPA or (``attn_implementation="eager"``) as matmul, scale,
+    mask add, softmax and matmul."""
     from fusecc.bench import zoo
 
     entry = zoo.get(name)
+    model = entry.model("tiny")
+    model.model.set_attn_implementation(implementation)
     with collect_reports() as reports:
-        check_against_eager(entry.model("tiny"), entry.example_input("tiny", 2), target="c", tol=1e-3)
+        check_against_eager(model, entry.example_input("tiny", 2), target="c", tol=1e-3)
+    captured = [d for r in reports for d in r.decisions if d.pass_name == "attention_capture" and d.accepted]
+    assert len(captured) == (2 if implementation == "eager" else 0)
     assert sum(k["kind"] == "attention" for r in reports for k in r.kernels) >= 2
     # the attention group says what it is: heads, key heads (GQA), head size, mask
     (attrs,) = {tuple(sorted(g["attrs"].items())) for r in reports for g in r.groups if g["kind"] == "attention"}
@@ -97,3 +104,44 @@ def test_transformer_attention_runs_as_generated_kernels(name):
     spaces = {tuple(k["spec"]["space"]) for r in reports for k in r.kernels if k["kind"] == "attention"}
     assert {(attrs["heads"], attrs["q_len"], attrs["head_dim"])} == {s[1:] for s in spaces}
     assert (attrs["kv_heads"] < attrs["heads"]) == (name == "llama")
+
+
+class WrittenOut(torch.nn.Module):
+    """Attention as people write it by hand; ``variant`` bends one piece."""
+
+    def __init__(self, variant: str = ""):
+        super().__init__()
+        self.variant = variant
+
+    def forward(self, q, k, v, mask):
+        scores = q @ k.transpose(-2, -1)
+        if self.variant != "unscaled":
+            scores = scores / q.shape[-1] ** 0.5
+        probs = torch.softmax(scores + mask, dim=-2 if self.variant == "softmax_over_queries" else -1)
+        out = probs @ v
+        return (out, probs) if self.variant == "probabilities_read" else out
+
+
+@pytest.mark.parametrize("variant", ["", "unscaled"])
+def test_written_out_attention_becomes_the_kernel(variant):
+    q, k, v = _qkv(2, 3, 40, 56, 16)
+    mask = torch.randn(2, 1, 40, 56)
+    with collect_reports() as reports:
+        check_against_eager(WrittenOut(variant), q, k, v, mask, target="c")
+    assert "attention" in [k["kind"] for r in reports for k in r.kernels]
+    (decision,) = [d for r in reports for d in r.decisions if d.pass_name == "attention_capture"]
+    assert decision.accepted and ("scale 1," in decision.message) == (variant == "unscaled")
+
+
+@pytest.mark.parametrize(
+    "variant, reason",
+    [("probabilities_read", "read 2 times"), ("softmax_over_queries", "not over the keys")],
+)
+def test_attention_that_is_not_safe_to_capture_is_refused_with_the_reason(variant, reason):
+    q, k, v = _qkv(1, 2, 24, 24, 8)
+    with collect_reports() as reports:
+        check_against_eager(WrittenOut(variant), q, k, v, torch.randn(24, 24), target="c")
+    decisions = [d for r in reports for d in r.decisions if d.pass_name == "attention_capture"]
+    assert decisions and not any(d.accepted for d in decisions)
+    assert any(reason in d.message for d in decisions), [d.message for d in decisions]
+    assert "attention" not in [k["kind"] for r in reports for k in r.kernels]

@@ -3,7 +3,11 @@
 Scaled dot-product attention with 12 heads of 64 (BERT-base / ViT-B
 shapes) at 128 to 4096 tokens, plain and causal, through every peer. The
 module takes q, k and v stacked in one tensor (the harness feeds peers one
-input); eager is PyTorch's SDPA, which is what the peers compile.
+input); eager is PyTorch's SDPA, which is what the peers compile. The
+"written out" cases compute the same attention as matmul, scale, softmax
+and matmul (Hugging Face's ``attn_implementation="eager"``): eager then
+stores the L x L scores, fusecc's ``attention_capture`` turns the chain
+back into the kernel.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ CASES = {  # name -> (tokens, causal)
     "attention L=1024 causal": (1024, True),
     "attention L=4096": (4096, False),
 }
+WRITTEN_OUT = {"written-out attention L=1024": 1024, "written-out attention L=4096": 4096}
 PEERS = ["eager", "inductor", "onnxruntime", "fusecc"]
 
 
@@ -32,13 +37,20 @@ class StackedAttention(torch.nn.Module):
         return F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=self.causal)
 
 
-def _case(tokens: int, causal: bool):
+class WrittenOutAttention(torch.nn.Module):
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1) @ v
+
+
+def _case(tokens: int, module: torch.nn.Module):
     def build(batch: int):
-        return StackedAttention(causal).eval(), torch.randn(3, batch, HEADS, tokens, HEAD_DIM)
+        return module.eval(), torch.randn(3, batch, HEADS, tokens, HEAD_DIM)
 
     return build
 
 
 def main(argv: list[str] | None = None) -> int:
-    cases = {name: _case(tokens, causal) for name, (tokens, causal) in CASES.items()}
+    cases = {name: _case(tokens, StackedAttention(causal)) for name, (tokens, causal) in CASES.items()}
+    cases.update({name: _case(tokens, WrittenOutAttention()) for name, tokens in WRITTEN_OUT.items()})
     return cases_main(argv, "--attention", __doc__.split("\n\n")[0], cases, [1], PEERS)

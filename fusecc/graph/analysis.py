@@ -37,6 +37,16 @@ def leaves_and_reenters(members: set[Node], pos: dict[Node, int]) -> bool:
     return False
 
 
+def same_sizes(xs, ys) -> bool:
+    """Equal sizes (or strides), symbolic ones only when provably equal
+    (comparing adds no guards); None equals nothing."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    if xs is None or ys is None or len(xs) != len(ys):
+        return False
+    return all(statically_known_true(x == y) for x, y in zip(xs, ys))
+
+
 def tensor_meta(node: object) -> torch.Tensor | None:
     """The fake tensor recorded on a node during capture (``meta["val"]``)."""
     if isinstance(node, Node):

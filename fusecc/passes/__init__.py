@@ -7,6 +7,7 @@ produces and when it refuses. Any pass can be switched off
 """
 
 from . import (
+    attention_capture,
     block_fusion,
     channels_last,
     constant_fold,
@@ -27,6 +28,7 @@ PIPELINE = [
     fold_bn,
     channels_last,
     horizontal_fusion,
+    attention_capture,
     vertical_fusion,
     partition,
     block_fusion,

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import torch
 from torch.fx import GraphModule, Node
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from ..graph.analysis import tensor_meta
+from ..graph.analysis import same_sizes, tensor_meta
 from .manager import PassContext
 
 NAME = "remove_noops"
@@ -23,11 +22,6 @@ INFERENCE_ONLY = False
 
 aten = torch.ops.aten
 _SAME_SHAPE_VIEWS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.expand.default)
-
-
-def _same(xs, ys) -> bool:
-    """Equal sizes/strides, symbolic ones only when provably equal (no guards)."""
-    return len(xs) == len(ys) and all(statically_known_true(x == y) for x, y in zip(xs, ys))
 
 
 def _is_noop(node: Node) -> bool:
@@ -39,9 +33,9 @@ def _is_noop(node: Node) -> bool:
     target = node.target
     if target in (aten.alias.default, aten.detach.default):
         return True
-    same_shape = _same(src.shape, out.shape)
+    same_shape = same_sizes(src.shape, out.shape)
     same_layout = (
-        same_shape and _same(src.stride(), out.stride()) and src.dtype == out.dtype and src.device == out.device
+        same_shape and same_sizes(src.stride(), out.stride()) and src.dtype == out.dtype and src.device == out.device
     )
     if target is aten.clone.default:
         return same_layout
