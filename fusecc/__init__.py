@@ -3,6 +3,7 @@
 compiled = torch.compile(model, backend="fusecc", options={...})
 compiled = fusecc.compile_exported(torch.export.export(model, args))
 print(fusecc.explain(model, *args))
+plan = fusecc.calibrate(model, sample_inputs, budget=0.95)   # attention sparsity
 """
 
 from .backend import fusecc_backend
@@ -11,6 +12,7 @@ from .explain import explain
 from .export import compile_exported
 from .graph.fused_group import FusedGroup
 from .options import Options
+from .sparsity.calibrate import calibrate
 
 __version__ = "0.1.0"
 
@@ -22,6 +24,7 @@ __all__ = [
     "Options",
     "PassError",
     "UnsupportedError",
+    "calibrate",
     "compile_exported",
     "explain",
     "fusecc_backend",

@@ -75,6 +75,44 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from .sparsity import minilm
+    from .sparsity.calibrate import calibrate
+
+    console = Console()
+    quality = None
+    if args.model == "minilm":  # real weights and real text
+        result = minilm.quality(args.budget, args.block, args.out)
+        plan, quality = result["plan"], result["cosine"]
+    else:
+        from .bench import zoo
+
+        entry = zoo.get(args.model)
+        model = entry.model(args.size)
+        samples = [(entry.example_input(args.size, 1),) for _ in range(args.samples)]
+        with torch.no_grad():
+            plan = calibrate(model, samples, budget=args.budget, block=args.block, path=args.out)
+    table = Table(title=f"attention plan for {args.model} (budget {args.budget}, blocks of {args.block})")
+    for column in ("layer", "head", "strategy", "sizes", "recall", "kept", "predicted ms"):
+        table.add_column(column, justify="left" if column in ("strategy", "sizes") else "right")
+    for i, heads in enumerate(plan.layers):
+        for j, h in enumerate(heads):
+            sizes = {k: (v if k not in ("blocks", "columns") else f"{len(v)} listed") for k, v in h.items()
+                     if k not in ("kind", "recall", "kept", "predicted_ms")}  # fmt: skip
+            table.add_row(str(i), str(j), h["kind"], str(sizes), f"{h['recall']:.3f}", f"{100 * h['kept']:.0f}%",
+                          f"{h['predicted_ms']:.3f}")  # fmt: skip
+    console.print(table)
+    console.print(f"plan: {plan.summary()}" + (f"; written to {args.out}" if args.out else ""))
+    if quality is not None:
+        console.print(f"held-apart passages, cosine similarity to the dense model: min {min(quality):.5f}, "
+                      f"mean {sum(quality) / len(quality):.5f}")  # fmt: skip
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench.harness import main as bench_main
 
@@ -112,6 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=16, help="measurements per kernel (earlier ones count)")
     p.add_argument("--cache-dir", default=None, help="kernel cache and tuning database folder")
     p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser("calibrate", help="find each attention head's sparsity pattern and write a plan")
+    transformers = [name for name, e in ZOO.items() if e.family == "transformer"]
+    p.add_argument("model", choices=["minilm", *transformers], help="minilm: pretrained MiniLM-L6 on real text")
+    p.add_argument("--size", choices=["full", "tiny"], default="tiny")
+    p.add_argument("--samples", type=int, default=2, help="sample inputs (zoo models: random tokens or images)")
+    p.add_argument("--budget", type=float, default=0.95, help="attention mass every head keeps")
+    p.add_argument("--block", type=int, default=16, help="block size of the plan (16, 32, 64, 128)")
+    p.add_argument("--out", default=None, help="write the plan (JSON) here")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("bench", help="benchmark the model zoo against eager, inductor and ONNX Runtime", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -61,6 +61,11 @@ class Options:
         choices=("off", "use", "tune"),
     )
     tune_trials: int = _field(16, "with tune='tune': measurements per kernel (those already in the database count)")
+    attention_sparsity: dict = _field(
+        {},
+        "sparse attention by a calibrated plan: {'plan': path or dict from fusecc.calibrate, 'budget': its recall}; "
+        "empty: attention stays exact; env form: the plan's path",
+    )
 
     # -- construction -----------------------------------------------------
 
@@ -97,6 +102,14 @@ class Options:
                 raise OptionError(f"option 'passes': value for {name!r} must be True or False, got {enabled!r}")
         from .targets import TARGETS
 
+        unknown = set(self.attention_sparsity) - {"plan", "budget"}
+        if unknown:
+            raise OptionError(_unknown_message("attention_sparsity key", sorted(unknown)[0], ["plan", "budget"]))
+        if self.attention_sparsity and "plan" not in self.attention_sparsity:
+            raise OptionError(
+                "option 'attention_sparsity' needs a 'plan': fusecc.calibrate(model, inputs, budget=...) "
+                "measures the heads' patterns and writes one"
+            )
         if self.tune_trials < 1:
             raise OptionError(f"option 'tune_trials' must be at least 1, got {self.tune_trials}")
         if self.target not in TARGETS:
@@ -145,7 +158,7 @@ def _check_type(f: dataclasses.Field, value: Any) -> None:
     # bool is a subclass of int but no int option exists; reject 1/0 for bools
     # anyway so {'debug': 1} gets the same clear error as {'debug': 'yes'}.
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        want = str(f.type).replace("dict", "dict of pass name -> bool")
+        want = str(f.type).replace("dict", "dict of pass name -> bool" if f.name == "passes" else "dict")
         raise OptionError(f"option {f.name!r} expects {want}, got {type(value).__name__} {value!r}")
     choices = f.metadata["choices"]
     if choices and value not in choices:
@@ -166,6 +179,8 @@ def _parse_env(f: dataclasses.Field, text: str) -> Any:
     kind = str(f.type)
     if kind == "bool":
         return _parse_bool(name, text)
+    if f.name == "attention_sparsity":  # the plan's path
+        return {"plan": text} if text else {}
     if kind == "dict":  # passes: "fold_bn=0,cse=1"
         out = {}
         for item in filter(None, (part.strip() for part in text.split(","))):

@@ -62,3 +62,16 @@ def test_attention_bench_times_the_kernel_against_sdpa(tmp_path):
     (result,) = json.loads(out.read_text())["results"]
     assert result["peers"]["fusecc"]["rel_error"] < 1e-4 and result["peers"]["fusecc"]["median_ms"] > 0
     assert any(k["kind"] == "attention" for r in reports for k in r.kernels)
+
+
+def test_sparse_attention_bench_agrees_with_flex_attention(tmp_path):
+    """`fusecc bench --sparse-attention`: fusecc under the plan and
+    FlexAttention given the same blocks compute the same attention."""
+    import json
+
+    out = tmp_path / "sparse.json"
+    assert main(["--sparse-attention", "--lengths", "256", "--budget", "0.2", "--json", str(out)]) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    peers = result["peers"]
+    assert peers["fusecc"]["rel_error"] < 1e-5 and peers["sdpa"]["rel_error"] > 1e-2  # exact vs flex, not dense
+    assert 0 < result["kept"] < 1 and all(peers[p]["median_ms"] > 0 for p in peers)

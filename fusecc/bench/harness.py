@@ -198,18 +198,30 @@ def cases_main(
     parser.add_argument("--budget", type=float, default=3.0, help="timing seconds per (case, batch)")
     parser.add_argument("--only", nargs="+", choices=list(cases), help="a subset of the cases")
     parser.add_argument("--peers", nargs="+", default=default_peers)
-    parser.add_argument("--json", metavar="PATH")
-    parser.add_argument("--markdown", metavar="PATH")
-    args = parser.parse_args(argv)
-    console = Console(width=200 if not Console().is_terminal else None)
-    info = machine_info()
-    console.print(f"machine: {info}")
+    args, console, info = start(parser, argv)
     results = []
     for name in args.only or list(cases):
         for batch in args.batch:
             torch.manual_seed(0)
             model, x = cases[name](batch)
             results.append(bench_module(name, model, x, batch, args.peers, args.budget, console))
+    report(results, args, info, console, argv)
+    return 0
+
+
+def start(parser: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, Console, dict]:
+    """Add the output options, parse, and print the machine: (args, console, machine info)."""
+    parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--markdown", metavar="PATH")
+    args = parser.parse_args(argv)
+    console = Console(width=200 if not Console().is_terminal else None)
+    info = machine_info()
+    console.print(f"machine: {info}")
+    return args, console, info
+
+
+def report(results: list[dict], args: argparse.Namespace, info: dict, console: Console, argv) -> None:
+    """Print the table; write JSON (``args.json``) and Markdown (``args.markdown``) when asked."""
     print_table(results, args.peers, console)
     if args.json:
         with open(args.json, "w") as fh:
@@ -217,7 +229,6 @@ def cases_main(
     if args.markdown:
         with open(args.markdown, "w") as fh:
             fh.write(to_markdown(results, args.peers, info, "fusecc bench " + " ".join(argv or [])))
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         from .attention import main as attention_main
 
         return attention_main(argv)
+    if "--sparse-attention" in argv:
+        from .sparse_attention import main as sparse_main
+
+        return sparse_main(argv)
     if "--overhead" in argv:
         from .overhead import main as overhead_main
 
@@ -243,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overhead", action="store_true", help="per-call overhead of a one-op graph")
     parser.add_argument("--blocks", action="store_true", help="residual blocks alone (fused, unfused, peers)")
     parser.add_argument("--attention", action="store_true", help="scaled dot-product attention alone, 128-4096 tokens")
+    parser.add_argument(
+        "--sparse-attention", action="store_true", help="attention under a sparsity plan vs SDPA and FlexAttention"
+    )
     parser.add_argument("--models", nargs="+", default=list(zoo.ZOO), choices=list(zoo.ZOO))
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--peers", nargs="+", default=DEFAULT_PEERS, choices=list(peer_builders.PEERS))

@@ -876,8 +876,27 @@ def lower_attention(group: FusedGroup) -> KernelSpec:
             raise NotLowerable(f"a {mval.dtype} attention mask (only additive float32 masks are generated)")
         full = mval.expand(space[0], space[1], space[2], kv.shape[2])  # broadcast dims get stride 0
         attrs.update(mask=b.operand(mask), mask_strides=tuple(full.stride()))
+    if group.attrs.get("sparsity"):
+        attrs["sparse"] = _sparse_table(group.attrs["sparsity"], space, kv.shape[2], options["causal"])
     output = Output(out.name, _dtype(out), space, Acc(), strides=tuple(ov.stride()))
     return _finish(b, "attention", space, [output], attrs=attrs)
+
+
+def _sparse_table(sparsity: dict, space: tuple, lk: int, causal: bool) -> dict:
+    """A plan's per-head strategies as the kernel's table: for each (head,
+    query block) in order, the kept key blocks (CSR offsets + block list)."""
+    from ..sparsity.strategies import block_mask
+
+    _, heads, lq, _ = space
+    block, strategies = sparsity["block"], sparsity["heads"]
+    if len(strategies) != heads:
+        raise NotLowerable(f"the attention plan gives {len(strategies)} heads' strategies, the op has {heads} heads")
+    offsets, blocks = [0], []
+    for strategy in strategies:
+        for row in block_mask(strategy, lq, lk, block, causal):
+            blocks.extend(int(k) for k in row.nonzero()[0])
+            offsets.append(len(blocks))
+    return {"block": block, "offsets": tuple(offsets), "blocks": tuple(blocks)}
 
 
 _LOWER_BY_KIND = {

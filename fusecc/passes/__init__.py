@@ -8,6 +8,7 @@ produces and when it refuses. Any pass can be switched off
 
 from . import (
     attention_capture,
+    attention_sparsity,
     block_fusion,
     channels_last,
     constant_fold,
@@ -31,6 +32,7 @@ PIPELINE = [
     attention_capture,
     vertical_fusion,
     partition,
+    attention_sparsity,
     block_fusion,
     dce,
 ]

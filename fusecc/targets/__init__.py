@@ -20,6 +20,8 @@ class Target:
     # group kinds the target compiles; the others run as their ATen ops
     # (inlined, recorded as a decision - not a fallback). None: every kind.
     group_kinds: frozenset[str] | None = None
+    # runs attention groups under an attention sparsity plan (their table of kept blocks)
+    sparse_attention: bool = False
 
     def compile_group(self, group: FusedGroup) -> Callable | None:
         raise NotImplementedError

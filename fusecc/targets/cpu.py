@@ -25,6 +25,7 @@ from .toolchain import Toolchain, cpu_model, host_dialect_and_flags
 class HostCTarget(Target):
     name = "c"
     description = "generated C kernels for this CPU (AVX-512 / AVX2 / NEON / portable), OpenMP, gcc"
+    sparse_attention = True
 
     def __init__(self, dialect: str | None = None, cache_dir: str | None = None):
         detected, flags = host_dialect_and_flags()

@@ -16,6 +16,13 @@ It walks the keys in blocks of BK = NV * VL:
 At the end each output row is divided by its l. Nothing of size Lq x Lk
 is ever stored: the scores of one key block live in a BQ x BK buffer.
 Under the causal flag, key blocks wholly above the diagonal are skipped.
+
+Sparse attention (``attrs["sparse"]``, from an attention sparsity plan):
+a task is one (batch, head, block of query rows) and walks only the key
+blocks its head's strategy keeps, listed per (head, query block) in a
+constant table compiled into the kernel (CSR: offsets, key blocks); a
+row that keeps no key (a skipped head) outputs zeros. Tasks vary in
+work, so they are scheduled dynamically.
 """
 
 from __future__ import annotations
@@ -43,12 +50,16 @@ def _tile(dialect: Dialect) -> tuple[int, int]:
 
 
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
-    return {"q_tiles": (4, 8, 16, 32)}
+    return {} if spec.attrs.get("sparse") else {"q_tiles": (4, 8, 16, 32)}
 
 
 def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
     _check(spec)
     mr, nv = _tile(dialect)
+    sparse = spec.attrs.get("sparse")
+    if sparse:  # a key block of the kernel must tile a block of the plan
+        nv = max(v for v in range(1, nv + 1) if sparse["block"] % (v * dialect.vl) == 0)
+        return {"tile": (mr, nv), "q_tiles": 1, "vl": dialect.vl}
     return {"tile": (mr, nv), "q_tiles": max(1, min(Q_TILES, math.ceil(spec.space[2] / mr))), "vl": dialect.vl}
 
 
@@ -79,7 +90,11 @@ def _sizes(spec: KernelSpec, params: dict) -> _Sizes:
     mr, nv = params["tile"]
     bk = nv * params["vl"]
     panels = math.ceil(d / bk)
-    return _Sizes(b, h, lq, d, spec.attrs["lk"], mr, nv, bk, mr * params["q_tiles"], panels, panels * bk)
+    sparse = spec.attrs.get("sparse")
+    if sparse and sparse["block"] % bk:
+        raise NotImplementedError(f"a key block of {bk} does not tile the plan's blocks of {sparse['block']}")
+    qb = sparse["block"] if sparse else mr * params["q_tiles"]
+    return _Sizes(b, h, lq, d, spec.attrs["lk"], mr, nv, bk, qb, panels, panels * bk)
 
 
 def _per_thread_floats(z: _Sizes) -> int:
@@ -116,9 +131,27 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     )
     dispatch = "\n".join(f"      case {r}: {name}_u{r}(K, a, lda, bp, tile); break;" for r in range(1, mr + 1))
     causal_skip = f"if (kb > q0 + {qb - 1}L + {causal_shift}L) break;" if a["causal"] else ""
+    sparse = a.get("sparse")
+    if sparse:  # only the kept key blocks of this (head, query block), from the plan's table
+        blk = sparse["block"]
+        offsets, blocks = sparse["offsets"], sparse["blocks"] or (0,)
+        tables = (
+            f"static const int32_t {name}_off[{len(offsets)}] = {{{','.join(map(str, offsets))}}};\n"
+            f"static const int32_t {name}_blk[{len(blocks)}] = {{{','.join(map(str, blocks))}}};\n"
+        )
+        key_loop = (
+            f"const long row_block = hi * {qblocks}L + q0 / {blk}L;\n"
+            f"      for (long t = {name}_off[row_block]; t < {name}_off[row_block + 1]; ++t)\n"
+            f"      for (long kb = (long){name}_blk[t] * {blk}L; kb < ((long){name}_blk[t] + 1) * {blk}L "
+            f"&& kb < {lk}L; kb += {bk}L) {{"
+        )
+        schedule, inverse = "dynamic", "sm[i] > 0.0f ? 1.0f / sm[i] : 0.0f"  # a skipped row outputs zeros
+    else:
+        tables, key_loop = "", f"for (long kb = 0; kb < {lk}L; kb += {bk}L) {{"
+        schedule, inverse = "static", "1.0f / sm[i]"
     causal_cut = f"if (kb + jj > q0 + i + {causal_shift}L) s = -INFINITY;" if a["causal"] else ""
     return f"""
-{kernels}
+{tables}{kernels}
 
 static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda, const float* FC_RESTRICT bp,
                         float* FC_RESTRICT tile) {{
@@ -149,7 +182,7 @@ static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda,
     float* FC_RESTRICT mx = acc + {qb * dpad}L;       /* running max per row */
     float* FC_RESTRICT sm = mx + {qb}L;               /* running sum per row */
     float tile[{mr * bk}] __attribute__((aligned(64)));
-    #pragma omp for schedule(static)
+    #pragma omp for schedule({schedule})
     for (long task = 0; task < tasks; ++task) {{
       const long bi = task / {h * qblocks}L, hi = (task / {qblocks}L) % {h}L, q0 = (task % {qblocks}L) * {qb}L;
       const long rows = {lq}L - q0 < {qb}L ? {lq}L - q0 : {qb}L;
@@ -158,7 +191,7 @@ static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda,
       const float* FC_RESTRICT vh = vp + bi * {vs[0]}L + hi * {vs[1]}L;
       memset(acc, 0, sizeof(float) * {qb * dpad});
       for (long i = 0; i < {qb}L; ++i) {{ mx[i] = -INFINITY; sm[i] = 0.0f; }}
-      for (long kb = 0; kb < {lk}L; kb += {bk}L) {{
+      {key_loop}
         {causal_skip}
         const long kn = {lk}L - kb < {bk}L ? {lk}L - kb : {bk}L;
         for (long j = 0; j < {bk}L; ++j)  /* keys transposed: [D][BK] */
@@ -215,7 +248,7 @@ static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda,
         }}
       }}
       for (long i = 0; i < rows; ++i) {{
-        const float inv = 1.0f / sm[i];
+        const float inv = {inverse};
         float* FC_RESTRICT orow = out + bi * {os_[0]}L + hi * {os_[1]}L + (q0 + i) * {os_[2]}L;
         for (long dd = 0; dd < {d}L; ++dd) orow[dd * {os_[3]}L] = acc[i * {dpad}L + dd] * inv;
       }}
