@@ -38,6 +38,8 @@ def _qkv(b, h, lq, lk, d):
         (2, 2, 33, 47, 24, False, (2, 1, 33, 47)),  # a mask broadcast over the heads
         (2, 2, 20, 20, 8, False, (20, 20)),  # a mask broadcast over batch and heads
         (1, 4, 200, 200, 80, True, None),  # head size of two value panels, the second partial
+        (2, 3, 37, 101, 24, True, None),  # causal with more keys than queries: ATen's top-left alignment
+        (1, 2, 90, 40, 16, True, None),  # causal with fewer keys: rows past the keys see them all
     ],
 )
 def test_attention_is_one_kernel_and_matches_eager(b, h, lq, lk, d, causal, mask):

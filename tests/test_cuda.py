@@ -48,7 +48,9 @@ def test_cuda_kernels_compile_for_sm80_and_sm90():
         sources.append(source)
     # one translation unit per kernel, built in one nvcc call each for both architectures
     toolchain = nvcc_toolchain(output="-cubin")
-    assert {s.symbol.split("_")[2] for s in sources} >= {"elementwise", "reduction", "gemm", "conv2d", "block"}
+    sources += [render(spec) for spec in _attention_specs()]  # dense, causal, masked, sparse
+    assert {s.symbol.split("_")[2] for s in sources} >= {"elementwise", "reduction", "gemm", "conv2d", "block",
+                                                        "attention"}  # fmt: skip
     assert {k[2] for k in kinds} >= {"inverted_residual", "bottleneck", "convnext", "basic"}
     with tempfile.TemporaryDirectory() as tmp:
         for i, src in enumerate(sources):
@@ -79,7 +81,7 @@ def test_cuda_kernels_match_eager_under_emulation(tmp_path):
         for o, r in zip(out, ref):
             assert_close(o, r, 1e-4)
         kinds.add(spec.kind)
-    assert kinds == {"elementwise", "reduction", "gemm", "conv2d", "block"}
+    assert kinds == {"elementwise", "reduction", "gemm", "conv2d", "block", "attention"}
 
 
 @pytest.mark.parametrize(
@@ -109,6 +111,72 @@ def test_cuda_block_kernels_match_eager_under_emulation(block, shape, tmp_path):
     _group, spec, args, ref = recorded_block(model, x)
     source = render(spec)
     assert_close(emulate.run(spec, source, [args[o.arg_index] for o in spec.operands], str(tmp_path)), ref, 1e-4)
+
+
+class _Attention(nn.Module):
+    def __init__(self, causal):
+        super().__init__()
+        self.causal = causal
+
+    def forward(self, q, k, v, *mask):
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask[0] if mask else None, is_causal=self.causal
+        )
+
+
+ATTENTION_CASES = [  # (b, h, lq, lk, d, causal, mask shape, plan block)
+    (2, 3, 37, 45, 24, False, None, None),  # tiles cut by the lengths
+    (1, 2, 70, 70, 16, True, None, None),  # causal: tiles above the diagonal skipped
+    (2, 3, 37, 101, 8, True, None, None),  # causal, more keys than queries (top-left, as ATen)
+    (2, 2, 33, 47, 32, False, (2, 1, 33, 47), None),  # a mask broadcast over the heads
+    (1, 4, 100, 100, 16, True, None, 32),  # a sparsity plan: band, sinks, columns, skip
+]
+SPARSE_HEADS = [
+    {"kind": "local", "window": 20},
+    {"kind": "a_shape", "sink": 8, "window": 10},
+    {"kind": "vertical", "columns": [40]},
+    {"kind": "skip"},
+]
+
+
+def _attention_case(b, h, lq, lk, d, causal, mask, block):
+    from conftest import GroupRecorder
+
+    from fusecc.kernels.lower import lower_group
+
+    torch.manual_seed(lq + lk)
+    args = (torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, d))
+    args += (torch.randn(mask),) if mask else ()
+    recorder = GroupRecorder()
+    recorder._target.sparse_attention = True
+    options = {"target": recorder.name}
+    if block:
+        options["attention_sparsity"] = {"plan": {"block": block, "layers": [{"heads": SPARSE_HEADS[:h]}]}}
+    with recorder, torch.no_grad():
+        torch._dynamo.reset()
+        torch.compile(_Attention(causal), backend="fusecc", options=options)(*args)
+    ((group, _),) = [(g, c) for g, c in recorder.items if g.kind == "attention"]
+    return lower_group(group), args
+
+
+def _attention_specs():
+    return [_attention_case(*case)[0] for case in ATTENTION_CASES]
+
+
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: f"L{c[2]}x{c[3]}{'c' if c[5] else ''}")
+def test_cuda_attention_matches_eager_under_emulation(case, tmp_path):
+    """The CUDA attention kernel (dense, causal, masked; and the kept blocks
+    of a sparsity plan against a dense masked reference), run by the emulator."""
+    from test_sparse_attention import masked_reference
+
+    spec, args = _attention_case(*case)
+    out = emulate.run(spec, render(spec), list(args), str(tmp_path))
+    if case[-1]:
+        ref = masked_reference(*args, SPARSE_HEADS[: case[1]], case[-1], case[5])
+    else:
+        with torch.no_grad():
+            ref = _Attention(case[5])(*args)
+    assert_close(out, ref, 1e-5)
 
 
 def test_emulator_reports_a_barrier_only_some_threads_reach(tmp_path):

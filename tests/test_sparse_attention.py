@@ -45,7 +45,7 @@ def masked_reference(q, k, v, heads, block, causal):
         m = block_mask(strategy, lq, lk, block, causal)
         allowed[i] = torch.from_numpy(np.kron(m, np.ones((block, block), dtype=bool))[:lq, :lk])
     if causal:
-        allowed &= torch.ones(lq, lk, dtype=torch.bool).tril(lk - lq)
+        allowed &= torch.ones(lq, lk, dtype=torch.bool).tril()  # ATen's causal alignment: top-left
     scores = (q @ k.transpose(-2, -1)) / d**0.5
     probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1).nan_to_num(0.0)
     return probs @ v

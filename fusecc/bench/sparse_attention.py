@@ -9,7 +9,10 @@ blocks of 64). Peers, timed interleaved in one process:
 * ``flex`` - PyTorch FlexAttention compiled, given the same block mask
   (the peer that needs the mask written by hand);
 * ``fusecc_dense`` - fusecc's dense attention kernel;
-* ``fusecc`` - fusecc with the plan (``options={"attention_sparsity": ...}``).
+* ``fusecc`` - fusecc with the plan (``options={"attention_sparsity": ...}``):
+  every head, whatever its strategy, in one kernel call;
+* ``fusecc_per_head`` - the same strategies with each head its own
+  attention op and kernel call (what fusing the heads saves).
 
 The error column of ``fusecc`` is against ``flex``: both compute exactly
 the kept blocks, so they must agree to rounding.
@@ -33,7 +36,7 @@ from .timing import interleaved
 
 HEADS, HEAD_DIM, BLOCK = 12, 64, 64
 LENGTHS = (1024, 4096, 8192, 16384)
-PEERS = ["sdpa", "flex", "fusecc_dense", "fusecc"]
+PEERS = ["sdpa", "flex", "fusecc_dense", "fusecc_per_head", "fusecc"]
 
 
 def plan_for(tokens: int) -> list[dict]:
@@ -51,10 +54,17 @@ class SDPA(torch.nn.Module):
         return F.scaled_dot_product_attention(q, k, v)
 
 
-def _compiled(options: dict | None):
+class PerHeadSDPA(torch.nn.Module):
+    def forward(self, q, k, v):
+        heads = [
+            F.scaled_dot_product_attention(q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1]) for h in range(HEADS)
+        ]
+        return torch.cat(heads, 1)
+
+
+def _compiled(options: dict | None, module: torch.nn.Module | None = None):
     torch._dynamo.reset()
-    fn = torch.compile(SDPA(), backend="fusecc", options=options or {})
-    return fn
+    return torch.compile(module or SDPA(), backend="fusecc", options=options or {})
 
 
 def _flex(masks: np.ndarray):
@@ -80,6 +90,9 @@ def bench_length(tokens: int, peers: list[str], budget_s: float, console: Consol
         "sdpa": lambda: SDPA(),
         "flex": lambda: _flex(masks),
         "fusecc_dense": lambda: _compiled(None),
+        "fusecc_per_head": lambda: _compiled(
+            {"attention_sparsity": {"plan": {"block": BLOCK, "layers": [{"heads": [h]} for h in heads]}}}, PerHeadSDPA()
+        ),
         "fusecc": lambda: _compiled({"attention_sparsity": {"plan": plan}}),
     }
     name = f"sparse attention L={tokens} ({100 * masks.mean():.0f}% blocks)"

@@ -56,7 +56,7 @@ class LayerMass:
         mass = np.zeros((h, qn, kn))
         allowed = None
         if causal:
-            allowed = torch.ones(lq, lk, dtype=torch.bool).tril(lk - lq)
+            allowed = torch.ones(lq, lk, dtype=torch.bool).tril()  # ATen's causal alignment: top-left
         for r0 in range(0, lq, CHUNK_ROWS):
             r1 = min(lq, r0 + CHUNK_ROWS)
             scores = (q[:, :, r0:r1] @ k.transpose(-2, -1)).float() * scale

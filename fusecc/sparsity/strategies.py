@@ -57,7 +57,7 @@ def block_mask(strategy: dict, lq: int, lk: int, block: int, causal: bool) -> np
     qn, kn = math.ceil(lq / block), math.ceil(lk / block)
     qb = np.arange(qn)[:, None]
     kb = np.arange(kn)[None, :]
-    shift = lk - lq  # queries align to the end of the keys (as causal attention does)
+    shift = 0  # query i and key i coincide (ATen's causal mask is aligned so, top-left)
     # token ranges of each block pair, in key coordinates
     q_lo, q_hi = qb * block + shift, np.minimum((qb + 1) * block, lq) - 1 + shift
     k_lo, k_hi = kb * block, np.minimum((kb + 1) * block, lk) - 1

@@ -98,7 +98,8 @@ class CudaKernel(torch.nn.Module):
 class CudaTarget(Target):
     name = "cuda"
     description = "generated CUDA kernels (nvcc, sm_80/sm_90 + PTX), launched on the current stream"
-    group_kinds = frozenset({"pointwise", "reduction", "gemm", "conv", "block"})  # no pooling kernels yet
+    group_kinds = frozenset({"pointwise", "reduction", "gemm", "conv", "block", "attention"})  # no pooling yet
+    sparse_attention = True
 
     def __init__(self):
         self.toolchain = nvcc_toolchain()

@@ -106,6 +106,27 @@ def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
     return nthreads * (4 * _per_thread_floats(_sizes(spec, params)) + 128) + 64
 
 
+def sparse_tables(name: str, sparse: dict, qualifier: str) -> str:
+    """The plan's table as two C arrays: ``NAME_off`` (CSR offsets per
+    (head, query block)) and ``NAME_blk`` (kept key blocks)."""
+    offsets, blocks = sparse["offsets"], sparse["blocks"] or (0,)
+    return (
+        f"{qualifier} int32_t {name}_off[{len(offsets)}] = {{{','.join(map(str, offsets))}}};\n"
+        f"{qualifier} int32_t {name}_blk[{len(blocks)}] = {{{','.join(map(str, blocks))}}};\n"
+    )
+
+
+def sparse_key_loop(name: str, sparse: dict, row_block: str, lk: int, step: int) -> str:
+    """Loop header over the keys of the kept blocks of ``row_block``, ``step`` at a time (``kb``: the first key)."""
+    blk = sparse["block"]
+    return (
+        f"const long row_block = {row_block};\n"
+        f"  for (long t = {name}_off[row_block]; t < {name}_off[row_block + 1]; ++t)\n"
+        f"  for (long kb = (long){name}_blk[t] * {blk}L; kb < ((long){name}_blk[t] + 1) * {blk}L "
+        f"&& kb < {lk}L; kb += {step}L) {{"
+    )
+
+
 def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     _check(spec)
     a = spec.attrs
@@ -115,7 +136,7 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     os_ = spec.outputs[0].strides or (h * lq * d, lq * d, d, 1)
     qblocks = math.ceil(lq / qb)
     per_thread = 4 * _per_thread_floats(z) + 128
-    causal_shift = lk - lq  # query row i sees keys j <= i + (Lk - Lq), as ATen aligns them
+    causal_shift = 0  # ATen aligns the causal mask top-left: query row i sees keys j <= i, even when Lq != Lk
     out_i = len(spec.operands)
     mask = a.get("mask")
     ms = a.get("mask_strides")
@@ -133,18 +154,8 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     causal_skip = f"if (kb > q0 + {qb - 1}L + {causal_shift}L) break;" if a["causal"] else ""
     sparse = a.get("sparse")
     if sparse:  # only the kept key blocks of this (head, query block), from the plan's table
-        blk = sparse["block"]
-        offsets, blocks = sparse["offsets"], sparse["blocks"] or (0,)
-        tables = (
-            f"static const int32_t {name}_off[{len(offsets)}] = {{{','.join(map(str, offsets))}}};\n"
-            f"static const int32_t {name}_blk[{len(blocks)}] = {{{','.join(map(str, blocks))}}};\n"
-        )
-        key_loop = (
-            f"const long row_block = hi * {qblocks}L + q0 / {blk}L;\n"
-            f"      for (long t = {name}_off[row_block]; t < {name}_off[row_block + 1]; ++t)\n"
-            f"      for (long kb = (long){name}_blk[t] * {blk}L; kb < ((long){name}_blk[t] + 1) * {blk}L "
-            f"&& kb < {lk}L; kb += {bk}L) {{"
-        )
+        tables = sparse_tables(name, sparse, "static const")
+        key_loop = sparse_key_loop(name, sparse, f"hi * {qblocks}L + q0 / {sparse['block']}L", lk, bk)
         schedule, inverse = "dynamic", "sm[i] > 0.0f ? 1.0f / sm[i] : 0.0f"  # a skipped row outputs zeros
     else:
         tables, key_loop = "", f"for (long kb = 0; kb < {lk}L; kb += {bk}L) {{"
@@ -204,8 +215,7 @@ static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda,
             }}
         for (long r0 = 0; r0 < rows; r0 += {mr}L) {{  /* S = Q K^T, a row tile at a time */
           const long r = rows - r0 < {mr}L ? rows - r0 : {mr}L;
-          {name}_gemm(r, {d}L, qh + r0 * {qs[2]}L, {qs[2]}L, kt, tile);
-          memcpy(sc + r0 * {bk}L, tile, sizeof(float) * r * {bk});
+          {name}_gemm(r, {d}L, qh + r0 * {qs[2]}L, {qs[2]}L, kt, sc + r0 * {bk}L);  /* rows of BK = NR */
         }}
         for (long i = 0; i < rows; ++i) {{  /* online softmax of row i over this key block */
           float* FC_RESTRICT srow = sc + i * {bk}L;

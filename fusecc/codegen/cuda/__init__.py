@@ -15,7 +15,10 @@ Kernel shapes (simple, correctness first; tuned shapes come with the tuner):
 * block - every block pattern (inverted residual, bottleneck, ConvNeXt,
   basic) in one kernel (`block.py`): per output tile, the kxk layer's input
   window and its outputs (or a chunk of them) in shared memory, the last
-  layer's sums in registers.
+  layer's sums in registers;
+* attention - one thread per query row, key/value tiles in shared memory,
+  online softmax; dense, causal, masked, or the kept blocks of a sparsity
+  plan (`attention.py`).
 
 Kernels can be run on the CPU for checking (`emulate.py`). Expressions go through the scalar form of the shared `ExprEmitter` with
 CUDA's float math. Every kernel is ``extern "C" __global__`` taking one
@@ -29,7 +32,7 @@ import math
 from ...kernels.spec import KernelSpec, conv_geometry
 from ..c.common import sload as _load
 from ..c.common import sstore as _store
-from . import block
+from . import attention, block
 from .common import CTYPE, PRELUDE, THREADS, CudaSource, emitter, offset, parameters, unravel
 
 TILE_M = TILE_N = 64
@@ -241,7 +244,14 @@ __device__ __forceinline__ float fc_im2col_{name}(const {CTYPE[spec.operands[x_i
     return CudaSource(name, text, src.grid, src.block, src.params)
 
 
-_KINDS = {"elementwise": _elementwise, "reduction": _reduction, "gemm": _gemm, "conv2d": _conv, "block": block.render}
+_KINDS = {
+    "elementwise": _elementwise,
+    "reduction": _reduction,
+    "gemm": _gemm,
+    "conv2d": _conv,
+    "block": block.render,
+    "attention": attention.render,
+}
 KINDS = frozenset(_KINDS)  # blocks: every pattern block fusion finds
 
 

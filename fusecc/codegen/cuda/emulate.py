@@ -51,6 +51,7 @@ static ucontext_t* fc_ctx;
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
+#define __constant__ static
 #define __restrict__ __restrict
 static inline void __syncthreads() { swapcontext(&fc_ctx[fc_cur], &fc_sched); }
 static inline float __uint_as_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
