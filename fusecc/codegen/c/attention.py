@@ -205,14 +205,22 @@ static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda,
       {key_loop}
         {causal_skip}
         const long kn = {lk}L - kb < {bk}L ? {lk}L - kb : {bk}L;
-        for (long j = 0; j < {bk}L; ++j)  /* keys transposed: [D][BK] */
-          for (long dd = 0; dd < {d}L; ++dd) kt[dd * {bk}L + j] = j < kn ? kh[(kb + j) * {ks[2]}L + dd] : 0.0f;
-        for (long p = 0; p < {panels}L; ++p)  /* values in NR-wide panels: [panel][BK][NR] */
-          for (long j = 0; j < {bk}L; ++j)
-            for (long n = 0; n < {bk}L; ++n) {{
-              const long dd = p * {bk}L + n;
-              vpk[(p * {bk}L + j) * {bk}L + n] = (j < kn && dd < {d}L) ? vh[(kb + j) * {vs[2]}L + dd] : 0.0f;
-            }}
+        if (kn < {bk}L) {{  /* a short last block: the missing keys and values are zeros */
+          memset(kt, 0, sizeof(float) * {d * bk});
+          memset(vpk, 0, sizeof(float) * {panels * bk * bk});
+        }}
+        for (long j = 0; j < kn; ++j) {{  /* keys transposed: [D][BK] */
+          const float* FC_RESTRICT krow = kh + (kb + j) * {ks[2]}L;
+          for (long dd = 0; dd < {d}L; ++dd) kt[dd * {bk}L + j] = krow[dd];
+        }}
+        for (long j = 0; j < kn; ++j) {{  /* values in NR-wide panels: [panel][BK][NR] */
+          const float* FC_RESTRICT vrow = vh + (kb + j) * {vs[2]}L;
+          for (long p = 0; p < {panels}L; ++p) {{
+            const long w = {d}L - p * {bk}L < {bk}L ? {d}L - p * {bk}L : {bk}L;
+            memcpy(vpk + (p * {bk}L + j) * {bk}L, vrow + p * {bk}L, sizeof(float) * w);
+            if (w < {bk}L) memset(vpk + (p * {bk}L + j) * {bk}L + w, 0, sizeof(float) * ({bk}L - w));
+          }}
+        }}
         for (long r0 = 0; r0 < rows; r0 += {mr}L) {{  /* S = Q K^T, a row tile at a time */
           const long r = rows - r0 < {mr}L ? rows - r0 : {mr}L;
           {name}_gemm(r, {d}L, qh + r0 * {qs[2]}L, {qs[2]}L, kt, sc + r0 * {bk}L);  /* rows of BK = NR */
