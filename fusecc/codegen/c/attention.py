@@ -160,7 +160,17 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     else:
         tables, key_loop = "", f"for (long kb = 0; kb < {lk}L; kb += {bk}L) {{"
         schedule, inverse = "static", "1.0f / sm[i]"
-    causal_cut = f"if (kb + jj > q0 + i + {causal_shift}L) s = -INFINITY;" if a["causal"] else ""
+    # the last key of block kb row i sees: the sequence's end, and under the causal flag the diagonal
+    last = (
+        f"(kn - 1 < q0 + i + {causal_shift}L - kb ? kn - 1 : q0 + i + {causal_shift}L - kb)"
+        if a["causal"]
+        else "kn - 1"
+    )
+    mask_add = (
+        f"if (jj < kn) s = vadd(s, jj + {vl}L <= kn ? vload(mrow + kb + jj) : vloadn(mrow + kb + jj, (int)(kn - jj)));"
+        if mask is not None
+        else ""
+    )
     return f"""
 {tables}{kernels}
 
@@ -228,14 +238,22 @@ static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda,
         for (long i = 0; i < rows; ++i) {{  /* online softmax of row i over this key block */
           float* FC_RESTRICT srow = sc + i * {bk}L;
           {mask_row}
-          float bmax = -INFINITY;
-          for (long jj = 0; jj < {bk}L; ++jj) {{
-            float s = jj < kn ? srow[jj] * {a["scale"]!r}f : -INFINITY;
-            {"if (jj < kn) s += mrow[kb + jj];" if mask is not None else ""}
-            {causal_cut}
-            srow[jj] = s;
-            bmax = s > bmax ? s : bmax;
+          /* scale, mask; keys past `last` (the sequence's end, the causal diagonal) are -inf */
+          const long last = {last};
+          vf vmaxv = vset1(-INFINITY);
+          for (long jj = 0; jj < {bk}L; jj += {vl}L) {{
+            vf s = vmul(vload(srow + jj), vset1({a["scale"]!r}f));
+            {mask_add}
+            if (jj + {vl - 1}L > last) {{  /* a boundary vector: lane by lane */
+              float lanes[{vl}];
+              vstore(lanes, s);
+              for (long l = 0; l < {vl}L; ++l) if (jj + l > last) lanes[l] = -INFINITY;
+              s = vload(lanes);
+            }}
+            vstore(srow + jj, s);
+            vmaxv = vmax(vmaxv, s);
           }}
+          const float bmax = vreduce_max(vmaxv);
           const float mnew = mx[i] > bmax ? mx[i] : bmax;
           if (mnew == -INFINITY) {{ memset(srow, 0, sizeof(float) * {bk}); continue; }}  /* every key masked so far */
           const float alpha = sexp(mx[i] - mnew);
