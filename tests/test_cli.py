@@ -35,3 +35,14 @@ def test_bench_forwards_its_options_to_the_harness():
     result = run_cli("bench", "--overhead")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "fusecc (c kernel)" in result.stdout and "overhead vs eager" in result.stdout
+
+
+def test_calibrate_command_writes_a_plan_and_prints_every_head(tmp_path):
+    plan_path = tmp_path / "plan.json"
+    result = run_cli("calibrate", "bert_base", "--size", "tiny", "--samples", "1", "--out", str(plan_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    from fusecc.sparsity.plan import Plan
+
+    plan = Plan.load(plan_path)
+    assert len(plan.layers) == 2 and all(len(heads) == 4 for heads in plan.layers)  # the tiny BERT
+    assert "attention plan for bert_base" in result.stdout and "written to" in result.stdout

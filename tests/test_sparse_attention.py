@@ -193,3 +193,15 @@ def test_the_sparse_kernel_in_other_dialects(dialect):
                          runner=runner)  # fmt: skip
     assert run.stdout.strip() == "ok"
     assert_close(run.outputs[0], masked_reference(q, k, v, heads, 32, True), 1e-5)
+
+
+def test_the_dump_records_each_heads_strategy(tmp_path):
+    heads = [{"kind": "local", "window": 32, "recall": 0.97}, {"kind": "skip"}]
+    q, k, v = (torch.randn(1, 2, 64, 8) for _ in range(3))
+    _run(heads, 16, False, q, k, v, dump_dir=str(tmp_path))
+    summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text())
+    (group,) = [g for g in summary["groups"] if g["kind"] == "attention"]
+    assert group["attrs"]["strategies"] in ("1 local, 1 skip", "1 skip, 1 local")
+    assert group["attrs"]["sparsity"]["heads"][0]["recall"] == 0.97
+    decisions = [d for d in summary["decisions"] if d["pass_name"] == "attention_sparsity"]
+    assert decisions and decisions[0]["accepted"]

@@ -67,6 +67,8 @@ def _jsonable(value: Any) -> Any:
         return value
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
+    if isinstance(value, dict):  # e.g. an attention group's sparsity plan, head by head
+        return {str(k): _jsonable(v) for k, v in value.items()}
     return str(value)
 
 
