@@ -876,8 +876,9 @@ def lower_attention(group: FusedGroup) -> KernelSpec:
             raise NotLowerable(f"a {mval.dtype} attention mask (only additive float32 masks are generated)")
         full = mval.expand(space[0], space[1], space[2], kv.shape[2])  # broadcast dims get stride 0
         attrs.update(mask=b.operand(mask), mask_strides=tuple(full.stride()))
-    if group.attrs.get("sparsity"):
-        attrs["sparse"] = _sparse_table(group.attrs["sparsity"], space, kv.shape[2], options["causal"])
+    sparsity = group.attrs.get("sparsity")
+    if sparsity and any(h["kind"] != "dense" for h in sparsity["heads"]):  # an all-dense layer: the dense kernel
+        attrs["sparse"] = _sparse_table(sparsity, space, kv.shape[2], options["causal"])
     output = Output(out.name, _dtype(out), space, Acc(), strides=tuple(ov.stride()))
     return _finish(b, "attention", space, [output], attrs=attrs)
 

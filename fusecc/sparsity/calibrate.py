@@ -18,8 +18,11 @@ always qualifies):
   the blocks kept (latency, not FLOPs: fixed per-call costs included).
 
 and picks the cheapest whose recall stays at or above the budget (the
-simpler strategy on ties). The plan records each head's recall, kept
-share and predicted time, and is saved as JSON for review and reuse.
+simpler strategy on ties). A layer whose heads together would take longer
+than the dense kernel (measured too) stays dense - exact and faster.
+
+The plan records each head's recall, kept share and predicted time, and
+is saved as JSON for review and reuse.
 """
 
 from __future__ import annotations
@@ -155,10 +158,10 @@ def _recall(keep: np.ndarray, mass: np.ndarray) -> float:
     return float(((mass * keep).sum(1)[live] / total[live]).min())
 
 
-def _measure_block_cost(lq: int, lk: int, heads: int, head_dim: int, block: int, causal: bool) -> tuple[float, float]:
+def _measure_costs(lq: int, lk: int, heads: int, head_dim: int, block: int, causal: bool) -> tuple[float, float, float]:
     """(fixed ms, ms per kept block over all heads' blocks) of the sparse kernel
-    at this layer's shape, from two measured plans: every block and one block
-    per query row (batch 1)."""
+    at this layer's shape - from two measured plans, every block and one block
+    per query row - and the dense kernel's ms (no plan), batch 1."""
     from ..tuner.measure import median_us
 
     q, k, v = (torch.randn(1, heads, n, head_dim) for n in (lq, lk, lk))
@@ -167,18 +170,23 @@ def _measure_block_cost(lq: int, lk: int, heads: int, head_dim: int, block: int,
         def forward(self, q, k, v):
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
-    times, counts = [], []
-    for strategy in ({"kind": "dense"}, {"kind": "local", "window": 0}):
-        plan = {"block": block, "layers": [{"heads": [strategy] * heads}]}
+    def timed(options: dict) -> float:
         torch._dynamo.reset()
-        fn = torch.compile(_SDPA(), backend="fusecc", options={"attention_sparsity": {"plan": plan}})
+        fn = torch.compile(_SDPA(), backend="fusecc", options=options)
         with torch.no_grad():
             fn(q, k, v)
-            times.append(median_us(lambda fn=fn: fn(q, k, v)) / 1e3)
+            return median_us(lambda: fn(q, k, v)) / 1e3
+
+    times, counts = [], []
+    for strategy in ({"kind": "local", "window": lq + lk}, {"kind": "local", "window": 0}):  # all blocks, fewest
+        times.append(
+            timed({"attention_sparsity": {"plan": {"block": block, "layers": [{"heads": [strategy] * heads}]}}})
+        )
         counts.append(int(block_mask(strategy, lq, lk, block, causal).sum()) * heads)
+    dense = timed({})
     torch._dynamo.reset()
     per_block = max(0.0, (times[0] - times[1]) / max(1, counts[0] - counts[1]))
-    return max(0.0, times[1] - per_block * counts[1]), per_block
+    return max(0.0, times[1] - per_block * counts[1]), per_block, dense
 
 
 def calibrate(
@@ -213,14 +221,17 @@ def calibrate(
     if not layers:
         raise ValueError("the model has no attention ops fusecc recognizes (SDPA or matmul-softmax-matmul)")
     plan_layers = []
+    costs: dict[tuple, tuple[float, float, float]] = {}  # layers of one shape are measured once
     for layer_index, layer in enumerate(layers):
         heads = layer.samples[0].shape[0]
-        fixed, per_block = (
-            _measure_block_cost(layer.lq, layer.lk, heads, _head_dim(graphs, layer_index), block, layer.causal)
-            if measure
-            else (0.0, 1.0)
-        )
-        plan_layers.append([_choose(layer, h, block, budget, fixed / heads, per_block) for h in range(heads)])
+        shape = (layer.lq, layer.lk, heads, _head_dim(graphs, layer_index), block, layer.causal)
+        if shape not in costs:
+            costs[shape] = _measure_costs(*shape) if measure else (0.0, 1.0, math.inf)
+        fixed, per_block, dense_ms = costs[shape]
+        chosen = [_choose(layer, h, block, budget, fixed / heads, per_block) for h in range(heads)]
+        if sum(h["predicted_ms"] for h in chosen) >= dense_ms:  # the dense kernel is faster: keep the layer exact
+            chosen = [{"kind": "dense", "recall": 1.0, "kept": 1.0, "predicted_ms": round(dense_ms / heads, 4)}] * heads
+        plan_layers.append(chosen)
     plan = Plan(plan_layers, block, budget)
     if path is not None:
         plan.save(path)
