@@ -71,6 +71,33 @@ def _check(spec: KernelSpec) -> None:
         raise NotImplementedError("attention kernels are float32")
 
 
+def sparse_group(sparse: dict, mr: int) -> int:
+    """Query blocks of the plan per task: about Q_TILES row tiles, as the
+    dense kernel, so a kept key block is packed once for all of them."""
+    return max(1, min(32, mr * Q_TILES // sparse["block"]))
+
+
+def _grouped_table(sparse: dict, heads: int, lq: int, group: int) -> tuple[list, list, list]:
+    """The plan's (head, query block) table regrouped per (head, group of
+    query blocks): CSR offsets, the union of their kept key blocks, and per
+    key block a bit mask of the query blocks that keep it."""
+    qn = math.ceil(lq / sparse["block"])
+    offsets, blocks, bits = [0], [], []
+    src_off, src_blk = sparse["offsets"], sparse["blocks"]
+    for h in range(heads):
+        for g0 in range(0, qn, group):
+            kept: dict[int, int] = {}
+            for i, qbk in enumerate(range(g0, min(qn, g0 + group))):
+                row = h * qn + qbk
+                for kb in src_blk[src_off[row] : src_off[row + 1]]:
+                    kept[kb] = kept.get(kb, 0) | (1 << i)
+            for kb in sorted(kept):
+                blocks.append(kb)
+                bits.append(kept[kb])
+            offsets.append(len(blocks))
+    return offsets, blocks, bits
+
+
 class _Sizes(NamedTuple):
     b: int
     h: int
@@ -93,7 +120,7 @@ def _sizes(spec: KernelSpec, params: dict) -> _Sizes:
     sparse = spec.attrs.get("sparse")
     if sparse and sparse["block"] % bk:
         raise NotImplementedError(f"a key block of {bk} does not tile the plan's blocks of {sparse['block']}")
-    qb = sparse["block"] if sparse else mr * params["q_tiles"]
+    qb = sparse_group(sparse, mr) * sparse["block"] if sparse else mr * params["q_tiles"]
     return _Sizes(b, h, lq, d, spec.attrs["lk"], mr, nv, bk, qb, panels, panels * bk)
 
 
@@ -153,12 +180,31 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     dispatch = "\n".join(f"      case {r}: {name}_u{r}(K, a, lda, bp, tile); break;" for r in range(1, mr + 1))
     causal_skip = f"if (kb > q0 + {qb - 1}L + {causal_shift}L) break;" if a["causal"] else ""
     sparse = a.get("sparse")
-    if sparse:  # only the kept key blocks of this (head, query block), from the plan's table
-        tables = sparse_tables(name, sparse, "static const")
-        key_loop = sparse_key_loop(name, sparse, f"hi * {qblocks}L + q0 / {sparse['block']}L", lk, bk)
+    if sparse:  # only the key blocks some query block of this task keeps, from the plan's table
+        blk, group = sparse["block"], qb // sparse["block"]
+        offsets, blocks, bits = _grouped_table(sparse, h, lq, group)
+        tables = sparse_tables(name, {"offsets": offsets, "blocks": blocks}, "static const")
+        tables += f"static const uint32_t {name}_bits[{max(1, len(bits))}] = {{{','.join(map(str, bits or [0]))}}};\n"
+        key_loop = (
+            f"const long row_group = hi * {qblocks}L + q0 / {qb}L;\n"
+            f"      for (long t = {name}_off[row_group]; t < {name}_off[row_group + 1]; ++t) {{\n"
+            f"      const uint32_t bits = {name}_bits[t];\n"
+            f"      for (long kb = (long){name}_blk[t] * {blk}L; kb < ((long){name}_blk[t] + 1) * {blk}L "
+            f"&& kb < {lk}L; kb += {bk}L) {{"
+        )
+        key_loop_end = "}}"
+        # rows of the query blocks that keep this key block, one block at a time
+        region = (
+            f"for (long gi = 0; gi < {group}L; ++gi) {{\n"
+            f"        if (!((bits >> gi) & 1u)) continue;\n"
+            f"        const long ra = gi * {blk}L;\n"
+            f"        if (ra >= rows) break;\n"
+            f"        const long rb = ra + {blk}L < rows ? ra + {blk}L : rows;"
+        )
         schedule, inverse = "dynamic", "sm[i] > 0.0f ? 1.0f / sm[i] : 0.0f"  # a skipped row outputs zeros
     else:
-        tables, key_loop = "", f"for (long kb = 0; kb < {lk}L; kb += {bk}L) {{"
+        tables, key_loop, key_loop_end = "", f"for (long kb = 0; kb < {lk}L; kb += {bk}L) {{", "}"
+        region = "{ const long ra = 0, rb = rows;"
         schedule, inverse = "static", "1.0f / sm[i]"
     # the last key of block kb row i sees: the sequence's end, and under the causal flag the diagonal
     last = (
@@ -231,11 +277,12 @@ static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda,
             if (w < {bk}L) memset(vpk + (p * {bk}L + j) * {bk}L + w, 0, sizeof(float) * ({bk}L - w));
           }}
         }}
-        for (long r0 = 0; r0 < rows; r0 += {mr}L) {{  /* S = Q K^T, a row tile at a time */
-          const long r = rows - r0 < {mr}L ? rows - r0 : {mr}L;
+        {region}
+        for (long r0 = ra; r0 < rb; r0 += {mr}L) {{  /* S = Q K^T, a row tile at a time */
+          const long r = rb - r0 < {mr}L ? rb - r0 : {mr}L;
           {name}_gemm(r, {d}L, qh + r0 * {qs[2]}L, {qs[2]}L, kt, sc + r0 * {bk}L);  /* rows of BK = NR */
         }}
-        for (long i = 0; i < rows; ++i) {{  /* online softmax of row i over this key block */
+        for (long i = ra; i < rb; ++i) {{  /* online softmax of row i over this key block */
           float* FC_RESTRICT srow = sc + i * {bk}L;
           {mask_row}
           /* scale, mask; keys past `last` (the sequence's end, the causal diagonal) are -inf */
@@ -271,8 +318,8 @@ static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda,
             for (long dd = 0; dd < {dpad}L; dd += {vl}) vstore(acc + i * {dpad}L + dd, vmul(vload(acc + i * {dpad}L + dd), va));
           }}
         }}
-        for (long r0 = 0; r0 < rows; r0 += {mr}L) {{  /* O += P V */
-          const long r = rows - r0 < {mr}L ? rows - r0 : {mr}L;
+        for (long r0 = ra; r0 < rb; r0 += {mr}L) {{  /* O += P V */
+          const long r = rb - r0 < {mr}L ? rb - r0 : {mr}L;
           for (long p = 0; p < {panels}L; ++p) {{
             {name}_gemm(r, {bk}L, sc + r0 * {bk}L, {bk}L, vpk + p * {bk * bk}L, tile);
             for (long i = 0; i < r; ++i)
@@ -282,7 +329,8 @@ static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda,
               }}
           }}
         }}
-      }}
+        }}  /* rows */
+      {key_loop_end}
       for (long i = 0; i < rows; ++i) {{
         const float inv = {inverse};
         float* FC_RESTRICT orow = out + bi * {os_[0]}L + hi * {os_[1]}L + (q0 + i) * {os_[2]}L;
