@@ -18,11 +18,14 @@ is ever stored: the scores of one key block live in a BQ x BK buffer.
 Under the causal flag, key blocks wholly above the diagonal are skipped.
 
 Sparse attention (``attrs["sparse"]``, from an attention sparsity plan):
-a task is one (batch, head, block of query rows) and walks only the key
-blocks its head's strategy keeps, listed per (head, query block) in a
-constant table compiled into the kernel (CSR: offsets, key blocks); a
-row that keeps no key (a skipped head) outputs zeros. Tasks vary in
-work, so they are scheduled dynamically.
+a task is one (batch, head, group of the plan's query blocks - about as
+many rows as a dense task) and walks only the union of the key blocks
+those query blocks keep, from a constant table compiled into the kernel
+(CSR per (head, group): key blocks, and per key block a bit mask of the
+query blocks keeping it). Each kept key block is packed once per group
+and multiplied with the rows of the query blocks that keep it; a row that
+keeps no key (a skipped head) outputs zeros. Tasks vary in work, so they
+are scheduled dynamically.
 """
 
 from __future__ import annotations
