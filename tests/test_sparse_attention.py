@@ -195,7 +195,7 @@ def test_the_sparse_kernel_in_other_dialects(dialect):
     assert_close(run.outputs[0], masked_reference(q, k, v, heads, 32, True), 1e-5)
 
 
-def test_the_dump_records_each_heads_strategy(tmp_path):
+def test_the_dump_records_each_heads_strategy(tmp_path, capsys):
     heads = [{"kind": "local", "window": 32, "recall": 0.97}, {"kind": "skip"}]
     q, k, v = (torch.randn(1, 2, 64, 8) for _ in range(3))
     _run(heads, 16, False, q, k, v, dump_dir=str(tmp_path))
@@ -205,3 +205,8 @@ def test_the_dump_records_each_heads_strategy(tmp_path):
     assert group["attrs"]["sparsity"]["heads"][0]["recall"] == 0.97
     decisions = [d for d in summary["decisions"] if d["pass_name"] == "attention_sparsity"]
     assert decisions and decisions[0]["accepted"]
+    from fusecc.cli import main
+
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path)]) == 0
+    assert "attention (1 local, 1 skip)" in capsys.readouterr().out

@@ -65,9 +65,10 @@ def _graph_section(console: Console, folder: Path, report: GraphReport, show_all
             table.add_column(col)
         shown = report.groups if show_all else report.groups[:30]
         for g in shown:
-            table.add_row(
-                g["name"], g["kind"], " -> ".join(g["members"]), str(len(g["inputs"])), str(len(g["outputs"]))
-            )
+            kind = g["kind"]
+            if g.get("attrs", {}).get("strategies"):  # an attention group under a sparsity plan
+                kind += f" ({g['attrs']['strategies']})"
+            table.add_row(g["name"], kind, " -> ".join(g["members"]), str(len(g["inputs"])), str(len(g["outputs"])))
         console.print(table)
         if len(shown) < len(report.groups):
             console.print(f"... {len(report.groups) - len(shown)} more groups (--all shows them)")
