@@ -63,6 +63,23 @@ def _check_static_shape(name: str, value: object, fake: object) -> None:
         raise ValueError(f"input {name!r} is {value.dtype}; the program was exported for {fake.dtype}")
 
 
+def split_inputs(ep: ExportedProgram) -> tuple[dict[int, torch.Tensor], list]:
+    """An exported program's (already decomposed) inputs: the module state
+    by placeholder index, and the user inputs' placeholders."""
+    state_values: dict[int, torch.Tensor] = {}
+    user_inputs = []
+    placeholders = ep.graph_module.graph.find_nodes(op="placeholder")
+    for i, (spec, node) in enumerate(zip(ep.graph_signature.input_specs, placeholders)):
+        if spec.kind in _STATE_KINDS:
+            # non-persistent buffers and constant tensors live in ep.constants
+            state_values[i] = ep.state_dict.get(spec.target, ep.constants.get(spec.target))
+        elif spec.kind is InputKind.USER_INPUT:
+            user_inputs.append(node)
+        else:
+            raise UnsupportedError(f"exported input {spec.arg.name} of kind {spec.kind.name} is not supported")
+    return state_values, user_inputs
+
+
 def compile_exported(ep: ExportedProgram, options: Options | Mapping[str, Any] | None = None) -> CompiledExport:
     """Compile an inference `torch.export.ExportedProgram` with fusecc."""
     if not isinstance(ep, ExportedProgram):
@@ -78,16 +95,7 @@ def compile_exported(ep: ExportedProgram, options: Options | Mapping[str, Any] |
         )
     gm = ep.graph_module
     placeholders = gm.graph.find_nodes(op="placeholder")
-    state_values: dict[int, torch.Tensor] = {}
-    user_inputs = []
-    for i, (spec, node) in enumerate(zip(sig.input_specs, placeholders)):
-        if spec.kind in _STATE_KINDS:
-            # non-persistent buffers and constant tensors live in ep.constants
-            state_values[i] = ep.state_dict.get(spec.target, ep.constants.get(spec.target))
-        elif spec.kind is InputKind.USER_INPUT:
-            user_inputs.append(node)
-        else:
-            raise UnsupportedError(f"exported input {spec.arg.name} of kind {spec.kind.name} is not supported")
+    state_values, user_inputs = split_inputs(ep)
     names = [spec.target or node.name for spec, node in zip(sig.input_specs, placeholders)]
     if opts.freeze:
         gm = freeze_placeholders(gm, state_values, names)

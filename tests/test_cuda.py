@@ -18,6 +18,7 @@ from conftest import assert_close, recorded_block
 from fusecc.bench.blocks import BasicBlock, Bottleneck, ConvNeXtBlock, InvertedResidual, _randomize_bn
 from fusecc.codegen.cuda import KINDS, emulate, render
 from fusecc.targets.cuda import nvcc_toolchain
+from test_attention import Attention
 from test_dialects import _inputs, groups
 
 needs_nvcc = pytest.mark.skipif(
@@ -113,17 +114,6 @@ def test_cuda_block_kernels_match_eager_under_emulation(block, shape, tmp_path):
     assert_close(emulate.run(spec, source, [args[o.arg_index] for o in spec.operands], str(tmp_path)), ref, 1e-4)
 
 
-class _Attention(nn.Module):
-    def __init__(self, causal):
-        super().__init__()
-        self.causal = causal
-
-    def forward(self, q, k, v, *mask):
-        return torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask[0] if mask else None, is_causal=self.causal
-        )
-
-
 ATTENTION_CASES = [  # (b, h, lq, lk, d, causal, mask shape, plan block)
     (2, 3, 37, 45, 24, False, None, None),  # tiles cut by the lengths
     (1, 2, 70, 70, 16, True, None, None),  # causal: tiles above the diagonal skipped
@@ -154,7 +144,7 @@ def _attention_case(b, h, lq, lk, d, causal, mask, block):
         options["attention_sparsity"] = {"plan": {"block": block, "layers": [{"heads": SPARSE_HEADS[:h]}]}}
     with recorder, torch.no_grad():
         torch._dynamo.reset()
-        torch.compile(_Attention(causal), backend="fusecc", options=options)(*args)
+        torch.compile(Attention(causal), backend="fusecc", options=options)(*args)
     ((group, _),) = [(g, c) for g, c in recorder.items if g.kind == "attention"]
     return lower_group(group), args
 
@@ -175,7 +165,7 @@ def test_cuda_attention_matches_eager_under_emulation(case, tmp_path):
         ref = masked_reference(*args, SPARSE_HEADS[: case[1]], case[-1], case[5])
     else:
         with torch.no_grad():
-            ref = _Attention(case[5])(*args)
+            ref = Attention(case[5])(*args)
     assert_close(out, ref, 1e-5)
 
 

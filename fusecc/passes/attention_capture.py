@@ -36,7 +36,7 @@ import operator
 import torch
 from torch.fx import GraphModule, Node
 
-from ..graph.analysis import same_sizes, tensor_meta
+from ..graph.analysis import positions, same_sizes, tensor_meta
 from ..ops import SDPA_CPU
 from .manager import PassContext
 
@@ -191,7 +191,8 @@ def _rewrite(gm: GraphModule, found: dict, chain: list[Node], out: Node) -> Node
     result.meta["val"] = sdpa.meta["val"][0]
     out.replace_all_uses_with(result)
     graph.erase_node(out)
-    for node in reversed(_topological(graph, chain)):
+    order = positions(graph)
+    for node in sorted(set(chain), key=order.__getitem__, reverse=True):
         for user in list(node.users):
             if user.target in _ASSERTS:
                 graph.erase_node(user)
@@ -200,16 +201,9 @@ def _rewrite(gm: GraphModule, found: dict, chain: list[Node], out: Node) -> Node
     return sdpa
 
 
-def _topological(graph, nodes: list[Node]) -> list[Node]:
-    order = {n: i for i, n in enumerate(graph.nodes)}
-    return sorted(set(nodes), key=order.__getitem__)
-
-
 def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
     captured = 0
-    for softmax in list(gm.graph.find_nodes(op="call_function", target=_SOFTMAX[0])) + list(
-        gm.graph.find_nodes(op="call_function", target=_SOFTMAX[1])
-    ):
+    for softmax in [n for t in _SOFTMAX for n in gm.graph.find_nodes(op="call_function", target=t)]:
         try:
             found, chain, out = _match(softmax)
         except Refused as e:

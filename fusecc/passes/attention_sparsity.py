@@ -13,14 +13,12 @@ target without sparse attention kernels.
 
 from __future__ import annotations
 
-from collections import Counter
-
 from torch.fx import GraphModule
 
 from .. import targets
 from ..errors import OptionError
 from ..graph.fused_group import groups
-from ..sparsity.plan import Plan
+from ..sparsity.plan import Plan, count_kinds
 from .manager import PassContext
 
 NAME = "attention_sparsity"
@@ -54,7 +52,6 @@ def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
                 f"attention op {group.group_name} has {group.attrs['heads']}"
             )
         group.attrs["sparsity"] = {"block": plan.block, "heads": heads}
-        kinds = Counter(h["kind"] for h in heads)
-        group.attrs["strategies"] = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+        group.attrs["strategies"] = count_kinds(heads)
         ctx.decide(NAME, group.group_name, f"layer {i}: {group.attrs['strategies']} (blocks of {plan.block})", True)
     return gm

@@ -49,6 +49,7 @@ class LayerMass:
 
     lq: int
     lk: int
+    head_dim: int
     causal: bool
     samples: list[np.ndarray] = dataclasses.field(default_factory=list)
 
@@ -80,21 +81,15 @@ class LayerMass:
 
 def _attention_graph(model: torch.nn.Module, sample: tuple):
     """The frozen ATen graph with attention as SDPA ops (as the compiler would see it)."""
-    from torch.export.graph_signature import InputKind
-
     from ..capture import export_decompositions, freeze_placeholders
+    from ..export import split_inputs
     from ..options import Options
     from ..passes import attention_capture, constant_fold, cse, dce, remove_noops
     from ..passes.manager import PassContext, PassManager
     from ..report import GraphReport
 
     ep = torch.export.export(model.eval(), tuple(sample)).run_decompositions(export_decompositions())
-    values = {
-        i: ep.state_dict.get(spec.target, ep.constants.get(spec.target))
-        for i, spec in enumerate(ep.graph_signature.input_specs)
-        if spec.kind is not InputKind.USER_INPUT
-    }
-    gm = freeze_placeholders(ep.graph_module, values)
+    gm = freeze_placeholders(ep.graph_module, split_inputs(ep)[0])
     ctx = PassContext(Options.resolve({}, environ={}), True, GraphReport("calibrate", "inference"))
     return PassManager([constant_fold, remove_noops, cse, dce, attention_capture]).run(gm, ctx)
 
@@ -112,7 +107,7 @@ class _Recorder(Interpreter):
             mask = self.env[options["mask"]] if options["mask"] is not None else None
             scale = options["scale"] or 1.0 / math.sqrt(q.shape[-1])
             if self.index == len(self.layers):
-                self.layers.append(LayerMass(q.shape[2], k.shape[2], options["causal"]))
+                self.layers.append(LayerMass(q.shape[2], k.shape[2], q.shape[3], options["causal"]))
             self.layers[self.index].add(q, k, mask, scale, options["causal"], self.block)
             self.index += 1
         return out
@@ -222,9 +217,9 @@ def calibrate(
         raise ValueError("the model has no attention ops fusecc recognizes (SDPA or matmul-softmax-matmul)")
     plan_layers = []
     costs: dict[tuple, tuple[float, float, float]] = {}  # layers of one shape are measured once
-    for layer_index, layer in enumerate(layers):
+    for layer in layers:
         heads = layer.samples[0].shape[0]
-        shape = (layer.lq, layer.lk, heads, _head_dim(graphs, layer_index), block, layer.causal)
+        shape = (layer.lq, layer.lk, heads, layer.head_dim, block, layer.causal)
         if shape not in costs:
             costs[shape] = _measure_costs(*shape) if measure else (0.0, 1.0, math.inf)
         fixed, per_block, dense_ms = costs[shape]
@@ -236,12 +231,6 @@ def calibrate(
     if path is not None:
         plan.save(path)
     return plan
-
-
-def _head_dim(graphs: dict, layer_index: int) -> int:
-    gm = next(iter(graphs.values()))
-    node = list(gm.graph.find_nodes(op="call_function", target=SDPA_CPU))[layer_index]
-    return int(node.args[0].meta["val"].shape[-1])
 
 
 def _choose(layer: LayerMass, head: int, block: int, budget: float, fixed_ms: float, block_ms: float) -> dict:

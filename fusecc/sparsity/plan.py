@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from pathlib import Path
 
 from ..errors import OptionError
@@ -86,7 +87,10 @@ class Plan:
         return cls.from_json(data, str(path))
 
     def summary(self) -> str:
-        from collections import Counter
+        return count_kinds(h for heads in self.layers for h in heads)
 
-        kinds = Counter(h["kind"] for heads in self.layers for h in heads)
-        return ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+
+def count_kinds(strategies) -> str:
+    """'8 local, 4 dense': how many strategies of each kind, most common first."""
+    kinds = Counter(h["kind"] for h in strategies)
+    return ", ".join(f"{n} {k}" for k, n in kinds.most_common())

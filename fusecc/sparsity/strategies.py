@@ -57,9 +57,11 @@ def block_mask(strategy: dict, lq: int, lk: int, block: int, causal: bool) -> np
     qn, kn = math.ceil(lq / block), math.ceil(lk / block)
     qb = np.arange(qn)[:, None]
     kb = np.arange(kn)[None, :]
-    shift = 0  # query i and key i coincide (ATen's causal mask is aligned so, top-left)
     # token ranges of each block pair, in key coordinates
-    q_lo, q_hi = qb * block + shift, np.minimum((qb + 1) * block, lq) - 1 + shift
+    q_lo, q_hi = (
+        qb * block,
+        np.minimum((qb + 1) * block, lq) - 1,
+    )  # query i and key i coincide (top-left, as ATen's causal mask)
     k_lo, k_hi = kb * block, np.minimum((kb + 1) * block, lk) - 1
     diagonal = (k_lo <= q_hi) & (k_hi >= q_lo)
     kind = strategy["kind"]

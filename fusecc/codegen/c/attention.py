@@ -137,23 +137,12 @@ def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
 
 
 def sparse_tables(name: str, sparse: dict, qualifier: str) -> str:
-    """The plan's table as two C arrays: ``NAME_off`` (CSR offsets per
-    (head, query block)) and ``NAME_blk`` (kept key blocks)."""
+    """A table of kept key blocks as two C arrays: ``NAME_off`` (CSR offsets,
+    one row per (head, query block) or per (head, group)) and ``NAME_blk``."""
     offsets, blocks = sparse["offsets"], sparse["blocks"] or (0,)
     return (
         f"{qualifier} int32_t {name}_off[{len(offsets)}] = {{{','.join(map(str, offsets))}}};\n"
         f"{qualifier} int32_t {name}_blk[{len(blocks)}] = {{{','.join(map(str, blocks))}}};\n"
-    )
-
-
-def sparse_key_loop(name: str, sparse: dict, row_block: str, lk: int, step: int) -> str:
-    """Loop header over the keys of the kept blocks of ``row_block``, ``step`` at a time (``kb``: the first key)."""
-    blk = sparse["block"]
-    return (
-        f"const long row_block = {row_block};\n"
-        f"  for (long t = {name}_off[row_block]; t < {name}_off[row_block + 1]; ++t)\n"
-        f"  for (long kb = (long){name}_blk[t] * {blk}L; kb < ((long){name}_blk[t] + 1) * {blk}L "
-        f"&& kb < {lk}L; kb += {step}L) {{"
     )
 
 
@@ -166,7 +155,6 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     os_ = spec.outputs[0].strides or (h * lq * d, lq * d, d, 1)
     qblocks = math.ceil(lq / qb)
     per_thread = 4 * _per_thread_floats(z) + 128
-    causal_shift = 0  # ATen aligns the causal mask top-left: query row i sees keys j <= i, even when Lq != Lk
     out_i = len(spec.operands)
     mask = a.get("mask")
     ms = a.get("mask_strides")
@@ -181,7 +169,8 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
         microkernel(f"{name}_u{r}", r, nv, vl, "lda", "1", max(d, bk), inline=False) for r in range(1, mr + 1)
     )
     dispatch = "\n".join(f"      case {r}: {name}_u{r}(K, a, lda, bp, tile); break;" for r in range(1, mr + 1))
-    causal_skip = f"if (kb > q0 + {qb - 1}L + {causal_shift}L) break;" if a["causal"] else ""
+    # ATen aligns the causal mask top-left: query row i sees keys j <= i, even when Lq != Lk
+    causal_skip = f"if (kb > q0 + {qb - 1}L) break;" if a["causal"] else ""
     sparse = a.get("sparse")
     if sparse:  # only the key blocks some query block of this task keeps, from the plan's table
         blk, group = sparse["block"], qb // sparse["block"]
@@ -210,11 +199,7 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
         region = "{ const long ra = 0, rb = rows;"
         schedule, inverse = "static", "1.0f / sm[i]"
     # the last key of block kb row i sees: the sequence's end, and under the causal flag the diagonal
-    last = (
-        f"(kn - 1 < q0 + i + {causal_shift}L - kb ? kn - 1 : q0 + i + {causal_shift}L - kb)"
-        if a["causal"]
-        else "kn - 1"
-    )
+    last = "(kn - 1 < q0 + i - kb ? kn - 1 : q0 + i - kb)" if a["causal"] else "kn - 1"
     mask_add = (
         f"if (jj < kn) s = vadd(s, jj + {vl}L <= kn ? vload(mrow + kb + jj) : vloadn(mrow + kb + jj, (int)(kn - jj)));"
         if mask is not None

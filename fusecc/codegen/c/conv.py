@@ -127,7 +127,6 @@ def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
         params["kc"] = 256
     if algo == "nhwc_winograd":
         params["m"] = conv_winograd.default_m(geo)
-        mr = min(6, mr)
     return {**params, "tile": (mr, nv)}
 
 

@@ -69,7 +69,7 @@ def preferred(geo: dict) -> bool:
     direct / Winograd ms): 64 @56 0.49 / 0.19, 128 @28 0.51 / 0.19, 256 @14
     0.47 / 0.30, 512 @7 0.53 / 0.53 at batch 1 and 3.75 / 2.66 at batch 8."""
     pixels = geo["n"] * geo["oh"] * geo["ow"]
-    return geo["cin"] >= 16 and geo["cout"] >= 16 and 8 * pixels >= max(geo["cin"], geo["cout"]) * 2
+    return geo["cin"] >= 16 and geo["cout"] >= 16 and 4 * pixels >= max(geo["cin"], geo["cout"])
 
 
 def _sizes(geo: dict, params: dict) -> dict:

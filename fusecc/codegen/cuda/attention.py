@@ -22,11 +22,22 @@ from __future__ import annotations
 import math
 
 from ...kernels.spec import KernelSpec
-from ..c.attention import sparse_key_loop, sparse_tables
+from ..c.attention import sparse_tables
 from .common import PRELUDE, CudaSource, parameters
 
 BQ_DENSE = 64  # query rows per thread block without a plan
 BK = 16  # keys per shared-memory tile: divides every plan block size
+
+
+def _sparse_key_loop(name: str, sparse: dict, row_block: str, lk: int, step: int) -> str:
+    """Loop header over the keys of the kept blocks of ``row_block``, ``step`` at a time (``kb``: the first key)."""
+    blk = sparse["block"]
+    return (
+        f"const long row_block = {row_block};\n"
+        f"  for (long t = {name}_off[row_block]; t < {name}_off[row_block + 1]; ++t)\n"
+        f"  for (long kb = (long){name}_blk[t] * {blk}L; kb < ((long){name}_blk[t] + 1) * {blk}L "
+        f"&& kb < {lk}L; kb += {step}L) {{"
+    )
 
 
 def render(spec: KernelSpec, name: str) -> CudaSource:
@@ -40,18 +51,18 @@ def render(spec: KernelSpec, name: str) -> CudaSource:
     sparse = a.get("sparse")
     bq = sparse["block"] if sparse else BQ_DENSE
     qblocks = math.ceil(lq / bq)
-    shift = 0  # ATen aligns the causal mask top-left: query row i sees keys j <= i, even when Lq != Lk
     mask = a.get("mask")
     if mask is not None:
         ms = a["mask_strides"]
         mask_add = f"s += in{mask}[bi * {ms[0]}L + hi * {ms[1]}L + row * {ms[2]}L + key * {ms[3]}L];"
     else:
         mask_add = ""
-    causal_skip = f"if (kb > q0 + {bq - 1}L + {shift}L) break;" if a["causal"] else ""
-    causal_cut = f"if (key > row + {shift}L) s = -INFINITY;" if a["causal"] else ""
+    # ATen aligns the causal mask top-left: query row i sees keys j <= i, even when Lq != Lk
+    causal_skip = f"if (kb > q0 + {bq - 1}L) break;" if a["causal"] else ""
+    causal_cut = "if (key > row) s = -INFINITY;" if a["causal"] else ""
     if sparse:
         tables = sparse_tables(name, sparse, "__constant__")
-        key_loop = sparse_key_loop(name, sparse, f"hi * {qblocks}L + blockIdx.x", lk, BK)
+        key_loop = _sparse_key_loop(name, sparse, f"hi * {qblocks}L + blockIdx.x", lk, BK)
         inverse = "l > 0.0f ? 1.0f / l : 0.0f"  # a row that keeps no key outputs zeros
     else:
         tables, key_loop, inverse = "", f"for (long kb = 0; kb < {lk}L; kb += {BK}L) {{", "1.0f / l"
