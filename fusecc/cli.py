@@ -86,7 +86,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     console = Console()
     quality = None
     if args.model == "minilm":  # real weights and real text
-        result = minilm.quality(args.budget, args.block, args.out)
+        result = minilm.quality(args.budget, args.block, args.out, skip=args.skip)
         plan, quality = result["plan"], result["cosine"]
     else:
         from .bench import zoo
@@ -95,15 +95,16 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         model = entry.model(args.size)
         samples = [(entry.example_input(args.size, 1),) for _ in range(args.samples)]
         with torch.no_grad():
-            plan = calibrate(model, samples, budget=args.budget, block=args.block, path=args.out)
+            plan = calibrate(model, samples, budget=args.budget, block=args.block, path=args.out, skip=args.skip)
     table = Table(title=f"attention plan for {args.model} (budget {args.budget}, blocks of {args.block})")
     for column in ("layer", "head", "strategy", "sizes", "recall", "kept", "predicted ms"):
         table.add_column(column, justify="left" if column in ("strategy", "sizes") else "right")
     for i, heads in enumerate(plan.layers):
         for j, h in enumerate(heads):
             sizes = {k: (v if k not in ("blocks", "columns") else f"{len(v)} listed") for k, v in h.items()
-                     if k not in ("kind", "recall", "kept", "predicted_ms")}  # fmt: skip
-            table.add_row(str(i), str(j), h["kind"], str(sizes), f"{h['recall']:.3f}", f"{100 * h['kept']:.0f}%",
+                     if k not in ("kind", "recall", "kept", "predicted_ms", "output_error")}  # fmt: skip
+            recall = f"output error {h['output_error']:.4f}" if h["kind"] == "skip" else f"{h['recall']:.3f}"
+            table.add_row(str(i), str(j), h["kind"], str(sizes) if sizes else "", recall, f"{100 * h['kept']:.0f}%",
                           f"{h['predicted_ms']:.3f}")  # fmt: skip
     console.print(table)
     console.print(f"plan: {plan.summary()}" + (f"; written to {args.out}" if args.out else ""))
@@ -156,9 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", choices=["minilm", *transformers], help="minilm: pretrained MiniLM-L6 on real text")
     p.add_argument("--size", choices=["full", "tiny"], default="tiny")
     p.add_argument("--samples", type=int, default=2, help="sample inputs (zoo models: random tokens or images)")
-    p.add_argument("--budget", type=float, default=0.95, help="attention mass every head keeps")
+    p.add_argument("--budget", type=float, default=0.95,
+                   help="attention mass every head keeps; 1 - budget: the output error skipped heads may cause")  # fmt: skip
     p.add_argument("--block", type=int, default=16, help="block size of the plan (16, 32, 64, 128)")
     p.add_argument("--out", default=None, help="write the plan (JSON) here")
+    p.add_argument("--no-skip", dest="skip", action="store_false",
+                   help="never skip heads (skipping zeroes each head in turn to measure what it contributes)")  # fmt: skip
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("bench", help="benchmark the model zoo against eager, inductor and ONNX Runtime", add_help=False)

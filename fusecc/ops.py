@@ -228,6 +228,35 @@ def is_layout(node: object) -> bool:
 SDPA_CPU = aten._scaled_dot_product_flash_attention_for_cpu.default
 
 
+def kv_repeat(node: object) -> tuple[Node, list[Node], int] | None:
+    """GQA's ``repeat_kv`` in front of an attention op's K or V: ``node`` =
+    view(clone(expand(unsqueeze(S, 2), [B, Hkv, rep, L, D])), [B, H, L, D])
+    (the clone optional), each step read once. Returns (S, the steps in
+    graph order, rep), or None."""
+
+    def step(cur, targets, optional=False):
+        if isinstance(cur, Node) and cur.target in targets and len(cur.users) == 1:
+            chain.append(cur)
+            return cur.args[0]
+        return cur if optional else None
+
+    chain: list[Node] = []
+    cur = step(node, (aten.view.default, aten._unsafe_view.default, aten.reshape.default))
+    cur = step(cur, (aten.clone.default,), optional=True)
+    cur = step(cur, (aten.expand.default,))
+    expanded = chain[-1] if cur is not None else None
+    cur = step(cur, (aten.unsqueeze.default,))
+    if cur is None or chain[-1].args[1] != 2:
+        return None
+    src, out, wide = cur.meta.get("val"), node.meta.get("val"), expanded.meta.get("val")
+    if not all(isinstance(t, torch.Tensor) for t in (src, out, wide)) or wide.dim() != 5:
+        return None
+    b, hkv, rep, length, d = wide.shape
+    if tuple(src.shape) != (b, hkv, length, d) or tuple(out.shape) != (b, hkv * rep, length, d):
+        return None
+    return cur, chain[::-1], int(rep)
+
+
 def sdpa_options(node: Node) -> dict:
     """An `SDPA_CPU` call's options by name: ``dropout``, ``causal``,
     ``mask`` (a node or None) and ``scale`` (None: 1/sqrt(head size))."""

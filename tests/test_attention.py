@@ -24,6 +24,21 @@ class Attention(torch.nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal)
 
 
+class GroupedQueryAttention(torch.nn.Module):
+    """Llama's ``repeat_kv`` in front of SDPA: ``rep`` query heads share each
+    key/value head; the values come in as [B, L, Hkv, D] (a transposed view)."""
+
+    def __init__(self, rep: int, causal: bool = False):
+        super().__init__()
+        self.rep, self.causal = rep, causal
+
+    def forward(self, q, k, v):
+        v = v.transpose(1, 2)
+        b, hkv, lk, d = k.shape
+        k, v = (t[:, :, None].expand(b, hkv, self.rep, lk, d).reshape(b, hkv * self.rep, lk, d) for t in (k, v))
+        return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+
+
 def _qkv(b, h, lq, lk, d):
     torch.manual_seed(0)
     return torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, d)
@@ -50,16 +65,35 @@ def test_attention_is_one_kernel_and_matches_eager(b, h, lq, lk, d, causal, mask
     assert [k["kind"] for r in reports for k in r.kernels] == ["attention"]
 
 
+@pytest.mark.parametrize("rep, causal", [(2, False), (3, True), (4, False)])
+def test_gqa_reads_the_shared_key_heads(rep, causal):
+    """The repeat of K and V joins the attention group: its kernel reads each
+    key head for its ``rep`` query heads - no repeated copy is made."""
+    torch.manual_seed(0)
+    b, hkv, lq, lk, d = 2, 2, 45, 61, 16
+    q, k, v = torch.randn(b, hkv * rep, lq, d), torch.randn(b, hkv, lk, d), torch.randn(b, lk, hkv, d)
+    with collect_reports() as reports:
+        check_against_eager(GroupedQueryAttention(rep, causal), q, k, v, target="c")
+    assert [k["kind"] for r in reports for k in r.kernels] == ["attention"]
+    ((group,),) = [[g for g in r.groups if g["kind"] == "attention"] for r in reports]
+    assert (group["attrs"]["heads"], group["attrs"]["kv_heads"]) == (hkv * rep, hkv)
+    assert not [f for r in reports for f in r.fallbacks]
+
+
+def recorded_attention(model, *args):
+    """(the attention group's spec, its constants, eager's output) of ``model`` compiled on ``args``."""
+    with GroupRecorder() as recorder, torch.no_grad():
+        torch._dynamo.reset()
+        torch.compile(model, backend="fusecc", options={"target": recorder.name})(*args)
+        ref = model(*args)
+    ((group, constants),) = [(g, c) for g, c in recorder.items if g.kind == "attention"]
+    return lower_group(group), constants, ref
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_every_q_block_size_matches_eager_on_any_thread_count(causal, tmp_path):
     q, k, v = _qkv(2, 3, 75, 75, 32)
-    model = Attention(causal)
-    with GroupRecorder() as recorder, torch.no_grad():
-        torch._dynamo.reset()
-        torch.compile(model, backend="fusecc", options={"target": recorder.name})(q, k, v)
-        ref = model(q, k, v)
-    ((group, constants),) = [(g, c) for g, c in recorder.items if g.kind == "attention"]
-    spec = lower_group(group)
+    spec, constants, ref = recorded_attention(Attention(causal), q, k, v)
     target = HostCTarget(cache_dir=str(tmp_path))
     for q_tiles in c_codegen.tunables(spec, target.dialect)["q_tiles"]:
         params = {**c_codegen.default_params(spec, target.dialect), "q_tiles": q_tiles}

@@ -75,3 +75,19 @@ def test_sparse_attention_bench_agrees_with_flex_attention(tmp_path):
     peers = result["peers"]
     assert peers["fusecc"]["rel_error"] < 1e-5 and peers["sdpa"]["rel_error"] > 1e-2  # exact vs flex, not dense
     assert 0 < result["kept"] < 1 and all(peers[p]["median_ms"] > 0 for p in peers)
+
+
+def test_head_pruning_bench_matches_the_zeroed_heads(tmp_path):
+    """`fusecc bench --head-pruning`: pruned and unpruned fusecc both compute
+    eager with the skipped heads' output-projection columns zeroed."""
+    import json
+
+    out = tmp_path / "pruning.json"
+    argv = ["--head-pruning", "--models", "gpt2", "--size", "tiny", "--tokens", "32", "--skip", "2",
+            "--budget", "0.2", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    peers = result["peers"]
+    assert peers["fusecc"]["rel_error"] < 1e-4 and peers["fusecc_zeros"]["rel_error"] < 1e-4
+    assert peers["fusecc_dense"]["rel_error"] > 1e-3  # the plan changed something
+    assert all(peers[p]["median_ms"] > 0 for p in peers)

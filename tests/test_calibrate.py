@@ -104,4 +104,6 @@ def test_minilm_keeps_sentence_embeddings_at_the_default_budget():
     assert min(result["cosine"]) >= 0.99, result["cosine"]
     assert result["kept"] < 0.95  # something was actually skipped
     assert len(result["plan"].layers) == 6 and all(len(heads) == 12 for heads in result["plan"].layers)
-    assert all(h["recall"] >= 0.95 for heads in result["plan"].layers for h in heads)
+    heads = [h for layer in result["plan"].layers for h in layer]
+    assert all(h["recall"] >= 0.95 for h in heads if h["kind"] != "skip")
+    assert all(h["output_error"] <= 0.05 for h in heads if h["kind"] == "skip")  # the model does without them

@@ -169,6 +169,18 @@ def test_cuda_attention_matches_eager_under_emulation(case, tmp_path):
     assert_close(out, ref, 1e-5)
 
 
+def test_cuda_attention_reads_shared_gqa_heads_under_emulation(tmp_path):
+    """GQA: each key head serves 3 query heads, read past the group's repeat."""
+    from test_attention import GroupedQueryAttention, recorded_attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 6, 40, 16), torch.randn(1, 2, 40, 16), torch.randn(1, 40, 2, 16)
+    spec, _, ref = recorded_attention(GroupedQueryAttention(3, causal=True), q, k, v)
+    assert spec.attrs["kv_repeat"] == 3
+    out = emulate.run(spec, render(spec), [q, k, v.transpose(1, 2)], str(tmp_path))  # v as the group reads it
+    assert_close(out, ref, 1e-5)
+
+
 def test_emulator_reports_a_barrier_only_some_threads_reach(tmp_path):
     """A kernel whose threads disagree about __syncthreads would hang a GPU;
     the emulator says so instead of returning numbers."""

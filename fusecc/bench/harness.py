@@ -57,6 +57,38 @@ def _rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
+def time_peers(
+    label: str, builders: dict[str, Callable], inputs: tuple, peers: list[str], budget_s: float, console: Console,
+    reference: str | None = None,
+) -> dict:  # fmt: skip
+    """Build each peer (``builders[peer]()`` -> a callable on ``inputs``),
+    time them interleaved, and give each its error against ``reference``'s
+    output: ``{"model": label, "batch": 1, "peers": {peer: {...}}}``."""
+    import functools
+
+    result = {"model": label, "batch": 1, "peers": {}}
+    runners, outputs = {}, {}
+    for peer in peers:
+        console.print(f"  [{label}] building {peer} ...", end="")
+        began = time.perf_counter()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            fn = builders[peer]()
+            outputs[peer] = fn(*inputs)
+        runners[peer] = functools.partial(fn, *inputs)
+        result["peers"][peer] = {"compile_s": time.perf_counter() - began}
+        console.print(f" {result['peers'][peer]['compile_s']:.1f}s")
+    if reference in outputs:
+        for peer, out in outputs.items():
+            result["peers"][peer]["rel_error"] = _rel_error(out, outputs[reference])
+    with torch.no_grad():
+        stats = interleaved(runners, budget_s=budget_s)
+    for peer, st in stats.items():
+        result["peers"][peer].update(vars(st))
+    torch._dynamo.reset()
+    return result
+
+
 def bench_one(
     name: str,
     batch: int,
@@ -249,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         from .sparse_attention import main as sparse_main
 
         return sparse_main(argv)
+    if "--head-pruning" in argv:
+        from .head_pruning import main as pruning_main
+
+        return pruning_main(argv)
     if "--overhead" in argv:
         from .overhead import main as overhead_main
 
@@ -260,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention", action="store_true", help="scaled dot-product attention alone, 128-4096 tokens")
     parser.add_argument(
         "--sparse-attention", action="store_true", help="attention under a sparsity plan vs SDPA and FlexAttention"
+    )
+    parser.add_argument(
+        "--head-pruning", action="store_true", help="a plan's skipped heads removed with their projections vs kept"
     )
     parser.add_argument("--models", nargs="+", default=list(zoo.ZOO), choices=list(zoo.ZOO))
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])

@@ -21,9 +21,6 @@ the kept blocks, so they must agree to rounding.
 from __future__ import annotations
 
 import argparse
-import functools
-import time
-import warnings
 
 import numpy as np
 import torch
@@ -31,8 +28,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from ..sparsity.strategies import block_mask
-from .harness import _rel_error, report, start
-from .timing import interleaved
+from .harness import report, start, time_peers
 
 HEADS, HEAD_DIM, BLOCK = 12, 64, 64
 LENGTHS = (1024, 4096, 8192, 16384)
@@ -96,26 +92,9 @@ def bench_length(tokens: int, peers: list[str], budget_s: float, console: Consol
         "fusecc": lambda: _compiled({"attention_sparsity": {"plan": plan}}),
     }
     name = f"sparse attention L={tokens} ({100 * masks.mean():.0f}% blocks)"
-    result = {"model": name, "batch": 1, "kept": float(masks.mean()), "peers": {}}
-    runners, outputs = {}, {}
-    for peer in peers:
-        console.print(f"  [{name}] building {peer} ...", end="")
-        start = time.perf_counter()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            fn = builders[peer]()
-            outputs[peer] = fn(q, k, v)
-        runners[peer] = functools.partial(fn, q, k, v)
-        result["peers"][peer] = {"compile_s": time.perf_counter() - start}
-        console.print(f" {result['peers'][peer]['compile_s']:.1f}s")
-    exact = outputs.get("flex", outputs.get("sdpa"))
-    for peer, out in outputs.items():
-        result["peers"][peer]["rel_error"] = _rel_error(out, exact)
-    with torch.no_grad():
-        stats = interleaved(runners, budget_s=budget_s)
-    for peer, s in stats.items():
-        result["peers"][peer].update(vars(s))
-    torch._dynamo.reset()
+    reference = "flex" if "flex" in peers else "sdpa"
+    result = time_peers(name, builders, (q, k, v), peers, budget_s, console, reference)
+    result["kept"] = float(masks.mean())
     return result
 
 

@@ -22,7 +22,7 @@ import torch
 from torch.fx import Node
 
 from ..graph.fused_group import FusedGroup
-from ..ops import GENERATED_POOLS, RESHAPE_OPS, SDPA_CPU, OpCategory, category, is_layout, sdpa_options
+from ..ops import GENERATED_POOLS, RESHAPE_OPS, SDPA_CPU, OpCategory, category, is_layout, kv_repeat, sdpa_options
 from .expr import Acc, Const, Expr, Load, Stat, op
 from .spec import Access, KernelSpec, Operand, Output
 
@@ -842,8 +842,9 @@ def lower_pool(group: FusedGroup) -> KernelSpec:
 
 def lower_attention(group: FusedGroup) -> KernelSpec:
     """Scaled dot-product attention (ATen's CPU flash-attention op):
-    ``space = (B, H, Lq, D)``; operands q [B, H, Lq, D], k and v [B, H, Lk,
-    D] and an optional additive float mask broadcast to [B, H, Lq, Lk];
+    ``space = (B, H, Lq, D)``; operands q [B, H, Lq, D], k and v [B, H / rep,
+    Lk, D] (``kv_repeat`` = rep: GQA's shared heads, read past the group's
+    repeat) and an optional additive float mask broadcast to [B, H, Lq, Lk];
     attrs: the scale, the causal flag and every operand's strides. The
     output is the attention result (the log-sum-exp is not computed:
     partition groups the op only when nobody reads it)."""
@@ -852,6 +853,9 @@ def lower_attention(group: FusedGroup) -> KernelSpec:
         raise NotLowerable(f"attention group with {len(anchors)} attention ops")
     a = anchors[0]
     q, k, v = a.args[:3]
+    (k, k_rep), (v, v_rep) = _kv_source(k), _kv_source(v)
+    if k_rep != v_rep:
+        raise NotLowerable(f"keys repeated {k_rep} times, values {v_rep}")
     options = sdpa_options(a)
     mask = options["mask"]
     (out,) = _group_outputs(group)
@@ -862,14 +866,20 @@ def lower_attention(group: FusedGroup) -> KernelSpec:
     qv, kv, vv, ov = _val(q), _val(k), _val(v), _val(out)
     if any(t.dtype is not torch.float32 for t in (qv, kv, vv)) or qv.dim() != 4:
         raise NotLowerable("attention kernels are 4-d float32")
-    if tuple(kv.shape) != tuple(vv.shape) or kv.shape[:2] != qv.shape[:2] or kv.shape[3] != qv.shape[3]:
-        raise NotLowerable("q, k and v must agree on batch, heads and head size")
+    if (
+        tuple(kv.shape) != tuple(vv.shape)
+        or kv.shape[0] != qv.shape[0]
+        or kv.shape[1] * k_rep != qv.shape[1]
+        or kv.shape[3] != qv.shape[3]
+    ):
+        raise NotLowerable("q, k and v must agree on batch, heads (k and v: heads / GQA repeat) and head size")
     space = tuple(qv.shape)
     b = _Builder(group, space)
     idx = {"q": b.operand(q), "k": b.operand(k), "v": b.operand(v)}
     attrs = {"q": idx["q"], "k": idx["k"], "v": idx["v"], "lk": kv.shape[2], "causal": options["causal"],
              "scale": float(options["scale"] or 1.0 / math.sqrt(qv.shape[3])),
-             "q_strides": tuple(qv.stride()), "k_strides": tuple(kv.stride()), "v_strides": tuple(vv.stride())}  # fmt: skip
+             "q_strides": tuple(qv.stride()), "k_strides": tuple(kv.stride()), "v_strides": tuple(vv.stride()),
+             "kv_repeat": k_rep}  # fmt: skip
     if mask is not None:
         mval = _val(mask)
         if mval.dtype is not torch.float32:
@@ -881,6 +891,13 @@ def lower_attention(group: FusedGroup) -> KernelSpec:
         attrs["sparse"] = _sparse_table(sparsity, space, kv.shape[2], options["causal"])
     output = Output(out.name, _dtype(out), space, Acc(), strides=tuple(ov.stride()))
     return _finish(b, "attention", space, [output], attrs=attrs)
+
+
+def _kv_source(node: Node) -> tuple[Node, int]:
+    """K or V as the kernel reads it: under GQA the shared heads in front of
+    the group's ``repeat_kv`` (query head h reads key head h // rep)."""
+    repeat = kv_repeat(node)
+    return (repeat[0], repeat[2]) if repeat else (node, 1)
 
 
 def _sparse_table(sparsity: dict, space: tuple, lk: int, causal: bool) -> dict:

@@ -4,7 +4,7 @@ Runs only when asked (``options={"attention_sparsity": {"plan": ...}}``;
 without it attention stays exact). Matches: the graph's ``attention``
 groups in order, one plan layer each (`fusecc.calibrate` numbered them
 the same way). Produces: ``sparsity`` on each group - the plan's block
-size and one strategy per head - which the lowering turns into the
+size and one strategy per head (of the heads `head_pruning` kept) - which the lowering turns into the
 kernel's table of kept key blocks; the dump shows the strategies. Refuses
 with an error (a plan silently ignored would misreport accuracy and
 speed): a plan whose layer or head count does not match the graph, or a
@@ -46,11 +46,13 @@ def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
             f"this graph has {len(attention)} attention ops"
         )
     for i, (group, heads) in enumerate(zip(attention, plan.layers)):
-        if len(heads) != group.attrs["heads"]:
+        if len(heads) != group.attrs.get("pruned_from", group.attrs["heads"]):
             raise OptionError(
                 f"option 'attention_sparsity': plan layer {i} has {len(heads)} heads, "
                 f"attention op {group.group_name} has {group.attrs['heads']}"
             )
+        if "kept_heads" in group.attrs:  # head_pruning removed the skipped ones
+            heads = [heads[h] for h in group.attrs["kept_heads"]]
         group.attrs["sparsity"] = {"block": plan.block, "heads": heads}
         group.attrs["strategies"] = count_kinds(heads)
         ctx.decide(NAME, group.group_name, f"layer {i}: {group.attrs['strategies']} (blocks of {plan.block})", True)

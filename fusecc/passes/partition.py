@@ -5,7 +5,8 @@ and ATen calls (views, data movement, unknown ops).
 Matches: GEMMs, convolutions, reductions, pointwise ops, 2-d max/average
 pools (a max pool only if its indices are unused) and float32 scaled
 dot-product attention (ATen's CPU flash attention, no dropout, its
-log-sum-exp unread) outside groups whose results are
+log-sum-exp unread; with GQA's repeat of K and V, which its kernel then
+does not need) outside groups whose results are
 float32/bfloat16/float16. Produces: a FusedGroup of kind ``gemm`` /
 ``conv`` / ``reduction`` / ``pointwise`` / ``pool`` / ``attention`` around each
 (attrs ``single``). Integer and boolean ops (masks, indices) stay ATen calls.
@@ -20,7 +21,7 @@ import torch
 from torch.fx import GraphModule
 
 from ..graph.fused_group import fuse_nodes
-from ..ops import GENERATED_POOLS, RESHAPE_OPS, SDPA_CPU, OpCategory, node_category, op_name, sdpa_options
+from ..ops import GENERATED_POOLS, SDPA_CPU, OpCategory, kv_repeat, node_category, op_name, sdpa_options
 from .manager import PassContext
 
 NAME = "partition"
@@ -61,20 +62,21 @@ def _attention(node) -> bool:
     return all(u.target is operator.getitem and (u.args[1] == 0 or not u.users) for u in node.users)
 
 
-_SHAPE_ONLY = RESHAPE_OPS | {torch.ops.aten.clone.default}  # what repeat_kv's result goes through
-
-
 def _kv_heads(k) -> int:
-    """The key heads before a repeat (GQA: Llama's ``repeat_kv`` expands
-    [B, Hkv, 1, L, D] to [B, Hkv, rep, L, D] and reshapes to [B, H, L, D])."""
-    node = k
-    while getattr(node, "op", None) == "call_function" and node.target in _SHAPE_ONLY:
-        node = node.args[0]
-    if getattr(node, "target", None) is torch.ops.aten.expand.default:
-        src = node.args[0].meta.get("val")
-        if isinstance(src, torch.Tensor) and src.dim() == 5 and src.shape[2] == 1:
-            return int(src.shape[1])
-    return int(k.meta["val"].shape[1])
+    """The key heads before GQA's repeat (Llama's ``repeat_kv``)."""
+    repeat = kv_repeat(k)
+    return int(k.meta["val"].shape[1]) // (repeat[2] if repeat else 1)
+
+
+def _kv_repeats(sdpa) -> list:
+    """The repeat_kv steps in front of an attention op's K and V: the group
+    takes them in, so its kernel reads the shared heads themselves."""
+    steps = []
+    for operand in sdpa.args[1:3]:
+        repeat = kv_repeat(operand)
+        if repeat and repeat[1][-1] not in steps:
+            steps += repeat[1]
+    return steps
 
 
 def _attention_attrs(node) -> dict:
@@ -84,8 +86,12 @@ def _attention_attrs(node) -> dict:
     options = sdpa_options(node)
     mask_val = options["mask"].meta.get("val") if options["mask"] is not None else None
     kind = "none" if mask_val is None else "boolean" if mask_val.dtype is torch.bool else "additive"
-    return {"heads": int(q.shape[1]), "kv_heads": _kv_heads(node.args[1]), "head_dim": int(q.shape[3]),
-            "q_len": int(q.shape[2]), "kv_len": int(k.shape[2]), "causal": options["causal"], "mask": kind}  # fmt: skip
+    attrs = {"heads": int(q.shape[1]), "kv_heads": _kv_heads(node.args[1]), "head_dim": int(q.shape[3]),
+             "q_len": int(q.shape[2]), "kv_len": int(k.shape[2]), "causal": options["causal"], "mask": kind}  # fmt: skip
+    pruned = node.meta.get("fusecc_heads")  # head_pruning removed skipped heads
+    if pruned:
+        attrs["pruned_from"], attrs["kept_heads"] = pruned["of"], pruned["kept"]
+    return attrs
 
 
 def _is_float(node) -> bool:
@@ -117,6 +123,8 @@ def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
         if kind == "attention" and not _attention(node):
             continue
         members = [node] + [u for u in node.users if u.target is operator.getitem]
+        if kind == "attention":
+            members = _kv_repeats(node) + members
         if not any(u for m in members for u in m.users):
             continue
         fuse_nodes(gm, members, kind, _attrs(kind, node))

@@ -18,8 +18,17 @@ always qualifies):
   the blocks kept (latency, not FLOPs: fixed per-call costs included).
 
 and picks the cheapest whose recall stays at or above the budget (the
-simpler strategy on ties). A layer whose heads together would take longer
-than the dense kernel (measured too) stays dense - exact and faster.
+simpler strategy on ties). A layer whose running heads together would take
+longer than the dense kernel (measured too) runs them dense - exact and
+faster.
+
+``skip`` is chosen by what the model does without a head, not by where its
+attention goes: each head's output error alone (the model's outputs with
+that head's attention output zeroed, relative L2 error on the worst
+sample), then greedily, smallest first, every head whose removal keeps the
+error of all removed heads together within 1 - budget (Michel et al.,
+"Are Sixteen Heads Really Better than One?", ablate heads the same way).
+`head_pruning` then removes the skipped heads with their projection rows.
 
 The plan records each head's recall, kept share and predicted time, and
 is saved as JSON for review and reuse.
@@ -113,6 +122,93 @@ class _Recorder(Interpreter):
         return out
 
 
+class _Ablated(Interpreter):
+    """The graph with some heads' attention output zeroed (``zeroed``: layer ->
+    heads), run from the first such layer on: ``start`` holds the values
+    live there (recorded once by `_Snapshots`); every node before it is
+    skipped."""
+
+    def __init__(self, gm, layer_of: dict, zeroed: dict[int, list[int]]):
+        super().__init__(gm)
+        self.layer_of, self.zeroed = layer_of, zeroed
+
+    def run_from(self, start: dict, done: list):
+        env = dict.fromkeys(done)  # nodes before the start: not needed again
+        env.update(start)
+        return self.run(initial_env=env)
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        heads = self.zeroed.get(self.layer_of.get(n))
+        if heads:
+            first = out[0].clone()
+            first[:, heads] = 0
+            out = (first, *out[1:])
+        return out
+
+
+class _Snapshots(Interpreter):
+    """One run that records, before each attention op, the values still to
+    be read (with values freed after their last reader, the whole env)."""
+
+    def __init__(self, gm, ops: list):
+        super().__init__(gm, garbage_collect_values=True)
+        self.ops, self.at = set(ops), {}
+
+    def run_node(self, n):
+        if n in self.ops:
+            self.at[n] = dict(self.env)
+        return super().run_node(n)
+
+
+def _flat(outputs) -> torch.Tensor:
+    """A model's floating-point outputs as one vector, for comparing runs."""
+    leaves = torch.utils._pytree.tree_leaves(outputs)
+    return torch.cat([t.detach().reshape(-1).double() for t in leaves if torch.is_tensor(t) and t.is_floating_point()])
+
+
+class _SkipSearch:
+    """Which heads the model does without: each head's output error alone
+    (the model's outputs with that head zeroed, relative L2 error, the worst
+    sample), then greedily, smallest first, the heads whose removal
+    together keeps the error within 1 - budget."""
+
+    def __init__(self, runs: list[tuple], budget: float):
+        self.tolerance = 1.0 - budget
+        self.runs = []  # (graph, its attention ops, values live before each, reference outputs)
+        for gm, sample, reference in runs:
+            ops = list(gm.graph.find_nodes(op="call_function", target=SDPA_CPU))
+            snapshots = _Snapshots(gm, ops)
+            snapshots.run(*sample)
+            self.runs.append((gm, ops, snapshots.at, reference))
+
+    def error(self, zeroed: dict[int, list[int]]) -> float:
+        worst = 0.0
+        for gm, ops, at, reference in self.runs:
+            first = ops[min(zeroed)]
+            nodes = list(gm.graph.nodes)
+            done = nodes[: nodes.index(first)]
+            out = _Ablated(gm, {op: i for i, op in enumerate(ops)}, zeroed).run_from(at[first], done)
+            out = _flat(out)
+            worst = max(worst, float((out - reference).norm() / reference.norm().clamp_min(1e-30)))
+        return worst
+
+    def search(self, heads_per_layer: list[int]) -> dict[tuple[int, int], float]:
+        """(layer, head) -> its error alone, for the heads to skip."""
+        if self.tolerance <= 0:
+            return {}
+        alone = {(l, h): self.error({l: [h]}) for l, n in enumerate(heads_per_layer) for h in range(n)}
+        chosen: dict[int, list[int]] = {}
+        skipped = {}
+        for (l, h), err in sorted(alone.items(), key=lambda item: item[1]):
+            if err > self.tolerance:
+                break
+            trial = {**chosen, l: [*chosen.get(l, []), h]}
+            if len(trial[l]) < heads_per_layer[l] and self.error(trial) <= self.tolerance:
+                chosen, skipped[(l, h)] = trial, err
+        return skipped
+
+
 def _candidates(mass: np.ndarray, lq: int, lk: int, block: int, causal: bool, budget: float) -> list[dict]:
     """Strategies worth scoring for one head, from its mean block mass [Qb, Kb]."""
     kn = mass.shape[1]
@@ -191,10 +287,13 @@ def calibrate(
     block: int = 64,
     path: str | Path | None = None,
     measure: bool = True,
+    skip: bool = True,
 ) -> Plan:
     """A sparsity plan for ``model``'s attention from its behaviour on
     ``samples`` (one input tuple, or a list of them). ``budget`` is the
-    attention mass (recall) every head must keep; ``path`` saves the plan."""
+    attention mass (recall) every head must keep, and - with ``skip`` - the
+    share of the model's outputs that removing heads must keep (relative
+    error at most 1 - budget); ``path`` saves the plan."""
     if not 0.0 < budget <= 1.0:
         raise ValueError(f"budget is the attention mass to keep, in (0, 1]; got {budget!r}")
     if block not in BLOCKS:
@@ -206,31 +305,42 @@ def calibrate(
         raise ValueError("calibrate needs at least one sample input")
     graphs: dict[tuple, object] = {}
     layers: list[LayerMass] = []
+    runs = []
     with torch.no_grad():
         for sample in samples:
             key = tuple((tuple(t.shape), t.dtype) for t in sample)
             if key not in graphs:
                 graphs[key] = _attention_graph(model, sample)
             recorder = _Recorder(graphs[key], layers, block)
-            recorder.run(*sample)
-    if not layers:
-        raise ValueError("the model has no attention ops fusecc recognizes (SDPA or matmul-softmax-matmul)")
+            runs.append((graphs[key], sample, _flat(recorder.run(*sample))))
+        if not layers:
+            raise ValueError("the model has no attention ops fusecc recognizes (SDPA or matmul-softmax-matmul)")
+        skipped = _SkipSearch(runs, budget).search([layer.samples[0].shape[0] for layer in layers]) if skip else {}
     plan_layers = []
     costs: dict[tuple, tuple[float, float, float]] = {}  # layers of one shape are measured once
-    for layer in layers:
+    for index, layer in enumerate(layers):
         heads = layer.samples[0].shape[0]
         shape = (layer.lq, layer.lk, heads, layer.head_dim, block, layer.causal)
         if shape not in costs:
             costs[shape] = _measure_costs(*shape) if measure else (0.0, 1.0, math.inf)
         fixed, per_block, dense_ms = costs[shape]
         chosen = [_choose(layer, h, block, budget, fixed / heads, per_block) for h in range(heads)]
-        if sum(h["predicted_ms"] for h in chosen) >= dense_ms:  # the dense kernel is faster: keep the layer exact
-            chosen = [{"kind": "dense", "recall": 1.0, "kept": 1.0, "predicted_ms": round(dense_ms / heads, 4)}] * heads
+        chosen = [_skipped(skipped[index, h]) if (index, h) in skipped else c for h, c in enumerate(chosen)]
+        live = [h for h in chosen if h["kind"] != "skip"]
+        if sum(h["predicted_ms"] for h in live) >= dense_ms * len(live) / heads:
+            # the dense kernel is faster for the heads that run: keep them exact
+            dense = {"kind": "dense", "recall": 1.0, "kept": 1.0, "predicted_ms": round(dense_ms / heads, 4)}
+            chosen = [h if h["kind"] == "skip" else dense for h in chosen]
         plan_layers.append(chosen)
     plan = Plan(plan_layers, block, budget)
     if path is not None:
         plan.save(path)
     return plan
+
+
+def _skipped(error: float) -> dict:
+    """A skipped head: ``output_error`` is what zeroing it alone changes in the model's outputs."""
+    return {"kind": "skip", "recall": 0.0, "kept": 0.0, "predicted_ms": 0.0, "output_error": round(error, 5)}
 
 
 def _choose(layer: LayerMass, head: int, block: int, budget: float, fixed_ms: float, block_ms: float) -> dict:

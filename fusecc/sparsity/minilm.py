@@ -105,7 +105,7 @@ def passages(tokenizer, sentences: list[str], count: int, offset: int = 0, per_p
     return enc["input_ids"], enc["attention_mask"]
 
 
-def quality(budget: float = 0.95, block: int = 16, plan_path=None) -> dict:
+def quality(budget: float = 0.95, block: int = 16, plan_path=None, skip: bool = True) -> dict:
     """Calibrate on CALIBRATION, compare on HELD_APART: the plan, and the
     cosine similarity of every held-apart passage's embedding."""
     from .calibrate import calibrate
@@ -115,7 +115,7 @@ def quality(budget: float = 0.95, block: int = 16, plan_path=None) -> dict:
     # cost by kept blocks, not measured time: at 128 tokens the dense kernel
     # beats every sparse plan on a CPU (calibrate would keep every layer
     # dense), and this check is about what the heads' patterns cost in accuracy
-    plan = calibrate(model, samples, budget=budget, block=block, path=plan_path, measure=False)
+    plan = calibrate(model, samples, budget=budget, block=block, path=plan_path, measure=False, skip=skip)
     held = passages(tokenizer, HELD_APART, 6)
     with torch.no_grad():
         dense = model(*held)

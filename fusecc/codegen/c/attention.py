@@ -74,6 +74,12 @@ def _check(spec: KernelSpec) -> None:
         raise NotImplementedError("attention kernels are float32")
 
 
+def kv_head_index(head: str, attrs: dict) -> str:
+    """The key/value head query head ``head`` reads (GQA: one per ``kv_repeat`` query heads)."""
+    rep = attrs.get("kv_repeat", 1)
+    return head if rep == 1 else f"({head} / {rep}L)"
+
+
 def sparse_group(sparse: dict, mr: int) -> int:
     """Query blocks of the plan per task: about Q_TILES row tiles, as the
     dense kernel, so a kept key block is packed once for all of them."""
@@ -153,6 +159,7 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     b, h, lq, d, lk, mr, nv, bk, qb, panels, dpad = z
     qs, ks, vs = a["q_strides"], a["k_strides"], a["v_strides"]
     os_ = spec.outputs[0].strides or (h * lq * d, lq * d, d, 1)
+    kv_head = kv_head_index("hi", a)
     qblocks = math.ceil(lq / qb)
     per_thread = 4 * _per_thread_floats(z) + 128
     out_i = len(spec.operands)
@@ -242,8 +249,8 @@ static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda,
       const long bi = task / {h * qblocks}L, hi = (task / {qblocks}L) % {h}L, q0 = (task % {qblocks}L) * {qb}L;
       const long rows = {lq}L - q0 < {qb}L ? {lq}L - q0 : {qb}L;
       const float* FC_RESTRICT qh = qp + bi * {qs[0]}L + hi * {qs[1]}L + q0 * {qs[2]}L;
-      const float* FC_RESTRICT kh = kp + bi * {ks[0]}L + hi * {ks[1]}L;
-      const float* FC_RESTRICT vh = vp + bi * {vs[0]}L + hi * {vs[1]}L;
+      const float* FC_RESTRICT kh = kp + bi * {ks[0]}L + {kv_head} * {ks[1]}L;
+      const float* FC_RESTRICT vh = vp + bi * {vs[0]}L + {kv_head} * {vs[1]}L;
       memset(acc, 0, sizeof(float) * {qb * dpad});
       for (long i = 0; i < {qb}L; ++i) {{ mx[i] = -INFINITY; sm[i] = 0.0f; }}
       {key_loop}

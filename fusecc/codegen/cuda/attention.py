@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 
 from ...kernels.spec import KernelSpec
-from ..c.attention import sparse_tables
+from ..c.attention import kv_head_index, sparse_tables
 from .common import PRELUDE, CudaSource, parameters
 
 BQ_DENSE = 64  # query rows per thread block without a plan
@@ -47,6 +47,7 @@ def render(spec: KernelSpec, name: str) -> CudaSource:
     if spec.outputs[0].dtype != "f32":
         raise NotImplementedError("CUDA attention kernels are float32")
     qs, ks, vs = a["q_strides"], a["k_strides"], a["v_strides"]
+    kv_head = kv_head_index("hi", a)
     os_ = spec.outputs[0].strides or (h * lq * d, lq * d, d, 1)
     sparse = a.get("sparse")
     bq = sparse["block"] if sparse else BQ_DENSE
@@ -87,8 +88,8 @@ extern "C" __global__ void __launch_bounds__({bq}) {name}({parameters(spec)}) {{
     {causal_skip}
     for (long idx = threadIdx.x; idx < {BK * d}L; idx += {bq}L) {{  /* the tile's keys and values */
       const long j = idx / {d}L, dd = idx % {d}L, key = kb + j;
-      kt[idx] = key < {lk}L ? kp[bi * {ks[0]}L + hi * {ks[1]}L + key * {ks[2]}L + dd * {ks[3]}L] : 0.0f;
-      vt[idx] = key < {lk}L ? vp[bi * {vs[0]}L + hi * {vs[1]}L + key * {vs[2]}L + dd * {vs[3]}L] : 0.0f;
+      kt[idx] = key < {lk}L ? kp[bi * {ks[0]}L + {kv_head} * {ks[1]}L + key * {ks[2]}L + dd * {ks[3]}L] : 0.0f;
+      vt[idx] = key < {lk}L ? vp[bi * {vs[0]}L + {kv_head} * {vs[1]}L + key * {vs[2]}L + dd * {vs[3]}L] : 0.0f;
     }}
     __syncthreads();
     if (live) {{
