@@ -1,8 +1,8 @@
 """Skipped heads removed with their projections: ``fusecc bench --head-pruning``.
 
 A Hugging Face model from the zoo (random weights, SDPA attention) under
-a plan that skips ``--skip`` of every layer's heads (the odd-numbered ones
-first) and keeps the rest dense. Peers, timed interleaved in one process:
+a plan that skips ``--skip`` of every layer's heads (``--pattern``: the
+odd-numbered ones first, or the last ones) and keeps the rest dense. Peers, timed interleaved in one process:
 
 * ``eager`` - PyTorch with the skipped heads' output-projection columns
   zeroed: the same function, and the error reference;
@@ -29,8 +29,12 @@ MODELS = ["bert_base", "vit_small", "gpt2", "llama"]
 OUTPUT_PROJECTIONS = ("attention.output.dense", "attention.o_proj", "self_attn.o_proj", "attn.c_proj")
 
 
-def skipped_heads(heads: int, skip: int) -> set[int]:
-    """``skip`` heads: the odd-numbered ones first, then the even ones from the top."""
+def skipped_heads(heads: int, skip: int, pattern: str = "alternate") -> set[int]:
+    """``skip`` heads. ``alternate``: the odd-numbered ones first, then the
+    even ones from the top; ``last``: the last ones (under GQA, whole key
+    groups when ``skip`` is a multiple of the group)."""
+    if pattern == "last":
+        return set(range(heads - skip, heads))
     order = list(range(1, heads, 2)) + list(range(heads - 2 if heads % 2 == 0 else heads - 1, -1, -2))
     return set(order[:skip])
 
@@ -67,7 +71,9 @@ def _shape(model: torch.nn.Module) -> tuple[int, int]:
     return cfg.num_hidden_layers, cfg.num_attention_heads
 
 
-def bench_model(name: str, size: str, tokens: int | None, skip: int, peers: list[str], budget_s: float, console):
+def bench_model(
+    name: str, size: str, tokens: int | None, skip: int, pattern: str, peers: list[str], budget_s: float, console
+):
     entry = zoo.get(name)
     torch.manual_seed(0)
     model = entry.model(size).eval()
@@ -75,7 +81,7 @@ def bench_model(name: str, size: str, tokens: int | None, skip: int, peers: list
     if tokens is not None and entry.name != "vit_small":
         x = torch.randint(0, model.model.config.vocab_size, (1, tokens))
     layers, heads = _shape(model)
-    skipped = [skipped_heads(heads, skip)] * layers
+    skipped = [skipped_heads(heads, skip, pattern)] * layers
     the_plan = plan(skipped, heads)
 
     def compiled(options):
@@ -88,7 +94,7 @@ def bench_model(name: str, size: str, tokens: int | None, skip: int, peers: list
         "fusecc_zeros": lambda: compiled({"attention_sparsity": {"plan": the_plan}, "passes": {"head_pruning": False}}),
         "fusecc": lambda: compiled({"attention_sparsity": {"plan": the_plan}}),
     }
-    label = f"{name} L={x.shape[-1] if x.dim() == 2 else 'img'}, {skip} of {heads} heads skipped"
+    label = f"{name} L={x.shape[-1] if x.dim() == 2 else 'img'}, {skip} of {heads} heads skipped ({pattern})"
     return time_peers(label, builders, (x,), peers, budget_s, console, "eager")
 
 
@@ -99,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=["full", "tiny"], default="full")
     parser.add_argument("--tokens", type=int, default=512, help="sequence length (token models)")
     parser.add_argument("--skip", type=int, default=6, help="heads skipped per layer")
+    parser.add_argument("--pattern", choices=["alternate", "last"], default="alternate", help="which heads")
     parser.add_argument("--budget", type=float, default=5.0, help="timing seconds per model")
     parser.add_argument("--peers", nargs="+", default=PEERS, choices=PEERS)
     args, console, info = start(parser, argv)
-    results = [bench_model(m, args.size, args.tokens, args.skip, args.peers, args.budget, console) for m in args.models]
+    results = [
+        bench_model(m, args.size, args.tokens, args.skip, args.pattern, args.peers, args.budget, console)
+        for m in args.models
+    ]
     report(results, args, info, console, argv)
     return 0
