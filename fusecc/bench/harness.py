@@ -8,6 +8,7 @@ latency with fusecc's ratio to each peer. ``--json`` writes everything.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -64,8 +65,6 @@ def time_peers(
     """Build each peer (``builders[peer]()`` -> a callable on ``inputs``),
     time them interleaved, and give each its error against ``reference``'s
     output: ``{"model": label, "batch": 1, "peers": {peer: {...}}}``."""
-    import functools
-
     result = {"model": label, "batch": 1, "peers": {}}
     runners, outputs = {}, {}
     for peer in peers:

@@ -126,22 +126,35 @@ def _slice_is_full(node: Node, size: int) -> bool:
     return (start in (None, 0)) and (end is None or end >= size) and (step in (None, 1))
 
 
+def _through_layout(node: Node, mask: Mask, forward: bool) -> Mask | None:
+    """``mask`` carried through a view, permute, transpose or copy ``node``:
+    from its input to its output (``forward``) or back; None for other ops."""
+    axis, keep = mask
+    target, args = node.target, node.args
+    if target in RESHAPES:
+        src, out = _shape(args[0]), _shape(node)
+        return reshape_mask(src, out, mask) if forward else reshape_mask(out, src, mask)
+    out = _shape(node)
+    if target is aten.permute.default:
+        perm = [_dim(d, len(out)) for d in args[1]]
+        return (perm.index(axis), keep) if forward else (perm[axis], keep)
+    if target is aten.transpose.int:
+        d0, d1 = _dim(args[1], len(out)), _dim(args[2], len(out))
+        return {d0: d1, d1: d0}.get(axis, axis), keep
+    if target in _SAME_SHAPE:
+        return mask
+    return None
+
+
 def _backward(node: Node, mask: Mask) -> list[tuple[Node, Mask]]:
     """The inputs of ``node`` that must shrink for its output to take ``mask``,
     with their masks."""
     axis, keep = mask
     target, args = node.target, node.args
     out = _shape(node)
-    if target in RESHAPES:
-        return [(args[0], reshape_mask(out, _shape(args[0]), mask))]
-    if target is aten.permute.default:
-        perm = [_dim(d, len(out)) for d in args[1]]
-        return [(args[0], (perm[axis], keep))]
-    if target is aten.transpose.int:
-        d0, d1 = _dim(args[1], len(out)), _dim(args[2], len(out))
-        return [(args[0], ({d0: d1, d1: d0}.get(axis, axis), keep))]
-    if target in _SAME_SHAPE:
-        return [(args[0], mask)]
+    layout = _through_layout(node, mask, forward=False)
+    if layout is not None:
+        return [(args[0], layout)]
     if target is aten.unsqueeze.default:
         d = _dim(args[1], len(out))
         if d == axis:
@@ -271,25 +284,13 @@ def _trace_outputs(sdpa: Node, keep: np.ndarray) -> tuple[dict[Node, Mask], list
     todo = [outs[0]]
     while todo:
         node = todo.pop()
-        axis, k = masks[node]
         for user in _readers(node):
-            target, args = user.target, user.args
-            if target in _GEMMS and args[-2] is node and axis == 1:
+            if user.target in _GEMMS and user.args[-2] is node and masks[node][0] == 1:
                 _gemm_weight(user)
                 sinks.append(user)
                 continue
-            if target in RESHAPES:
-                mask = reshape_mask(_shape(node), _shape(user), (axis, k))
-            elif target is aten.permute.default:
-                perm = [_dim(d, len(_shape(node))) for d in args[1]]
-                mask = (perm.index(axis), k)
-            elif target is aten.transpose.int:
-                rank = len(_shape(node))
-                d0, d1 = _dim(args[1], rank), _dim(args[2], rank)
-                mask = ({d0: d1, d1: d0}.get(axis, axis), k)
-            elif target in _SAME_SHAPE:
-                mask = (axis, k)
-            else:
+            mask = _through_layout(user, masks[node], forward=True) if user.args and user.args[0] is node else None
+            if mask is None:
                 raise Refused(f"the attention output goes to {user.name}, not an output projection")
             masks[user] = mask
             todo.append(user)

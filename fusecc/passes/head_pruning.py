@@ -32,6 +32,7 @@ import torch
 from torch.fx import GraphModule, Node
 from torch.fx.node import map_aggregate
 
+from ..graph.analysis import positions
 from ..graph.constants import constant_value, insert_constant, is_constant
 from ..graph.heads import BINARY, RESHAPES, SPLITS, HeadTrace, Mask, Refused, trace
 from ..ops import SDPA_CPU
@@ -121,7 +122,7 @@ def _refresh_meta(t: HeadTrace) -> None:
     changed = set(t.nodes()) | set(t.sinks)
     for node in list(changed):
         changed.update(u for u in node.users if u.target is operator.getitem)
-    order = {n: i for i, n in enumerate(t.sdpa.graph.nodes)}
+    order = positions(t.sdpa.graph)
     for node in sorted(changed, key=order.__getitem__):
         if node.op != "call_function":
             continue

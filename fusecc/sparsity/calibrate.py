@@ -124,18 +124,12 @@ class _Recorder(Interpreter):
 
 class _Ablated(Interpreter):
     """The graph with some heads' attention output zeroed (``zeroed``: layer ->
-    heads), run from the first such layer on: ``start`` holds the values
-    live there (recorded once by `_Snapshots`); every node before it is
-    skipped."""
+    heads), run from an env `_Snapshots` recorded: the nodes before it
+    count as done."""
 
     def __init__(self, gm, layer_of: dict, zeroed: dict[int, list[int]]):
         super().__init__(gm)
         self.layer_of, self.zeroed = layer_of, zeroed
-
-    def run_from(self, start: dict, done: list):
-        env = dict.fromkeys(done)  # nodes before the start: not needed again
-        env.update(start)
-        return self.run(initial_env=env)
 
     def run_node(self, n):
         out = super().run_node(n)
@@ -148,16 +142,18 @@ class _Ablated(Interpreter):
 
 
 class _Snapshots(Interpreter):
-    """One run that records, before each attention op, the values still to
-    be read (with values freed after their last reader, the whole env)."""
+    """One run that records, before each attention op, an env to resume
+    from: the values still to be read (values are freed after their last
+    reader) and every earlier node marked done."""
 
     def __init__(self, gm, ops: list):
         super().__init__(gm, garbage_collect_values=True)
-        self.ops, self.at = set(ops), {}
+        self.ops, self.at, self.done = set(ops), {}, []
 
     def run_node(self, n):
         if n in self.ops:
-            self.at[n] = dict(self.env)
+            self.at[n] = {**dict.fromkeys(self.done), **self.env}
+        self.done.append(n)
         return super().run_node(n)
 
 
@@ -175,21 +171,17 @@ class _SkipSearch:
 
     def __init__(self, runs: list[tuple], budget: float):
         self.tolerance = 1.0 - budget
-        self.runs = []  # (graph, its attention ops, values live before each, reference outputs)
+        self.runs = []  # (graph, its attention ops, layer of each op, env before each op, reference outputs)
         for gm, sample, reference in runs:
             ops = list(gm.graph.find_nodes(op="call_function", target=SDPA_CPU))
             snapshots = _Snapshots(gm, ops)
             snapshots.run(*sample)
-            self.runs.append((gm, ops, snapshots.at, reference))
+            self.runs.append((gm, ops, {op: i for i, op in enumerate(ops)}, snapshots.at, reference))
 
     def error(self, zeroed: dict[int, list[int]]) -> float:
         worst = 0.0
-        for gm, ops, at, reference in self.runs:
-            first = ops[min(zeroed)]
-            nodes = list(gm.graph.nodes)
-            done = nodes[: nodes.index(first)]
-            out = _Ablated(gm, {op: i for i, op in enumerate(ops)}, zeroed).run_from(at[first], done)
-            out = _flat(out)
+        for gm, ops, layer_of, at, reference in self.runs:
+            out = _flat(_Ablated(gm, layer_of, zeroed).run(initial_env=dict(at[ops[min(zeroed)]])))
             worst = max(worst, float((out - reference).norm() / reference.norm().clamp_min(1e-30)))
         return worst
 
@@ -324,8 +316,12 @@ def calibrate(
         if shape not in costs:
             costs[shape] = _measure_costs(*shape) if measure else (0.0, 1.0, math.inf)
         fixed, per_block, dense_ms = costs[shape]
-        chosen = [_choose(layer, h, block, budget, fixed / heads, per_block) for h in range(heads)]
-        chosen = [_skipped(skipped[index, h]) if (index, h) in skipped else c for h, c in enumerate(chosen)]
+        chosen = []
+        for h in range(heads):
+            if (index, h) in skipped:
+                chosen.append(_skipped(skipped[index, h]))
+            else:
+                chosen.append(_choose(layer, h, block, budget, fixed / heads, per_block))
         live = [h for h in chosen if h["kind"] != "skip"]
         if sum(h["predicted_ms"] for h in live) >= dense_ms * len(live) / heads:
             # the dense kernel is faster for the heads that run: keep them exact
