@@ -91,3 +91,21 @@ def test_head_pruning_bench_matches_the_zeroed_heads(tmp_path):
     assert peers["fusecc"]["rel_error"] < 1e-4 and peers["fusecc_zeros"]["rel_error"] < 1e-4
     assert peers["fusecc_dense"]["rel_error"] > 1e-3  # the plan changed something
     assert all(peers[p]["median_ms"] > 0 for p in peers)
+
+
+def test_call_breakdown_splits_a_torch_compile_call(tmp_path):
+    """`fusecc bench --call-breakdown`: the guard check of Dynamo's cached
+    entry is found and timed, fusecc's compiled graph runs once per call and
+    computes eager, and every part is a share of the call."""
+    import json
+
+    out = tmp_path / "breakdown.json"
+    argv = ["--call-breakdown", "--models", "mobilenet_v2", "--size", "tiny", "--calls", "5", "--json", str(out)]
+    assert main(argv) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    us = result["us"]
+    assert result["rel_error"] < 1e-4 and result["graphs_per_call"] == 1
+    # measured inside each call, so below the call's time (the rest is a
+    # difference of medians and may come out negative on a noisy machine)
+    assert 0 < us["fusecc_prologue"] < us["total"] and 0 < us["compiled_graph"] < us["total"]
+    assert us["guards"] > 0 and us["dynamo_other"] is not None and us["export"] > 0

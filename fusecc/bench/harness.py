@@ -288,9 +288,16 @@ def main(argv: list[str] | None = None) -> int:
         from .overhead import main as overhead_main
 
         return overhead_main(argv)
+    if "--call-breakdown" in argv:
+        from .call_breakdown import main as breakdown_main
+
+        return breakdown_main(argv)
     parser = argparse.ArgumentParser(prog="fusecc bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gemm", action="store_true", help="benchmark the generated GEMM against MLAS and MKL")
     parser.add_argument("--overhead", action="store_true", help="per-call overhead of a one-op graph")
+    parser.add_argument(
+        "--call-breakdown", action="store_true", help="a model's torch.compile call split into guards, wrappers, kernels"
+    )
     parser.add_argument("--blocks", action="store_true", help="residual blocks alone (fused, unfused, peers)")
     parser.add_argument("--attention", action="store_true", help="scaled dot-product attention alone, 128-4096 tokens")
     parser.add_argument(

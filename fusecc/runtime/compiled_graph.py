@@ -36,6 +36,12 @@ class CompiledGraph:
         self.rebuilds = 0
 
     def __call__(self, args: list) -> tuple:
+        inputs = self.runtime_inputs(args)  # first: it may rebuild self.gm
+        return self.gm(*inputs)
+
+    def runtime_inputs(self, args: list) -> list:
+        """The graph's inputs from AOTAutograd's: the frozen ones are checked
+        (rebuilding first if one changed) and dropped. Consumes ``args``."""
         if self.frozen is not None:
             if not self.frozen.unchanged(args):
                 log.warning("fusecc: a frozen parameter or buffer changed since compile time; recompiling")
@@ -46,4 +52,4 @@ class CompiledGraph:
         else:
             inputs = list(args)
         args.clear()
-        return self.gm(*inputs)
+        return inputs
