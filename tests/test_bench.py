@@ -94,13 +94,15 @@ def test_head_pruning_bench_matches_the_zeroed_heads(tmp_path):
 
 
 def test_call_breakdown_splits_a_torch_compile_call(tmp_path):
-    """`fusecc bench --call-breakdown`: the guard check of Dynamo's cached
-    entry is found and timed, fusecc's compiled graph runs once per call and
-    computes eager, and every part is a share of the call."""
+    """`fusecc bench --call-breakdown --kernels`: the guard check of Dynamo's
+    cached entry is found and timed, fusecc's compiled graph runs once per
+    call and computes eager, every part is a share of the call, and each
+    kernel of the exported program is timed in the model and hot."""
     import json
 
     out = tmp_path / "breakdown.json"
-    argv = ["--call-breakdown", "--models", "mobilenet_v2", "--size", "tiny", "--calls", "5", "--json", str(out)]
+    argv = ["--call-breakdown", "--models", "mobilenet_v2", "--size", "tiny", "--calls", "5", "--kernels",
+            "--json", str(out)]  # fmt: skip
     assert main(argv) == 0
     (result,) = json.loads(out.read_text())["results"]
     us = result["us"]
@@ -109,3 +111,6 @@ def test_call_breakdown_splits_a_torch_compile_call(tmp_path):
     # difference of medians and may come out negative on a noisy machine)
     assert 0 < us["fusecc_prologue"] < us["total"] and 0 < us["compiled_graph"] < us["total"]
     assert us["guards"] > 0 and us["dynamo_other"] is not None and us["export"] > 0
+    kernels = result["kernels"]  # every kernel of the exported program, in graph order
+    assert [k["kind"] for k in kernels][:2] == ["conv2d", "block"] and kernels[-1]["kind"] == "gemm"
+    assert all(k["in_model_us"] > 0 and k["hot_us"] > 0 for k in kernels)

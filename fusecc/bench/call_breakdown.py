@@ -10,6 +10,12 @@ kernels). The same program compiled through ``torch.export``
 (`fusecc.compile_exported`) pays only the last, so the table shows what
 the capture path costs on top of fusecc's own code.
 
+With ``--kernels`` it also times every kernel of the exported program
+inside the model (a timer around each kernel call) and alone, hot (the
+same kernel called again and again on the inputs it last saw): a kernel
+much slower in the model than hot reads inputs or weights that the
+kernels before it pushed out of the caches.
+
 Each call is timed in the state a real call finds: the guard check is
 re-run right after a call, when the kernels have pushed the module
 objects it walks out of the caches, as the next call's check would find
@@ -121,6 +127,69 @@ def measure(model: torch.nn.Module, x: torch.Tensor, calls: int, guard_filter: s
     return {"us": us, "graphs_per_call": len(log), "rel_error": error}
 
 
+def kernel_times(exported, x: torch.Tensor, calls: int, hot_calls: int = 50) -> list[dict]:
+    """Median microseconds of each generated kernel of a `compile_exported`
+    program, inside the model and alone (hot), in graph order."""
+    nodes = [n for n in exported.gm.graph.nodes if n.op == "call_function" and getattr(n.target, "kernel", None)]
+    originals = {n: n.target for n in nodes}
+    inside: dict[str, list[float]] = {n.target.__name__: [] for n in nodes}
+    last_args: dict[str, tuple] = {}
+
+    def timed(fn):
+        name, times = fn.__name__, inside[fn.__name__]
+
+        def call(*args):
+            start = time.perf_counter()
+            out = fn(*args)
+            times.append(time.perf_counter() - start)
+            last_args[name] = args
+            return out
+
+        return call
+
+    try:
+        for n in nodes:
+            n.target = timed(n.target)
+        exported.gm.recompile()
+        with torch.no_grad():
+            for _ in range(5):
+                exported(x)
+            for times in inside.values():
+                times.clear()
+            for _ in range(calls):
+                exported(x)
+            rows = []
+            for n, fn in originals.items():
+                args = last_args[fn.__name__]
+                for _ in range(3):
+                    fn(*args)
+                hot = []
+                for _ in range(hot_calls):
+                    start = time.perf_counter()
+                    fn(*args)
+                    hot.append(time.perf_counter() - start)
+                rows.append({"kernel": fn.__name__, "kind": fn.kernel.spec.kind,
+                             "in_model_us": statistics.median(inside[fn.__name__]) * 1e6,
+                             "hot_us": statistics.median(hot) * 1e6})  # fmt: skip
+    finally:
+        for n, fn in originals.items():
+            n.target = fn
+        exported.gm.recompile()
+    return rows
+
+
+def _kernel_table(result: dict) -> Table:
+    table = Table(title=f"{result['model']}: each kernel of the exported program, median us")
+    for column in ("kernel", "kind", "in the model", "hot", "in the model / hot"):
+        table.add_column(column, justify="left" if column in ("kernel", "kind") else "right")
+    for k in result["kernels"]:
+        ratio = k["in_model_us"] / k["hot_us"]
+        table.add_row(k["kernel"], k["kind"], f"{k['in_model_us']:.1f}", f"{k['hot_us']:.1f}", f"{ratio:.2f}x")
+    total_in, total_hot = (sum(k[f] for k in result["kernels"]) for f in ("in_model_us", "hot_us"))
+    table.add_row("all kernels", "", f"{total_in:.0f}", f"{total_hot:.0f}", f"{total_in / total_hot:.2f}x")
+    return table
+
+
 def _share(us: dict, part: str) -> str:
     v = us[part]
     return "n/a" if v is None else f"{v:.0f} ({v / us['total']:.0%})"
@@ -138,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=GUARD_FILTERS,
         help="also measure with this torch.compiler guard filter (they trade safety for fewer guards)",
     )
+    parser.add_argument(
+        "--kernels", action="store_true", help="also time each kernel of the exported program in the model and hot"
+    )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args(argv)
     console = Console(width=200 if not Console().is_terminal else None)
@@ -153,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
             result = measure(model, x, args.calls, guard_filter)
             results.append({"model": label, "batch": args.batch, "size": args.size, "guard_filter": guard_filter,
                             **result})  # fmt: skip
+        if args.kernels:
+            with torch.no_grad():
+                exported = compile_exported(torch.export.export(model, (x,)))
+            results[-1]["kernels"] = kernel_times(exported, x, args.calls)
     table = Table(title="one torch.compile call, median us (share of the call)")
     for column in ("model", "call", "Dynamo guards", "Dynamo + AOT other", "fusecc prologue",
                    "compiled graph", "compile_exported call", "call - exported"):  # fmt: skip
@@ -162,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(r["model"], f"{us['total']:.0f}", *(_share(us, p) for p in PARTS), f"{us['export']:.0f}",
                       _share(us, "over_export"))  # fmt: skip
     console.print(table)
+    for r in results:
+        if "kernels" in r:
+            console.print(_kernel_table(r))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"machine": info, "command": "fusecc bench " + " ".join(argv or []), "results": results}, fh,
