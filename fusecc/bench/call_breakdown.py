@@ -38,7 +38,7 @@ from rich.table import Table
 from ..export import compile_exported
 from ..runtime.compiled_graph import CompiledGraph
 from . import zoo
-from .harness import machine_info
+from .harness import machine_info, rel_error
 
 PARTS = ("guards", "dynamo_other", "fusecc_prologue", "compiled_graph")
 GUARD_FILTERS = tuple(n for n in dir(torch.compiler) if n.startswith("skip_guard_on_"))
@@ -83,18 +83,17 @@ def _guard_check(model: torch.nn.Module, x: torch.Tensor):
     return lambda: manager.check(frame_locals)
 
 
-def measure(model: torch.nn.Module, x: torch.Tensor, calls: int, guard_filter: str | None = None) -> dict:
+def measure(model: torch.nn.Module, x: torch.Tensor, exported, calls: int, guard_filter: str | None = None) -> dict:
     """Median microseconds of each part of a torch.compile call, and of the
-    same model through compile_exported. ``guard_filter``: the name of one of
-    ``torch.compiler``'s guard filters (e.g. ``skip_guard_on_all_nn_modules_unsafe``)
-    to compile with."""
+    same model's ``exported`` program (`compile_exported`) called in
+    alternation. ``guard_filter``: the name of one of ``torch.compiler``'s
+    guard filters (e.g. ``skip_guard_on_all_nn_modules_unsafe``) to compile with."""
     torch._dynamo.reset()
     options = {"guard_filter_fn": getattr(torch.compiler, guard_filter)} if guard_filter else None
     compiled = torch.compile(model, backend="fusecc", options=options)
     with torch.no_grad():
         expected = model(x)
         got = compiled(x)
-        exported = compile_exported(torch.export.export(model, (x,)))
         exported(x)
         check = _guard_check(model, x)
         log: list[tuple[float, float]] = []
@@ -122,9 +121,8 @@ def measure(model: torch.nn.Module, x: torch.Tensor, calls: int, guard_filter: s
                     rows["guards"].append(guards)
                     rows["dynamo_other"].append(total - guards - prologue - graph)
     torch._dynamo.reset()
-    error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
     us = {k: statistics.median(v) * 1e6 if v else None for k, v in rows.items()}
-    return {"us": us, "graphs_per_call": len(log), "rel_error": error}
+    return {"us": us, "graphs_per_call": len(log), "rel_error": rel_error(got, expected)}
 
 
 def kernel_times(exported, x: torch.Tensor, calls: int, hot_calls: int = 50) -> list[dict]:
@@ -219,15 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         entry = zoo.ZOO[name]
         model, x = entry.model(args.size), entry.example_input(args.size, args.batch)
+        with torch.no_grad():  # one exported program per model: the guard filter changes only torch.compile
+            exported = compile_exported(torch.export.export(model, (x,)))
         for guard_filter in (None, args.guard_filter) if args.guard_filter else (None,):
             label = f"{name} ({guard_filter})" if guard_filter else name
             console.print(f"[bold]{label}[/] ({args.size}, batch {args.batch}): {args.calls} calls ...")
-            result = measure(model, x, args.calls, guard_filter)
+            result = measure(model, x, exported, args.calls, guard_filter)
             results.append({"model": label, "batch": args.batch, "size": args.size, "guard_filter": guard_filter,
                             **result})  # fmt: skip
         if args.kernels:
-            with torch.no_grad():
-                exported = compile_exported(torch.export.export(model, (x,)))
             results[-1]["kernels"] = kernel_times(exported, x, args.calls)
     table = Table(title="one torch.compile call, median us (share of the call)")
     for column in ("model", "call", "Dynamo guards", "Dynamo + AOT other", "fusecc prologue",

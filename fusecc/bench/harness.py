@@ -53,7 +53,7 @@ def machine_info() -> dict[str, object]:
     }
 
 
-def _rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.float(), ref.float()
     return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
@@ -79,7 +79,7 @@ def time_peers(
         console.print(f" {result['peers'][peer]['compile_s']:.1f}s")
     if reference in outputs:
         for peer, out in outputs.items():
-            result["peers"][peer]["rel_error"] = _rel_error(out, outputs[reference])
+            result["peers"][peer]["rel_error"] = rel_error(out, outputs[reference])
     with torch.no_grad():
         stats = interleaved(runners, budget_s=budget_s)
     for peer, st in stats.items():
@@ -128,7 +128,7 @@ def bench_module(
                     run, compile_s = builder(model, x, fusecc_options)
                 else:
                     run, compile_s = builder(model, x)
-            err = _rel_error(run(), ref)
+            err = rel_error(run(), ref)
             runners[peer] = run
             result["peers"][peer] = {"compile_s": compile_s, "rel_error": err}
             console.print(f" {compile_s:.1f}s, rel. error {err:.1e}")
@@ -296,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gemm", action="store_true", help="benchmark the generated GEMM against MLAS and MKL")
     parser.add_argument("--overhead", action="store_true", help="per-call overhead of a one-op graph")
     parser.add_argument(
-        "--call-breakdown", action="store_true", help="a model's torch.compile call split into guards, wrappers, kernels"
+        "--call-breakdown",
+        action="store_true",
+        help="a model's torch.compile call split into guards, wrappers, kernels",
     )
     parser.add_argument("--blocks", action="store_true", help="residual blocks alone (fused, unfused, peers)")
     parser.add_argument("--attention", action="store_true", help="scaled dot-product attention alone, 128-4096 tokens")
