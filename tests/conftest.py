@@ -134,6 +134,7 @@ class GroupRecorder:
         class _Target(targets.Target):
             name = GroupRecorder.name
             description = "records fused groups"
+            pooled_convolutions = True  # is handed what the C target is
 
             def compile_groups(inner, items, options):
                 self.items.extend(items)

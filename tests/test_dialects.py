@@ -33,7 +33,7 @@ def _groups(models):
         spec = lower_group(group)
         algo = spec.attrs.get("algo") or c_codegen.default_params(spec, DIALECTS["scalar"]).get("algo")
         key = (spec.kind, spec.attrs.get("reduction") or spec.attrs.get("pattern"), algo,
-               len(spec.outputs), spec.signature())  # fmt: skip
+               tuple(o.pool for o in spec.outputs), spec.signature())  # fmt: skip
         if key[:4] in seen and len(picked) > 40:
             continue
         seen.add(key[:4])
@@ -120,3 +120,7 @@ def test_every_block_pattern_is_among_the_checked_kernels():
 def test_winograd_convolutions_are_among_the_checked_kernels():
     algos = {c_codegen.default_params(spec, DIALECTS["neon"]).get("algo") for _, _, spec in groups()}
     assert "nhwc_winograd" in algos
+
+
+def test_pooled_convolutions_are_among_the_checked_kernels():
+    assert any(o.pool == "mean" for _, _, spec in groups() for o in spec.outputs)

@@ -218,9 +218,10 @@ def _is_topologically_ordered(graph: Graph) -> bool:
     return True
 
 
-def inline_group(gm: GraphModule, call: Node) -> None:
+def inline_group(gm: GraphModule, call: Node) -> list[Node]:
     """Replace a FusedGroup call by the group's own nodes (the inverse of
-    `fuse_nodes`); used to run a group as plain ATen with no call overhead."""
+    `fuse_nodes`); used to run a group as plain ATen with no call overhead.
+    Returns the nodes it put in the parent graph, in order."""
     group = gm.get_submodule(call.target)
     for node, inner in nested_groups(group):  # a block's layers become the parent's groups
         gm.add_submodule(node.target, inner)
@@ -228,6 +229,7 @@ def inline_group(gm: GraphModule, call: Node) -> None:
     placeholders = group.graph.find_nodes(op="placeholder")
     env.update(zip(placeholders, call.args))
     result = None
+    copied: list[Node] = []
     with gm.graph.inserting_before(call):
         for n in group.graph.nodes:
             if n.op == "placeholder":
@@ -236,6 +238,7 @@ def inline_group(gm: GraphModule, call: Node) -> None:
                 result = torch.fx.node.map_arg(n.args[0], env.__getitem__)
                 continue
             env[n] = gm.graph.node_copy(n, env.__getitem__)
+            copied.append(env[n])
     if isinstance(result, (tuple, list)):
         for user in list(call.users):
             assert user.target is operator.getitem, f"group output used by {user.format_node()}"
@@ -245,3 +248,4 @@ def inline_group(gm: GraphModule, call: Node) -> None:
         call.replace_all_uses_with(result)
     gm.graph.erase_node(call)
     delattr(gm, call.target)
+    return copied

@@ -589,6 +589,9 @@ def _anchor_outputs(
             i = user.args[1]
             bounds[user] = (offsets[i], offsets[i + 1])
     for o in _group_outputs(group):
+        if any_layout and o.target is aten.mean.dim:
+            outputs.append(_pooled_output(b, o, space))
+            continue
         val = _val(o)
         strides = None
         path = _layout_path(o, anchor, {})
@@ -612,6 +615,23 @@ def _anchor_outputs(
         expr = b.expr(o, lambda t, s=tuple(val.shape): t.view(s).view(space))
         outputs.append(Output(o.name, _dtype(o), tuple(val.shape), expr, strides=strides))
     return outputs
+
+
+def _pooled_output(b: _Builder, mean: Node, space: tuple[int, ...]) -> Output:
+    """A convolution epilogue value averaged over the output pixels (the
+    pool_fusion pass): per (image, channel) one value, at image * strides[0]
+    + channel * strides[1] of the mean's own layout."""
+    src, val = mean.args[0], _val(mean)
+    if tuple(_val(src).shape) != space:
+        raise NotLowerable(f"pooled output {mean.name} does not average the convolution's result")
+    if _val(src).dtype is not torch.float32 or val.dtype is not torch.float32:
+        raise NotLowerable(f"pooled output {mean.name} is not float32")
+    n, c = space[:2]
+    strides = tuple(val.stride())
+    if (c > 1 and strides[1] != 1) or (n > 1 and strides[0] != c):
+        raise NotLowerable(f"pooled output {mean.name} is not dense over (image, channel)")
+    expr = b.expr(src, lambda t: t)
+    return Output(mean.name, _dtype(mean), tuple(val.shape), expr, strides=strides, pool="mean")
 
 
 def _layout_path(node: object, anchor: Node, memo: dict) -> list[Node] | None:

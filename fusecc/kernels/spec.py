@@ -16,7 +16,8 @@ Kinds and their iteration spaces:
   ``attrs["a"]`` is [batch, M, K], ``attrs["b"]`` is [batch, K, N] (packed at
   compile time when constant); outputs are epilogue expressions of ``Acc``.
 * ``conv2d`` - ``space = (N, C_out, OH, OW)``; ``attrs`` holds the input and
-  weight operands and the geometry; outputs are epilogues of ``Acc``.
+  weight operands and the geometry; outputs are epilogues of ``Acc``, or
+  their mean over the output pixels (``Output.pool``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class Output:
     strides: tuple[int, ...] | None = None  # memory layout when not contiguous (elementwise follows eager's)
     # element offset per iteration-space dim: reductions; gemm outputs reached through a permute
     space_strides: tuple[int, ...] | None = None
+    # conv2d: "mean" - the output is ``expr`` averaged over the output pixels
+    # (OH, OW), one value per (image, channel); the full result is never stored
+    pool: str | None = None
 
 
 @dataclasses.dataclass
@@ -96,7 +100,12 @@ class KernelSpec:
                 self.space,
                 [(o.dtype, o.shape, o.strides, o.constant) for o in self.operands],
                 self.accesses,
-                [(o.dtype, o.shape, o.expr, o.per_row, o.col_range, o.strides, o.space_strides) for o in self.outputs],
+                # a pool joins the key only where set: other kernels keep their cached builds
+                [
+                    (o.dtype, o.shape, o.expr, o.per_row, o.col_range, o.strides, o.space_strides)
+                    + ((o.pool,) if o.pool else ())
+                    for o in self.outputs
+                ],
                 sorted(self.attrs.items()),
                 self.stages,
             )
@@ -112,7 +121,10 @@ class KernelSpec:
                 f"{o.name}: {o.dtype}{list(o.shape)}{' const' if o.constant else ''} strides={list(o.strides)}"
                 for o in self.operands
             ],
-            "outputs": [f"{o.name}: {o.dtype}{list(o.shape)}{' per-row' if o.per_row else ''}" for o in self.outputs],
+            "outputs": [
+                f"{o.name}: {o.dtype}{list(o.shape)}{' per-row' if o.per_row else ''}{f' {o.pool}-pooled' if o.pool else ''}"
+                for o in self.outputs
+            ],
             "attrs": {
                 k: _describe_attr(v)
                 for k, v in self.attrs.items()

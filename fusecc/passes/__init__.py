@@ -18,6 +18,7 @@ from . import (
     head_pruning,
     horizontal_fusion,
     partition,
+    pool_fusion,
     remove_noops,
     vertical_fusion,
 )
@@ -36,6 +37,7 @@ PIPELINE = [
     partition,
     attention_sparsity,
     block_fusion,
+    pool_fusion,
     dce,
 ]
 

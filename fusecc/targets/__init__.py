@@ -22,6 +22,8 @@ class Target:
     group_kinds: frozenset[str] | None = None
     # runs attention groups under an attention sparsity plan (their table of kept blocks)
     sparse_attention: bool = False
+    # runs conv groups whose output is averaged over the pixels in the kernel (pool_fusion)
+    pooled_convolutions: bool = False
 
     def compile_group(self, group: FusedGroup) -> Callable | None:
         raise NotImplementedError

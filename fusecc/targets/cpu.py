@@ -26,6 +26,7 @@ class HostCTarget(Target):
     name = "c"
     description = "generated C kernels for this CPU (AVX-512 / AVX2 / NEON / portable), OpenMP, gcc"
     sparse_attention = True
+    pooled_convolutions = True
 
     def __init__(self, dialect: str | None = None, cache_dir: str | None = None):
         detected, flags = host_dialect_and_flags()

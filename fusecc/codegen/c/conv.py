@@ -22,7 +22,7 @@ import torch
 
 from ...kernels.spec import KernelSpec, conv_geometry
 from . import conv_indirect, conv_winograd
-from .common import SIGNATURE, declarations, vstore
+from .common import SIGNATURE, declarations, vload, vstore
 from .dialects import Dialect
 from .gemm import epilogue_stores, microkernel, pack_panels, tile_columns
 
@@ -57,9 +57,16 @@ def copies_input(spec: KernelSpec) -> bool:
     return not is_nhwc(spec) and nhwc_outputs(spec) and geo["g"] == 1 and geo["dw"] == 1 and not _runtime_weights(spec)
 
 
+def pooled(spec: KernelSpec) -> bool:
+    """Some output is averaged over the pixels in the kernel (pool_fusion)."""
+    return any(o.pool for o in spec.outputs)
+
+
 def nhwc_outputs(spec: KernelSpec) -> bool:
     geo = conv_geometry(spec)
     for o in spec.outputs:
+        if o.pool:  # one value per (image, channel): no pixel layout
+            continue
         strides = o.strides or torch.empty(o.shape, device="meta").stride()
         if (strides[1] != 1 and geo["cout"] > 1) or not _pixels_linear(tuple(strides), geo):
             return False
@@ -72,6 +79,12 @@ def _runtime_weights(spec: KernelSpec) -> bool:
 
 def _algorithms(spec: KernelSpec) -> tuple[str, ...]:
     geo = conv_geometry(spec)
+    if pooled(spec):
+        # only the GEMM kernel's channel-major schedule gives each task whole
+        # channels over all pixels: race-free, deterministic sums
+        if is_nhwc(spec) and geo["g"] == 1 and not _runtime_weights(spec):
+            return ("nhwc_gemm",)
+        raise NotImplementedError("a pooled convolution needs a channels-last, ungrouped layer with constant weights")
     if copies_input(spec):
         return ("nhwc_indirect",)
     if is_nhwc(spec) and not _runtime_weights(spec):
@@ -120,7 +133,7 @@ def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
     nv = max(1, min(nv, math.ceil(vector_extent / dialect.vl)))
     mr = max(1, min(mr, row_extent))
     if nhwc:
-        params["schedule"] = nhwc_schedule(geo)
+        params["schedule"] = "channel_major" if pooled(spec) else nhwc_schedule(geo)
     if algo == "nhwc_indirect":
         params["segment"] = "rows" if copies_input(spec) else conv_indirect.default_segment(geo)
     if algo == "nhwc_gemm":
@@ -217,6 +230,11 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
         if not conv_winograd.applicable(geo):
             raise NotImplementedError("Winograd convolution needs a 3x3, stride-1, undilated, ungrouped layer")
         return conv_winograd.render(spec, name, vl, params, geo, _nhwc_epilogue(spec, geo))
+    if pooled(spec) and (params["algo"], params.get("schedule")) != ("nhwc_gemm", "channel_major"):
+        raise NotImplementedError(
+            "a pooled convolution runs as algo 'nhwc_gemm' with schedule 'channel_major', "
+            f"not {params['algo']!r} / {params.get('schedule')!r}"
+        )
     if params["algo"] == "nhwc_gemm":
         return _render_nhwc_gemm(spec, name, vl, params, geo)
     if params["algo"] == "nhwc_depthwise":
@@ -458,6 +476,9 @@ def _nhwc_epilogue(spec: KernelSpec, geo: dict) -> tuple[list[str], list[str]]:
 
     def store(j: int, o, value: str, valid: str | None) -> str:
         strides = o.strides or torch.empty(o.shape, device="meta").stride()
+        if o.pool:  # add into the channel sums of the pixel's image (see _pool_sums)
+            ptr = f"out{j} + (pix / {geo['P']}L) * {strides[0]}L + co"
+            return vstore(o.dtype, ptr, f"vadd({vload(o.dtype, ptr, 1, valid)}, {value})", valid)
         return vstore(o.dtype, f"out{j} + pix * {strides[3]}L + co", value, valid)
 
     return (
@@ -550,10 +571,11 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, long lda,
       {_pack_rows(geo, "(apack + pix0 * " + str(k) + "L)")}
     }}"""
             a_of = f"apack + pix0 * {k}L, {k}L"
+        zero_sums, average_sums = _pool_sums(spec, geo, nr)
         body = f"""
   float* FC_RESTRICT apack = (float*)(((uintptr_t)ws + 63) & ~(uintptr_t)63);
   (void)apack;
-  long mchunks = (2L * nthreads + {panels}L - 1) / {panels}L;
+  long mchunks = {"1L" if zero_sums else f"(2L * nthreads + {panels}L - 1) / {panels}L"};
   if (mchunks > {mtiles}L) mchunks = {mtiles}L;
   const long per_chunk = ({mtiles}L + mchunks - 1) / mchunks;
   #pragma omp parallel num_threads(nthreads)
@@ -561,12 +583,12 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, long lda,
     #pragma omp for schedule(static)
     for (long task = 0; task < {panels}L * mchunks; ++task) {{
       const long p = task / mchunks, mc = task % mchunks;
-      const long t_end = (mc + 1) * per_chunk < {mtiles}L ? (mc + 1) * per_chunk : {mtiles}L;
+      const long t_end = (mc + 1) * per_chunk < {mtiles}L ? (mc + 1) * per_chunk : {mtiles}L;{zero_sums}
       for (long mt = mc * per_chunk; mt < t_end; ++mt) {{
         const long pix0 = mt * {mr}L;
         {tile_rows}
         {name}_tile(args, {a_of}, wpack + p * {k * nr}L, pix0, rows, p * {nr}L);
-      }}
+      }}{average_sums}
     }}
   }}
 }}
@@ -604,6 +626,30 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, long lda,
 }}
 """
     return "\n".join(kernels) + tile_fn + head + body
+
+
+def _pool_sums(spec: KernelSpec, geo: dict, nr: int) -> tuple[str, str]:
+    """C code run by the task that owns panel ``p`` (all pixels of its NR
+    channels) before and after its tiles: zero the pooled outputs' sums of
+    those channels, then divide them by the pixel count. Empty strings when
+    no output is pooled."""
+    lines = {"zero": [], "average": []}
+    for j, o in enumerate(spec.outputs):
+        if not o.pool:
+            continue
+        image = o.strides[0] if o.strides else geo["cout"]
+        for what, statement in (("zero", "= 0.0f"), ("average", f"/= {float(geo['P'])}f")):
+            lines[what].append(
+                f"for (long nimg = 0; nimg < {geo['n']}L; ++nimg) for (long c = p * {nr}L; c < c_end; ++c) "
+                f"((float*)args[{len(spec.operands) + j}])[nimg * {image}L + c] {statement};"
+            )
+    if not lines["zero"]:
+        return "", ""
+    head = f"\n      const long c_end = (p + 1) * {nr}L < {geo['cout']}L ? (p + 1) * {nr}L : {geo['cout']}L;"
+    return (
+        head + "".join(f"\n      {x}" for x in lines["zero"]),
+        "".join(f"\n      {x}" for x in lines["average"]),
+    )
 
 
 def _render_nhwc_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, geo: dict) -> str:
