@@ -169,8 +169,11 @@ def test_winograd_is_the_default_where_it_was_measured_faster():
     assert conv_winograd.preferred(resnet) and conv_winograd.default_m(resnet) == 4
     assert not conv_winograd.preferred({**resnet, "oh": 7, "ow": 7, "cin": 512, "cout": 512})  # weight-bound
     assert conv_winograd.preferred({**resnet, "n": 8, "oh": 7, "ow": 7, "cin": 512, "cout": 512})
-    assert conv_winograd.default_m({**resnet, "oh": 14, "ow": 14, "cin": 256, "cout": 256}) == 4
-    assert conv_winograd.default_m({**resnet, "oh": 7, "ow": 7, "cin": 512, "cout": 512}) == 2  # 38 MB of filters
+    assert conv_winograd.default_m({**resnet, "oh": 28, "ow": 28, "cin": 128, "cout": 128}) == 4  # 2.4 MB of filters
+    # 9.4 MB of F(4, 3) filters, read from memory in a network: F(2, 3) at batch 1, F(4, 3) at batch 8
+    assert conv_winograd.default_m({**resnet, "oh": 14, "ow": 14, "cin": 256, "cout": 256}) == 2
+    assert conv_winograd.default_m({**resnet, "n": 8, "oh": 14, "ow": 14, "cin": 256, "cout": 256}) == 4
+    assert conv_winograd.default_m({**resnet, "n": 8, "oh": 7, "ow": 7, "cin": 512, "cout": 512}) == 2  # 38 MB
 
 
 def test_winograd_is_refused_where_it_does_not_apply(cpu):

@@ -50,16 +50,23 @@ def applicable(geo: dict) -> bool:
     )
 
 
-FILTERS_F4_MAX = 16 << 20  # F(4, 3)'s transformed filters, re-read per chunk: half of L3
+# F(4, 3)'s 36 transformed filters per image of the batch. Inside a network
+# a layer's filters come from memory, not cache (ResNet-50: 100 MB of weights),
+# so beyond this F(2, 3)'s 16 filters win although F(4, 3) is faster hot.
+FILTERS_F4_PER_IMAGE = 4 << 20
 
 
 def default_m(geo: dict) -> int:
     """F(4, 3) (2.25 multiplies per output against F(2, 3)'s 4) unless its
-    tiles would compute much padding or its 36 transformed filters outgrow
-    the cache: 256 @14 (9 MB of filters, tiles 31% padding) F(4, 3) 0.28 /
-    F(2, 3) 0.31 ms; 512 @7 (38 MB) batch 8 3.5 / 2.6 ms."""
+    tiles would compute much padding or its 36 transformed filters are more
+    than FILTERS_F4_PER_IMAGE per image. Measured inside ResNet-18/50 at
+    batch 1 (us per layer, F(4, 3) / F(2, 3); hot in brackets): 128 @28
+    (2.4 MB of F(4, 3) filters) 241-260 / 296-351 (192 / 272), 256 @14
+    (9.4 MB) 450-574 / 317-446 (280-326 / 293-309); at batch 8 256 @14 is
+    1882-1947 / 2127-2194 and 512 @7 (38 MB) 3.5 / 2.6 ms."""
     waste4 = math.ceil(geo["oh"] / 4) * math.ceil(geo["ow"] / 4) * 16 / (geo["oh"] * geo["ow"])
-    return 4 if waste4 < 1.35 and 4 * 36 * geo["cin"] * geo["cout"] <= FILTERS_F4_MAX else 2
+    filters4 = 4 * 36 * geo["cin"] * geo["cout"]
+    return 4 if waste4 < 1.35 and filters4 <= FILTERS_F4_PER_IMAGE * geo["n"] else 2
 
 
 def preferred(geo: dict) -> bool:
