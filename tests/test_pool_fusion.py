@@ -48,7 +48,7 @@ def _decisions(report, accepted):
     "cin, cout, k, hw, batch, keepdim",
     [
         (32, 1280, 1, (7, 7), 1, True),  # MobileNetV2's last layer: a plain GEMM over the pixels
-        (24, 100, 3, (9, 7), 2, False),  # 3x3: the pixels packed first; [N, C] output
+        (24, 100, 1, (9, 7), 2, False),  # [N, C] output, odd sizes
         (16, 37, 1, (5, 5), 3, True),  # row tiles crossing images, a partial channel vector
     ],
 )
@@ -97,7 +97,7 @@ def test_only_the_channel_major_gemm_kernel_renders_a_pooled_convolution(tmp_pat
     with GroupRecorder() as recorder:
         torch._dynamo.reset()
         with torch.no_grad():
-            torch.compile(ConvPool(16, 40, 3).eval(), backend="fusecc", options={"target": recorder.name})(
+            torch.compile(ConvPool(16, 40, 1).eval(), backend="fusecc", options={"target": recorder.name})(
                 _nhwc(1, 8, 6, 6)
             )
     ((group, _),) = [(g, c) for g, c in recorder.items if g.attrs.get("pool")]
@@ -107,6 +107,13 @@ def test_only_the_channel_major_gemm_kernel_renders_a_pooled_convolution(tmp_pat
     params = {**c_codegen.default_params(spec, dialect), "schedule": "pixel_major"}
     with pytest.raises(NotImplementedError, match="schedule 'channel_major'"):
         c_codegen.render(spec, dialect, params)
+
+
+def test_a_3x3_convolution_keeps_its_own_kernel_and_its_pool_apart():
+    report = _report(ConvPool(16, 24, 3), _nhwc(1, 8, 6, 6), target="c")
+    (refused,) = _decisions(report, accepted=False)
+    assert "not a 1x1 stride-1 unpadded convolution" in refused.message
+    assert "reduction" in [k["kind"] for k in report.kernels]
 
 
 def test_a_depthwise_convolution_keeps_its_pool_apart_with_the_reason():
@@ -123,7 +130,7 @@ def test_a_convolution_of_the_networks_nchw_input_keeps_its_pool_apart():
     class First(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(3, 16, 3, padding=1)
+            self.conv = nn.Conv2d(3, 16, 1)
 
         def forward(self, x):
             return torch.relu(self.conv(x)).mean((2, 3))
@@ -153,3 +160,23 @@ def test_targets_without_pooled_convolutions_keep_the_pool_apart():
 def test_pool_fusion_off_keeps_the_reduction_kernel():
     report = _report(ConvPool(16, 24, 1), _nhwc(1, 8, 5, 5), target="c", passes={"pool_fusion": False})
     assert [k["kind"] for k in report.kernels] == ["conv", "conv", "reduction"]
+
+
+def test_a_pool_after_a_block_run_as_its_layers_goes_into_the_last_layer():
+    """ResNet-50's end: a deep bottleneck runs as its layers untuned, so at
+    lowering its last 1x1 convolution (+ residual + ReLU) takes the pool."""
+    from fusecc.bench.blocks import Bottleneck, _randomize_bn
+
+    class Tail(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = _randomize_bn(Bottleneck(128, 32))
+
+        def forward(self, x):
+            return self.block(x).mean((2, 3))
+
+    torch.manual_seed(0)
+    report = _report(Tail(), _nhwc(2, 128, 7, 7), target="c")
+    (decision,) = _decisions(report, accepted=True)
+    assert "the last layer of fused_block_0, which runs as its layers" in decision.message
+    assert [k["kind"] for k in report.kernels] == ["conv", "conv", "conv"]  # the layers; no reduction kernel

@@ -102,8 +102,10 @@ def fuse_nodes(
     nodes: Iterable[Node],
     kind: str,
     attrs: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> Node:
-    """Replace ``nodes`` (a convex set; callers check) with one FusedGroup call.
+    """Replace ``nodes`` (a convex set; callers check) with one FusedGroup call
+    (named ``name``, which must be free, or the next free ``fused_<kind>_<i>``).
 
     Returns the new call_module node. Values used outside the group become
     its outputs: a single output is returned directly, several as a tuple
@@ -136,7 +138,10 @@ def fuse_nodes(
     sub.output(env[outputs[0]] if len(outputs) == 1 else tuple(env[o] for o in outputs))
     sub.lint()
 
-    name = _unique_name(gm, kind)
+    if name is None:
+        name = _unique_name(gm, kind)
+    elif hasattr(gm, name):
+        raise ValueError(f"fusing into {name}: the graph module already has an attribute of that name")
     module = FusedGroup(
         gm,
         sub,

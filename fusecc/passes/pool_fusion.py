@@ -1,6 +1,8 @@
 """pool_fusion: a global average pool folded into the convolution before it.
 
-Runs after `block_fusion`, on the groups it left alone.
+Runs after `block_fusion`, on the groups it left alone; a block the target
+then runs as its layers gets the same treatment at lowering
+(`runtime/lower.py`), its last layer taking the pool.
 Matches: a ``reduction`` group that is one ``mean`` over the spatial dims
 (H, W) of a 4-d float32 tensor, whose input is the only output of a ``conv``
 group and is used by nothing else - the last 1x1 convolution of MobileNetV2
@@ -12,6 +14,8 @@ convolution's full result (250 KB in MobileNetV2, read back cold by a
 separate pooling kernel) is never written.
 Refuses, with the reason in the dump: targets without pooled convolution
 kernels (`Target.pooled_convolutions`), grouped (depthwise) convolutions,
+kxk or strided ones (their own kernels beat the pooled GEMM: ResNet-18's
+last 3x3 layer took 835-849 us pooled against 617-648 + 67-71 us apart),
 runtime (unfrozen) weights, results that are not channels-last.
 """
 
@@ -51,14 +55,21 @@ def _refusal(conv_group: FusedGroup, conv_call: Node) -> str | None:
     convs = [n for n in conv_group.graph.nodes if n.target is aten.convolution.default]
     if len(convs) != 1:
         return f"conv group with {len(convs)} convolutions"
-    if convs[0].args[8] != 1:
+    conv = convs[0]
+    if conv.args[8] != 1:
         return "grouped (depthwise) convolution: only dense convolutions pool in their epilogue"
+    kh, kw = conv.args[1].meta["val"].shape[2:]
+    x = conv.args[0]
+    pad = x.args[1] if x.target is aten.constant_pad_nd.default else ()
+    if (kh, kw) != (1, 1) or tuple(conv.args[3]) != (1, 1) or any(conv.args[4]) or any(pad):
+        # the pooled kernel is the GEMM over the pixels in place; a kxk layer's
+        # own (indirect, Winograd) kernel is faster than that plus the pool
+        return "not a 1x1 stride-1 unpadded convolution: its own kernel beats the pooled GEMM kernel"
     placeholders = conv_group.graph.find_nodes(op="placeholder")
-    weight = convs[0].args[1]
+    weight = conv.args[1]
     if weight not in placeholders or not conv_group.constant_inputs[placeholders.index(weight)]:
         return "the convolution's weights are not constants"
-    x = convs[0].args[0]
-    if x.target is aten.constant_pad_nd.default:  # folded into the convolution's padding
+    if x.target is aten.constant_pad_nd.default:  # an empty pad (transformers' TF padding of a 1x1 layer)
         x = x.args[0]
     if x.target is aten.clone.default:  # a layout change the kernel reads through: its source counts
         x = x.args[0]
@@ -68,29 +79,52 @@ def _refusal(conv_group: FusedGroup, conv_call: Node) -> str | None:
     return None
 
 
+def pool_candidate(gm: GraphModule, call: Node) -> Node | None:
+    """The producer call of ``call`` if ``call`` is a spatial-mean reduction
+    group over the output of another group (a conv group, or a block whose
+    last layer may be one once the target unfuses it)."""
+    group = gm.get_submodule(call.target) if call.op == "call_module" else None
+    if not (isinstance(group, FusedGroup) and group.kind == "reduction") or _spatial_mean(group) is None:
+        return None
+    producer = call.args[0]
+    if not (isinstance(producer, Node) and producer.op == "call_module"):
+        return None
+    return producer if isinstance(gm.get_submodule(producer.target), FusedGroup) else None
+
+
+def fuse_pool(gm: GraphModule, call: Node, target, decide) -> Node | None:
+    """Fold the spatial-mean reduction group ``call`` into the conv group
+    that produces its input; returns the new conv group's call, or None
+    (with the reason given to ``decide(subject, message, accepted)``)."""
+    producer = pool_candidate(gm, call)
+    if producer is None:
+        return None
+    conv_group = gm.get_submodule(producer.target)
+    if conv_group.kind != "conv":
+        return None
+    if len(producer.users) != 1:
+        decide(producer.target, "the convolution result has users besides the pool", False)
+        return None
+    reason = _refusal(conv_group, producer)
+    if reason is None and not target.pooled_convolutions:
+        reason = f"target {target.name!r} has no pooled convolution kernels"
+    if reason is not None:
+        decide(producer.target, reason, False)
+        return None
+    attrs = {**conv_group.attrs, "pool": "mean"}
+    name = producer.target  # the convolution keeps its name (and its kernel's)
+    members = inline_group(gm, producer) + inline_group(gm, call)
+    fused = fuse_nodes(gm, members, "conv", attrs, name=name)
+    decide(name, f"global average pool folded into {name}", True)
+    return fused
+
+
 def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
     target = targets.get(ctx.options.target)
+
+    def decide(subject: str, message: str, accepted: bool) -> None:
+        ctx.decide(NAME, subject, message, accepted)
+
     for call in list(gm.graph.find_nodes(op="call_module")):
-        group = gm.get_submodule(call.target)
-        if not (isinstance(group, FusedGroup) and group.kind == "reduction") or _spatial_mean(group) is None:
-            continue
-        producer = call.args[0]
-        if not (isinstance(producer, Node) and producer.op == "call_module"):
-            continue
-        conv_group = gm.get_submodule(producer.target)
-        if not (isinstance(conv_group, FusedGroup) and conv_group.kind == "conv"):
-            continue
-        if len(producer.users) != 1:
-            ctx.decide(NAME, producer.target, "the convolution result has users besides the pool")
-            continue
-        reason = _refusal(conv_group, producer)
-        if reason is None and not target.pooled_convolutions:
-            reason = f"target {target.name!r} has no pooled convolution kernels"
-        if reason is not None:
-            ctx.decide(NAME, producer.target, reason)
-            continue
-        attrs = {**conv_group.attrs, "pool": "mean"}
-        members = inline_group(gm, producer) + inline_group(gm, call)
-        fused = fuse_nodes(gm, members, "conv", attrs)
-        ctx.decide(NAME, fused.target, f"global average pool folded into {producer.target}", accepted=True)
+        fuse_pool(gm, call, target, decide)
     return gm

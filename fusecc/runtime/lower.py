@@ -15,13 +15,14 @@ from collections import Counter
 from collections.abc import Callable
 
 import torch
-from torch.fx import GraphModule
+from torch.fx import GraphModule, Node
 
 from ..errors import FallbackWarning, KeepUnfused, UnsupportedError, UseLibrary
 from ..graph.constants import constant_value
 from ..graph.fused_group import groups, inline_group, nested_groups
 from ..ops import OpCategory, node_category, op_name
 from ..options import Options
+from ..passes import pool_fusion
 from ..report import Fallback, GraphReport
 from ..targets import Target
 from .memory_plan import plan_memory
@@ -46,8 +47,13 @@ def _constants(gm: GraphModule, call) -> dict[int, torch.Tensor]:
 
 def lower(gm: GraphModule, target: Target, report: GraphReport, options: Options) -> GraphModule:
     found = groups(gm)
-    while found:
-        found = _lower_groups(gm, found, target, report, options)
+    # global pools over a block's output wait for the block's fate: if the
+    # target runs it as its layers, the last layer's kernel takes the pool
+    pools = _pools_after_blocks(gm, found, options)
+    found = [f for f in found if f[0] not in pools]
+    while found or pools:
+        found = _place_pools(gm, pools, _lower_groups(gm, found, target, report, options), target, report)
+        pools = {}
     plan = plan_memory(gm)
     if plan is not None:
         separate = sum(s.nbytes for s in plan.slots)
@@ -60,6 +66,36 @@ def lower(gm: GraphModule, target: Target, report: GraphReport, options: Options
         )
     _report_unknown_ops(gm, report, options)
     return gm
+
+
+def _pools_after_blocks(gm: GraphModule, found: list, options: Options) -> dict[Node, str]:
+    """The pool groups over a block's output (pool call -> block name)."""
+    if not options.pass_enabled(pool_fusion.NAME):
+        return {}
+    pools = {}
+    for node, _ in found:
+        producer = pool_fusion.pool_candidate(gm, node)
+        if producer is not None and gm.get_submodule(producer.target).kind == "block":
+            pools[node] = producer.target
+    return pools
+
+
+def _place_pools(gm: GraphModule, pools: dict[Node, str], found: list, target: Target, report: GraphReport) -> list:
+    """``found`` (the groups of the next round) with the deferred pools: each
+    folded into its block's last layer where the block was unfused (the
+    layer's group is replaced), else to compile as it is."""
+    extra = []
+    for call, block in pools.items():
+
+        def decide(subject: str, message: str, accepted: bool, block=block) -> None:
+            if accepted:
+                message += f" (the last layer of {block}, which runs as its layers)"
+            report.decide(pool_fusion.NAME, subject, message, accepted)
+
+        fused = pool_fusion.fuse_pool(gm, call, target, decide)
+        extra.append(fused if fused is not None else call)
+    live = {n for n, _ in groups(gm)}  # a folded layer's call is gone (its name lives on in the pooled group)
+    return [f for f in found if f[0] in live] + [(n, gm.get_submodule(n.target)) for n in extra]
 
 
 def _lower_groups(gm, found, target: Target, report: GraphReport, options: Options) -> list:

@@ -82,9 +82,9 @@ def _algorithms(spec: KernelSpec) -> tuple[str, ...]:
     if pooled(spec):
         # only the GEMM kernel's channel-major schedule gives each task whole
         # channels over all pixels: race-free, deterministic sums
-        if is_nhwc(spec) and geo["g"] == 1 and not _runtime_weights(spec):
+        if is_nhwc(spec) and geo["g"] == 1 and _nhwc_direct(geo) and not _runtime_weights(spec):
             return ("nhwc_gemm",)
-        raise NotImplementedError("a pooled convolution needs a channels-last, ungrouped layer with constant weights")
+        raise NotImplementedError("a pooled convolution needs a channels-last 1x1 stride-1 layer with constant weights")
     if copies_input(spec):
         return ("nhwc_indirect",)
     if is_nhwc(spec) and not _runtime_weights(spec):
