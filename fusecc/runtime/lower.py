@@ -84,6 +84,8 @@ def _place_pools(gm: GraphModule, pools: dict[Node, str], found: list, target: T
     """``found`` (the groups of the next round) with the deferred pools: each
     folded into its block's last layer where the block was unfused (the
     layer's group is replaced), else to compile as it is."""
+    if not pools:
+        return found
     extra = []
     for call, block in pools.items():
 

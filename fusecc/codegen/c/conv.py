@@ -575,7 +575,7 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, long lda,
         body = f"""
   float* FC_RESTRICT apack = (float*)(((uintptr_t)ws + 63) & ~(uintptr_t)63);
   (void)apack;
-  long mchunks = {"1L" if zero_sums else f"(2L * nthreads + {panels}L - 1) / {panels}L"};
+  long mchunks = {"1L" if pooled(spec) else f"(2L * nthreads + {panels}L - 1) / {panels}L"};
   if (mchunks > {mtiles}L) mchunks = {mtiles}L;
   const long per_chunk = ({mtiles}L + mchunks - 1) / mchunks;
   #pragma omp parallel num_threads(nthreads)
@@ -633,23 +633,20 @@ def _pool_sums(spec: KernelSpec, geo: dict, nr: int) -> tuple[str, str]:
     channels) before and after its tiles: zero the pooled outputs' sums of
     those channels, then divide them by the pixel count. Empty strings when
     no output is pooled."""
-    lines = {"zero": [], "average": []}
-    for j, o in enumerate(spec.outputs):
-        if not o.pool:
-            continue
-        image = o.strides[0] if o.strides else geo["cout"]
-        for what, statement in (("zero", "= 0.0f"), ("average", f"/= {float(geo['P'])}f")):
-            lines[what].append(
-                f"for (long nimg = 0; nimg < {geo['n']}L; ++nimg) for (long c = p * {nr}L; c < c_end; ++c) "
-                f"((float*)args[{len(spec.operands) + j}])[nimg * {image}L + c] {statement};"
-            )
-    if not lines["zero"]:
+    sums = [
+        f"((float*)args[{len(spec.operands) + j}])[nimg * {o.strides[0] if o.strides else geo['cout']}L + c]"
+        for j, o in enumerate(spec.outputs)
+        if o.pool
+    ]
+    if not sums:
         return "", ""
-    head = f"\n      const long c_end = (p + 1) * {nr}L < {geo['cout']}L ? (p + 1) * {nr}L : {geo['cout']}L;"
-    return (
-        head + "".join(f"\n      {x}" for x in lines["zero"]),
-        "".join(f"\n      {x}" for x in lines["average"]),
-    )
+
+    def each(statement: str) -> str:
+        loop = f"for (long nimg = 0; nimg < {geo['n']}L; ++nimg) for (long c = p * {nr}L; c < c_end; ++c)"
+        return "".join(f"\n      {loop} {s} {statement};" for s in sums)
+
+    c_end = f"\n      const long c_end = (p + 1) * {nr}L < {geo['cout']}L ? (p + 1) * {nr}L : {geo['cout']}L;"
+    return c_end + each("= 0.0f"), each(f"/= {float(geo['P'])}f")
 
 
 def _render_nhwc_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, geo: dict) -> str:
