@@ -14,7 +14,7 @@ from torch import nn
 
 from conftest import GroupRecorder, assert_close
 from fusecc.codegen import c as c_codegen
-from fusecc.codegen.c import conv_indirect, conv_winograd
+from fusecc.codegen.c import conv_indirect, conv_winograd, gemm
 from fusecc.kernels import winograd
 from fusecc.kernels.lower import lower_group
 from fusecc.kernels.spec import conv_geometry
@@ -73,6 +73,8 @@ def _variants(geo) -> list[dict]:
         for m in conv_winograd.TILE_SIZES:
             for tile, chunk in (((6, 4), None), ((5, 3), 1), ((4, 1), None)):
                 out.append({"algo": "nhwc_winograd", "m": m, "tile": tile, **({"chunk": chunk} if chunk else {})})
+            # filters over 1 MB: each (position, panel) block streams the next
+            out.append({"algo": "nhwc_winograd", "m": m, "tile": (6, 4), "schedule": "channel_major"})
     out.append({"algo": "nhwc_gemm", "schedule": "channel_major", "tile": (6, 2), "kc": 64})
     out.append({"algo": "nhwc_gemm", "schedule": "pixel_major", "tile": (4, 3), "kc": 256})
     return out
@@ -83,8 +85,7 @@ def cpu(tmp_path_factory):
     return HostCTarget(cache_dir=str(tmp_path_factory.mktemp("conv-cache")))
 
 
-@pytest.mark.parametrize("layer", sorted(LAYERS))
-def test_every_nhwc_conv_algorithm_matches_eager(layer, cpu):
+def _check_variants(layer, cpu):
     group, constants = _conv_group(layer)
     spec = lower_group(group)
     geo = conv_geometry(spec)
@@ -111,6 +112,19 @@ def test_every_nhwc_conv_algorithm_matches_eager(layer, cpu):
             finally:
                 torch.set_num_threads(2)
             assert_close(out, ref, 1e-4), params
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_every_nhwc_conv_algorithm_matches_eager(layer, cpu):
+    _check_variants(layer, cpu)
+
+
+@pytest.mark.parametrize("layer", ["1x1_residual", "3x3_odd_residual", "3x3_s2_wide"])
+def test_the_kernels_without_operand_streaming_match_eager(layer, cpu, monkeypatch):
+    """Streaming (prefetching the next weight panel or pixel tile) is on by
+    default; the kernels it leaves out of the source are still whole."""
+    monkeypatch.setattr(gemm, "STREAM_OPERANDS", False)
+    _check_variants(layer, cpu)
 
 
 @pytest.mark.parametrize("layer", ["7x7_s2_cin3", "3x3_s2_wide", "1x1_residual"])

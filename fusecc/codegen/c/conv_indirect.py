@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 
 from ...kernels.spec import KernelSpec
+from . import gemm
 from .common import SIGNATURE, declarations
 from .gemm import PREFETCH_K, tile_columns
 
@@ -89,12 +90,14 @@ def workspace_bytes(geo: dict, params: dict, nthreads: int) -> int:
     return nthreads * _acc_bytes(params) + copy + 64
 
 
-def _microkernel(fn: str, rows: int, mr: int, nv: int, vl: int, seg: int) -> str:
-    """acc[rows x NR] (+)= sum over segments t, floats c of ptrs[t][i][c] * bp[t][c][:]."""
+def _microkernel(fn: str, rows: int, mr: int, nv: int, vl: int, seg: int, stream: bool) -> str:
+    """acc[rows x NR] (+)= sum over segments t, floats c of ptrs[t][i][c] * bp[t][c][:];
+    ``stream``: also prefetch ``pf`` at ``pf_rate`` (as gemm.microkernel)."""
     nr = nv * vl
+    stream_arg = ", const float* FC_RESTRICT pf, long pf_rate" if stream else ""
     lines = [
         f"static inline void {fn}(long ntaps, const float* const* FC_RESTRICT ptrs, "
-        "const float* FC_RESTRICT bp, float* FC_RESTRICT acc, int accumulate) {"
+        f"const float* FC_RESTRICT bp, float* FC_RESTRICT acc, int accumulate{stream_arg}) {{"
     ]
     for i in range(rows):
         lines.append(
@@ -107,6 +110,8 @@ def _microkernel(fn: str, rows: int, mr: int, nv: int, vl: int, seg: int) -> str
     lines.append(
         "      " + " ".join(f"__builtin_prefetch(b + (c + {PREFETCH_K}) * {nr} + {o});" for o in range(0, nr, 16))
     )
+    if stream:
+        lines.append(f"      __builtin_prefetch(pf + (((t * {seg}L + c) * pf_rate) >> 16) * 16, 0, 2);")
     lines.append("      " + " ".join(f"const vf b{j} = vload(b + c * {nr} + {j * vl});" for j in range(nv)))
     for i in range(rows):
         fmas = " ".join(f"c{i}_{j} = vfma(x{i}, b{j}, c{i}_{j});" for j in range(nv))
@@ -201,9 +206,14 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict, geo: dict, epilog
     x_i, w_i = spec.attrs["input"], spec.attrs["weight"]
     full, part = epilogue
     panel_major = params.get("schedule") == "channel_major"
-    kernels = "\n".join(_microkernel(f"{name}_ukr{r}", r, mr, nv, vl, seg) for r in range(1, mr + 1))
+    # channel-major tasks stream the weights they read next (the next segment
+    # block of the panel, then the next task's panel) while computing these,
+    # as the GEMM kernel's channel-major schedule does
+    stream = panel_major and gemm.STREAM_OPERANDS
+    pf_param, pf_arg = (", const float* FC_RESTRICT pf, long pf_rate", ", pf, pf_rate") if stream else ("", "")
+    kernels = "\n".join(_microkernel(f"{name}_ukr{r}", r, mr, nv, vl, seg, stream) for r in range(1, mr + 1))
     dispatch = "\n".join(
-        f"    case {r}: {name}_ukr{r}(t1 - t0, ptrs, bp + t0 * {seg * nr}L, acc, t0 > 0); break;"
+        f"    case {r}: {name}_ukr{r}(t1 - t0, ptrs, bp + t0 * {seg * nr}L, acc, t0 > 0{pf_arg}); break;"
         for r in range(1, mr + 1)
     )
 
@@ -215,6 +225,14 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict, geo: dict, epilog
     )
 
     acc_bytes = _acc_bytes(params)
+    stream_setup, pf_of = "", ""
+    if stream:  # the next block: this panel's next segments, else the next task's panel
+        stream_setup = f"""
+        const int more = kb + 1 < {kblocks}L;
+        const float* FC_RESTRICT nblock = more ? bp + t1 * {seg * nr}L : wpack + (task + 1 < last ? task + 1 : task) / chunks * {k * nr}L;
+        const long nsegs = more ? ({nseg}L - t1 < {tb}L ? {nseg}L - t1 : {tb}L) : {min(tb, nseg)}L;
+        const long steps = (t1 - t0) * {seg}L, rate = fc_stream_rate(nsegs * {seg * -(-nr // 16)}L, (mt1 - mt0) * steps);"""
+        pf_of = ", fc_stream_at(nblock, mt - mt0, steps, rate), rate"
     return f"""
 static const float {name}_zeros[{geo["cin"]}] __attribute__((aligned(64)));
 
@@ -222,7 +240,7 @@ static const float {name}_zeros[{geo["cin"]}] __attribute__((aligned(64)));
 {_pointer_fn(name, geo, mr, rows_mode, copy)}
 
 static inline void {name}_accumulate(const float* FC_RESTRICT x, const float* FC_RESTRICT bp, long pix0, long rows,
-                                     long t0, long t1, float* FC_RESTRICT acc) {{
+                                     long t0, long t1, float* FC_RESTRICT acc{pf_param}) {{
   const float* ptrs[{tb * mr}];
   {name}_ptrs(x, pix0, rows, t0, t1, ptrs);
   switch (rows) {{
@@ -258,17 +276,18 @@ static inline void {name}_epilogue(void* const* args, const float* FC_RESTRICT t
 #endif
     float* FC_RESTRICT accbuf = (float*)(((uintptr_t)(ws + (size_t)tid * {acc_bytes}) + 63) & ~(uintptr_t)63);
     const float* FC_RESTRICT src = {"xp" if copy else "x"};{_copy_padded(geo) if copy else ""}
-    #pragma omp for schedule(static)
-    for (long task = 0; task < chunks * {panels}L; ++task) {{
+    long first, last;
+    fc_thread_range(chunks * {panels}L, &first, &last);
+    for (long task = first; task < last; ++task) {{
       {task_order}
       const float* FC_RESTRICT bp = wpack + p * {k * nr}L;
       const long mt0 = ch * per_chunk, mt1 = (ch + 1) * per_chunk < {mtiles}L ? (ch + 1) * per_chunk : {mtiles}L;
       for (long kb = 0; kb < {kblocks}L; ++kb) {{
-        const long t0 = kb * {tb}L, t1 = t0 + {tb}L < {nseg}L ? t0 + {tb}L : {nseg}L;
+        const long t0 = kb * {tb}L, t1 = t0 + {tb}L < {nseg}L ? t0 + {tb}L : {nseg}L;{stream_setup}
         for (long mt = mt0; mt < mt1; ++mt) {{
           const long pix0 = mt * {mr}L, rows = {pixels}L - pix0 < {mr}L ? {pixels}L - pix0 : {mr}L;
           float* FC_RESTRICT acc = accbuf + (mt - mt0) * {mr * nr}L;
-          {name}_accumulate(src, bp, pix0, rows, t0, t1, acc);
+          {name}_accumulate(src, bp, pix0, rows, t0, t1, acc{pf_of});
           if (t1 == {nseg}L) {name}_epilogue(args, acc, pix0, rows, p * {nr}L);
         }}
       }}

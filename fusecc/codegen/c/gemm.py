@@ -63,6 +63,7 @@ def _panel(params: dict, vl: int) -> tuple[int, int, int]:
 
 PANEL_BLOCK_BYTES = 512 * 1024  # B panels sharing one pass over A (half of a 1 MB L2)
 PREFETCH_K = 16  # rows of the B panel to prefetch ahead (64-byte lines)
+STREAM_OPERANDS = True  # convolutions prefetch the operand block they read next (microkernel's stream)
 
 
 A_IN_L3_BYTES = 16 * 1024 * 1024  # half of a 32 MB L3
@@ -105,6 +106,7 @@ def microkernel(
     a_dtype: str = "f32",
     inline: bool = True,
     accumulate: bool = False,
+    stream: bool = False,
 ) -> str:
     """``static inline void fn(long K, const float* a, long lda, const float* bp, float* tile)``:
     tile[MR x NR] = sum_k a[i*a_row + k*a_k] * bp[k*NR + l] (a broadcast, bp loaded);
@@ -115,14 +117,19 @@ def microkernel(
     epilogue (GELU's erf), the epilogue's hoisted constants take the
     accumulators' registers and the K loop spills (ConvNeXt block: 1.8 ->
     1.3 ms). ``accumulate`` adds to what ``tile`` holds (a convolution
-    summing its taps, one call per tap) instead of starting from zero."""
+    summing its taps, one call per tap) instead of starting from zero.
+    ``stream`` adds the arguments ``const float* pf, long pf_rate``: the k
+    loop also prefetches the lines of ``pf`` into L2 at ``pf_rate`` lines
+    per step (16.16 fixed point, `fc_stream_rate`): the weights the caller
+    reads next, streamed from memory while these are computed."""
     nr = nv * vl
     first = "vload(tile + {o})" if accumulate else "k0 ? vload(tile + {o}) : vzero()"
     a_type = "uint16_t" if a_dtype == "bf16" else "float"
     linkage = "static inline" if inline else "static __attribute__((noinline))"
+    stream_arg = ", const float* FC_RESTRICT pf, long pf_rate" if stream else ""
     lines = [
         f"{linkage} void {fn}(long K, const {a_type}* FC_RESTRICT a, long lda, const float* FC_RESTRICT bp, "
-        "float* FC_RESTRICT tile) {",
+        f"float* FC_RESTRICT tile{stream_arg}) {{",
         "  (void)lda;",
         f"  for (long k0 = 0; k0 < K; k0 += {kc}) {{",
         f"  const long k1 = k0 + {kc} < K ? k0 + {kc} : K;",
@@ -135,6 +142,8 @@ def microkernel(
     lines.append(
         "    " + " ".join(f"__builtin_prefetch(bp + (k + {PREFETCH_K}) * {nr} + {c});" for c in range(0, nr, 16))
     )
+    if stream:
+        lines.append("    __builtin_prefetch(pf + ((k * pf_rate) >> 16) * 16, 0, 2);")
     lines.append("    " + " ".join(f"const vf b{j} = vload(bp + k * {nr} + {j * vl});" for j in range(nv)))
     for i in range(mr):
         fmas = " ".join(f"c{i}_{j} = vfma(a{i}, b{j}, c{i}_{j});" for j in range(nv))
