@@ -55,6 +55,7 @@ def applicable(geo: dict) -> bool:
 # a layer's filters come from memory, not cache (ResNet-50: 100 MB of weights),
 # so beyond this F(2, 3)'s 16 filters win although F(4, 3) is faster hot.
 FILTERS_F4_PER_IMAGE = 4 << 20
+STREAM_FILTERS_ABOVE = 1 << 20  # transformed filters that stream (see render): more than stay in L2 across calls
 
 
 def default_m(geo: dict) -> int:
@@ -190,7 +191,7 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict, geo: dict, epilog
     # each (position, panel) block of transformed filters streams the next one
     # while its row tiles run: deep layers read them from memory (ResNet-50's
     # 256 @14 layers: 714-750 -> 669-708 us in the model, 505-532 hot)
-    stream = gemm.STREAM_OPERANDS and params.get("schedule") == "channel_major"  # filters over 1 MB
+    stream = gemm.STREAM_OPERANDS and 4 * a2 * cin * panels * nr > STREAM_FILTERS_ABOVE
     ukr = microkernel(f"{name}_ukr", mr, nv, vl, "lda", "1", 1 << 30, stream=stream)
     pf_setup, pf_of = "", ""
     if stream:

@@ -210,16 +210,23 @@ def tile_columns(
 {indent}}}"""
 
 
-def epilogue_stores(spec: KernelSpec, point: list[str], col: str, valid: str | None, out_offset) -> list[str]:
+def epilogue_stores(
+    spec: KernelSpec, point: list[str], col: str, valid: str | None, out_offset, ahead: int = 0
+) -> list[str]:
     """Vector epilogue at one (.., row, col) point: the value of every output
     from the accumulator ``acc``; loads use the access strides over the space;
-    ``valid`` (lanes) makes loads and stores partial."""
+    ``valid`` (lanes) makes loads and stores partial. ``ahead`` > 0: each
+    load that moves with the first point index (a residual) also prefetches
+    its line ``ahead`` steps of that index on."""
+    prefetches: list[str] = []
 
     def load(node: Load) -> str:
         acc = spec.accesses[node.access]
         dtype = spec.operands[node.operand].dtype
         off = " + ".join(f"{p} * {s}L" for p, s in zip(point, acc.strides[:-1]) if s) or "0"
         ptr = f"in{node.operand} + {off} + ({col}) * {acc.strides[-1]}L"
+        if ahead and acc.strides[0] and dtype == "f32":
+            prefetches.append(f"__builtin_prefetch({ptr} + {ahead * acc.strides[0]}L, 0, 2);")
         return vload(dtype, ptr, acc.strides[-1], valid if acc.strides[-1] != 0 else None)
 
     em = ExprEmitter(True, load, acc=lambda: "acc", prefix="e")
@@ -229,7 +236,7 @@ def epilogue_stores(spec: KernelSpec, point: list[str], col: str, valid: str | N
         lines.extend(em.lines)
         em.lines = []
         lines.append(out_offset(j, o, value, valid))
-    return lines
+    return prefetches + lines
 
 
 def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
