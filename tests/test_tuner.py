@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from fusecc.compiler import collect_reports
+from fusecc.targets.cpu import HostCTarget
+from fusecc.targets.evict import evictor
 from fusecc.tuner import KernelTuner, TuningDatabase
 from fusecc.tuner.database import TuningWarning, canonical
-from fusecc.tuner.measure import robust_median
+from fusecc.tuner.measure import MIN_RUNS, median_us, robust_median
 from fusecc.tuner.search import Search, features
 
 SPACE = {"tile": ((6, 4), (12, 2), (8, 3)), "kc": (64, 256)}
@@ -183,6 +185,47 @@ def test_tuner_measures_up_to_the_budget_and_never_again(tmp_path):
     assert info2["measured_now"] == 0 and len(calls) == 4 and again == params
 
 
+def test_a_kernel_with_nothing_to_search_is_still_timed_once(tmp_path):
+    """Its time is what a block is weighed against its layers with: without
+    it the block was kept unmeasured."""
+    calls = []
+
+    def build(params):
+        calls.append(params)
+        return lambda: sum(range(1000))
+
+    tuner = KernelTuner(TuningDatabase(tmp_path / "t.sqlite3"), "cpu", trials=4)
+    params, info = tuner.choose("sig", {"vl": 16}, {}, build, measure=True)
+    assert params == {"vl": 16} and calls == [{"vl": 16}] and info["best_us"] > 0
+    _, again = KernelTuner(TuningDatabase(tmp_path / "t.sqlite3"), "cpu", trials=4).choose(
+        "sig", {"vl": 16}, {}, build, measure=True
+    )
+    assert again["measured_now"] == 0 and len(calls) == 1
+
+
+def test_median_us_prepares_before_every_timed_call():
+    events = []
+
+    def call():
+        events.append("run")
+
+    call.prepare = lambda: events.append("prepare")
+    median_us(call)
+    assert events[:2] == ["prepare", "run"] and events.count("prepare") == events.count("run") >= MIN_RUNS
+
+
+def test_evicted_tensors_keep_their_values(tmp_path):
+    """The tuner times kernels with their weights flushed from the caches
+    (`targets/evict.py`); flushing writes nothing back but the data."""
+    target = HostCTarget(cache_dir=str(tmp_path))
+    evict = evictor(target.toolchain, target.cache())
+    t = torch.randn(1 << 16)
+    view = t[5:]  # a view: flushed from its own first element on
+    expected = t.clone()
+    evict([t, view, torch.empty(0)])
+    assert torch.equal(t, expected)
+
+
 class _LinearEpilogue(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -212,13 +255,12 @@ def _pin_library_slow(model, x, cache_dir):
     """Record the group's ATen ops as far slower than any kernel, so that a
     test of the parameter search never depends on how a timing under load
     turns out (the library is not measured again where a record exists)."""
-    from fusecc.targets.tuning import LIBRARY
-
     from fusecc.targets.cpu import HostCTarget
+    from fusecc.targets.tuning import LIBRARY
 
     _, kernels = _compile(model, x, cache_dir=str(cache_dir))
     (kernel,) = kernels
-    key = HostCTarget().tuning_key(torch.get_num_threads())
+    key = HostCTarget().tuner_key(torch.get_num_threads())
     TuningDatabase(cache_dir / "tuning.sqlite3").record(key, kernel["spec"]["signature"], LIBRARY, 1e9)
 
 

@@ -19,6 +19,7 @@ from ..runtime.memory import move_constants
 from ..errors import KeepUnfused, UnsupportedError, UseLibrary
 from ..tuner.database import canonical
 from . import Target
+from .evict import evictor
 from .toolchain import Toolchain, cpu_model, host_dialect_and_flags
 
 
@@ -53,7 +54,8 @@ class HostCTarget(Target):
             try:
                 spec = lower_group(group)
                 params, tuning = chooser(group, spec, constants)
-                if spec.kind == "block" and "layers_us" not in (tuning or {}):  # no measurement decided
+                # no measurement decided: the block or its layers were never timed
+                if spec.kind == "block" and ("layers_us" not in (tuning or {}) or "best_us" not in tuning):
                     reason = c_codegen.block.unfused_by_default(spec)
                     if reason:
                         raise KeepUnfused(f"untuned, {reason}")
@@ -154,6 +156,12 @@ class HostCTarget(Target):
         """What a measurement depends on: CPU, dialect, compiler, threads."""
         return f"c|{self.toolchain.fingerprint()}|threads={nthreads}"
 
+    def tuner_key(self, nthreads: int) -> str:
+        """The tuning database's target: candidates are timed with their
+        weights evicted from the caches (`evict.py`), so records timed hot
+        by earlier versions are not mixed in."""
+        return self.tuning_key(nthreads) + "|weights=cold"
+
     def _parameter_chooser(self, options, cache: CompileCache, nthreads: int):
         """(spec, constants) -> (params, tuning record or None), per options.tune."""
         if options.tune == "off":
@@ -164,12 +172,19 @@ class HostCTarget(Target):
 
         tuner = KernelTuner(
             TuningDatabase(database_path(options.cache_dir)),
-            self.tuning_key(nthreads),
+            self.tuner_key(nthreads),
             options.tune_trials,
             tuning_progress() if options.tune == "tune" else None,
         )
 
         measure = options.tune == "tune"
+        evict = evictor(self.toolchain, cache) if measure else None
+
+        def cold(call, tensors):
+            """``call`` timed as in a model: ``tensors`` (weights) evicted before each run."""
+            tensors = list(tensors)
+            call.prepare = lambda: evict(tensors)
+            return call
 
         def params_of(spec, constants):
             default = c_codegen.default_params(spec, self.dialect)
@@ -179,7 +194,7 @@ class HostCTarget(Target):
                 source = c_codegen.render(spec, self.dialect, params)
                 kernel = self._build(spec, source, constants, cache, nthreads)
                 args = random_runtime_args(spec, constants)
-                return lambda: kernel.run(*args)
+                return cold(lambda: kernel.run(*args), kernel.constants())
 
             try:
                 return tuner.choose(
@@ -192,14 +207,14 @@ class HostCTarget(Target):
         def choose(group, spec, constants):
             params, info = params_of(spec, constants)
             if spec.kind == "block":
-                self._block_or_layers(group, spec, constants, info, tuner, cache, nthreads, measure, params_of)
+                self._block_or_layers(group, spec, constants, info, tuner, cache, nthreads, measure, params_of, cold)
             else:
-                self._kernel_or_library(group, spec, constants, info, tuner, measure)
+                self._kernel_or_library(group, spec, constants, info, tuner, measure, cold)
             return params, info
 
         return choose
 
-    def _kernel_or_library(self, group, spec, constants, info, tuner, measure: bool) -> None:
+    def _kernel_or_library(self, group, spec, constants, info, tuner, measure: bool, cold) -> None:
         """Implementation choice: the generated kernel, or the group's own
         ATen ops (oneDNN / MKL underneath), whichever measured faster."""
         from ..tuner.measure import median_us
@@ -208,11 +223,11 @@ class HostCTarget(Target):
         def time_library() -> float:
             args = [constants.get(i, a) for i, a in enumerate(random_runtime_args(spec, constants))]
             with torch.no_grad():
-                return median_us(lambda: group(*args))
+                return median_us(cold(lambda: group(*args), constants.values()))
 
         _weigh(spec, info, tuner, measure, LIBRARY, time_library, UseLibrary, "its ATen ops", "the generated kernel")
 
-    def _block_or_layers(self, group, spec, constants, info, tuner, cache, nthreads, measure, params_of) -> None:
+    def _block_or_layers(self, group, spec, constants, info, tuner, cache, nthreads, measure, params_of, cold) -> None:
         """Implementation choice: keep the block kernel only where it beats
         its layers run one by one (each with its own tuned parameters)."""
         from ..tuner.measure import median_us
@@ -224,7 +239,7 @@ class HostCTarget(Target):
                 group, constants, cache, nthreads, lambda s, c: params_of(s, c)[0]
             ):
                 args = random_runtime_args(layer_spec, layer_constants)
-                total += median_us(lambda kernel=kernel, args=args: kernel.run(*args))
+                total += median_us(cold(lambda kernel=kernel, args=args: kernel.run(*args), kernel.constants()))
             return total
 
         _weigh(spec, info, tuner, measure, LAYERS, time_layers, KeepUnfused, "the layers one by one", "the block")

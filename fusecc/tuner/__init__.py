@@ -63,14 +63,13 @@ class KernelTuner:
                     prior, prior_records = Prior.fit(history), len(history)
             search = Search(default, space, prior=prior, kernel=features)
             while len(measured) < self.trials and (params := search.next(measured)) is not None:
-                try:
-                    us, error = median_us(build(params)), ""
-                except Exception as e:  # noqa: BLE001 - a candidate that fails is recorded, not fatal
-                    us, error = None, f"{type(e).__name__}: {e}"[:500]
-                self.db.record(self.target_key, signature, params, us, error)
-                measured[canonical(params)] = us
+                self._measure(signature, params, build, measured)
                 new += 1
-                self.on_measure(signature, params, us)
+        elif measure and canonical(default) not in measured:
+            # nothing to search, but the kernel is still weighed against other
+            # implementations (a block against its layers): that needs its time
+            self._measure(signature, default, build, measured)
+            new += 1
         best = best_record(measured, valid)
         info = {"measured_now": new, "records": len(measured), "default_us": measured.get(canonical(default))}
         if prior_records:
@@ -79,6 +78,15 @@ class KernelTuner:
             return default, {**info, "source": "default"}
         params, us = best
         return params, {**info, "source": "database", "best_us": us}
+
+    def _measure(self, signature: str, params: dict, build, measured: dict) -> None:
+        try:
+            us, error = median_us(build(params)), ""
+        except Exception as e:  # noqa: BLE001 - a candidate that fails is recorded, not fatal
+            us, error = None, f"{type(e).__name__}: {e}"[:500]
+        self.db.record(self.target_key, signature, params, us, error)
+        measured[canonical(params)] = us
+        self.on_measure(signature, params, us)
 
 
 def _parameter_records(measured: dict[str, float | None]) -> dict[str, float | None]:

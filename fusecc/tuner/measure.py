@@ -4,6 +4,8 @@ Warm-up calls first (page faults, caches, OpenMP pool), then repeated
 calls until both a minimum count and a minimum time are reached; samples
 further than 5 median absolute deviations above the median (a preempted
 run, an interrupt) are dropped and the median of the rest is the result.
+A call with a ``prepare`` attribute has it run, untimed, before each call
+(the CPU target evicts the kernel's weights from the caches there).
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ MAX_RUNS = 200
 
 
 def median_us(call: Callable[[], object]) -> float:
+    prepare = getattr(call, "prepare", None) or (lambda: None)
     for _ in range(WARMUP):
+        prepare()
         call()
     samples: list[float] = []
     start = time.perf_counter()
     while len(samples) < MAX_RUNS and (len(samples) < MIN_RUNS or time.perf_counter() - start < MIN_SECONDS):
+        prepare()
         t0 = time.perf_counter()
         call()
         samples.append(time.perf_counter() - t0)
