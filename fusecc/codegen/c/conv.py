@@ -564,7 +564,7 @@ def _render_nhwc_gemm(spec: KernelSpec, name: str, vl: int, params: dict, geo: d
         microkernel(f"{name}_ukr{r}", r, nv, vl, "lda", "1", params.get("kc", 256), stream=stream)
         for r in range(1, mr + 1)
     ]
-    pf_param, pf_arg = (", const float* FC_RESTRICT pf, long pf_rate", ", pf, pf_rate") if stream else ("", "")
+    pf_param, pf_arg = (gemm.STREAM_PARAMS, gemm.STREAM_ARGS) if stream else ("", "")
     tile_fn = f"""
 static void {name}_tile(void* const* args, const float* FC_RESTRICT a, long lda, const float* FC_RESTRICT bp,
                         long pix0, long rows, long co0{pf_param}) {{

@@ -94,7 +94,7 @@ def _microkernel(fn: str, rows: int, mr: int, nv: int, vl: int, seg: int, stream
     """acc[rows x NR] (+)= sum over segments t, floats c of ptrs[t][i][c] * bp[t][c][:];
     ``stream``: also prefetch ``pf`` at ``pf_rate`` (as gemm.microkernel)."""
     nr = nv * vl
-    stream_arg = ", const float* FC_RESTRICT pf, long pf_rate" if stream else ""
+    stream_arg = gemm.STREAM_PARAMS if stream else ""
     lines = [
         f"static inline void {fn}(long ntaps, const float* const* FC_RESTRICT ptrs, "
         f"const float* FC_RESTRICT bp, float* FC_RESTRICT acc, int accumulate{stream_arg}) {{"
@@ -210,7 +210,7 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict, geo: dict, epilog
     # block of the panel, then the next task's panel) while computing these,
     # as the GEMM kernel's channel-major schedule does
     stream = panel_major and gemm.STREAM_OPERANDS
-    pf_param, pf_arg = (", const float* FC_RESTRICT pf, long pf_rate", ", pf, pf_rate") if stream else ("", "")
+    pf_param, pf_arg = (gemm.STREAM_PARAMS, gemm.STREAM_ARGS) if stream else ("", "")
     kernels = "\n".join(_microkernel(f"{name}_ukr{r}", r, mr, nv, vl, seg, stream) for r in range(1, mr + 1))
     dispatch = "\n".join(
         f"    case {r}: {name}_ukr{r}(t1 - t0, ptrs, bp + t0 * {seg * nr}L, acc, t0 > 0{pf_arg}); break;"

@@ -64,6 +64,8 @@ def _panel(params: dict, vl: int) -> tuple[int, int, int]:
 PANEL_BLOCK_BYTES = 512 * 1024  # B panels sharing one pass over A (half of a 1 MB L2)
 PREFETCH_K = 16  # rows of the B panel to prefetch ahead (64-byte lines)
 STREAM_OPERANDS = True  # convolutions prefetch the operand block they read next (microkernel's stream)
+# what a streaming micro-kernel (and the functions that pass them on) take and pass
+STREAM_PARAMS, STREAM_ARGS = ", const float* FC_RESTRICT pf, long pf_rate", ", pf, pf_rate"
 
 
 A_IN_L3_BYTES = 16 * 1024 * 1024  # half of a 32 MB L3
@@ -126,7 +128,7 @@ def microkernel(
     first = "vload(tile + {o})" if accumulate else "k0 ? vload(tile + {o}) : vzero()"
     a_type = "uint16_t" if a_dtype == "bf16" else "float"
     linkage = "static inline" if inline else "static __attribute__((noinline))"
-    stream_arg = ", const float* FC_RESTRICT pf, long pf_rate" if stream else ""
+    stream_arg = STREAM_PARAMS if stream else ""
     lines = [
         f"{linkage} void {fn}(long K, const {a_type}* FC_RESTRICT a, long lda, const float* FC_RESTRICT bp, "
         f"float* FC_RESTRICT tile{stream_arg}) {{",
