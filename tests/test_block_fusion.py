@@ -334,3 +334,28 @@ def test_resnet50_bottlenecks_fuse():
     report = _compile_report(entry.model("tiny"), entry.example_input("tiny", 2), target="c", tol=1e-3)
     assert _block_kernels(report)
     assert {b["spec"]["attrs"]["pattern"] for b in _block_kernels(report)} == {"bottleneck"}
+
+
+@pytest.mark.parametrize("dialect", ["avx512", "avx2", "neon", "scalar"])
+def test_block_gemm_tiles_fit_the_registers_and_pad_least(dialect):
+    """A block layer's register tile: MR x NV accumulators + NV loaded
+    vectors + the broadcast fit the dialect's registers, the panel pads the
+    channels least, and among equal padding the tile with the most FMAs per
+    loaded operand wins - on 16-register AVX2 not the widest panel, whose 2
+    rows ran MobileNetV2's blocks slower than their layers."""
+    import math
+
+    from fusecc.codegen.c.block.common import panel_tile
+    from fusecc.codegen.c.dialects import DIALECTS
+
+    d = DIALECTS[dialect]
+    for channels in (16, 24, 32, 96, 144, 160, 320, 576, 960, 1000):
+        mr, nv = panel_tile(channels, d)
+        assert mr * nv + nv + 1 <= d.vector_registers
+        vectors = math.ceil(channels / d.vl)
+        pad = math.ceil(vectors / nv) * nv - vectors
+        assert pad == min(math.ceil(vectors / v) * v - vectors for v in (1, 2, 3, 4) if v <= vectors)
+    if dialect == "avx2":
+        assert panel_tile(576, d) == (4, 3) and panel_tile(320, d) == (6, 2)
+    if d.vector_registers == 32:
+        assert panel_tile(576, d) == (6, 4)
