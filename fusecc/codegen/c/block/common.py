@@ -72,7 +72,7 @@ def panel_tile(channels: int, dialect: Dialect) -> tuple[int, int]:
         mr = rows(nv)
         return math.ceil(vectors / nv) * nv - vectors, -mr * nv / (mr + nv), -nv
 
-    nv = min((v for v in (4, 3, 2, 1) if v <= vectors), key=rank, default=1)
+    nv = min((v for v in (4, 3, 2, 1) if v <= vectors), key=rank)
     return rows(nv), nv
 
 
