@@ -2,12 +2,15 @@
 (FlashAttention's recurrence, on CPU vectors).
 
 A task is one (batch, head) and a block of ``q_tiles`` x MR query rows.
-It walks the keys in blocks of BK = NV * VL:
+It walks the keys in blocks of BK = ``key_panels`` x NR keys (NR = NV * VL,
+the register tile's width; 64 keys by default, one tile on AVX-512, four
+on AVX2):
 
-  1. the key block is packed transposed ([D][BK]) and the value block in
-     NR-wide panels ([D / NR][BK][NR]), into the thread's buffers;
-  2. S = Q K^T for each row tile, by the GEMM micro-kernel (a query row
-     broadcast, the packed keys streamed);
+  1. the key block is packed transposed, NR keys at a time
+     ([BK / NR][D][NR]), and the value block in NR-wide panels
+     ([D / NR][BK][NR]), into the thread's buffers;
+  2. S = Q K^T for each row tile and NR keys, by the GEMM micro-kernel (a
+     query row broadcast, the packed keys streamed);
   3. each row scales S, adds the mask, sets keys past the causal diagonal
      or the sequence to -inf, and updates its running max m and sum l:
      P = exp(S - m_new), the row's output so far scaled by exp(m - m_new);
@@ -52,8 +55,15 @@ def _tile(dialect: Dialect) -> tuple[int, int]:
     return mr, nv
 
 
+# keys per block of the dense kernel: each block costs a softmax pass with
+# two horizontal reductions and a rescale of every output row, and its P V
+# GEMM runs over K = BK keys; a block of one 16-key AVX2 tile made both the
+# main cost (12 heads x 64: 0.89-0.91x SDPA on a Zen 1 core)
+DENSE_KEYS = 64
+
+
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
-    return {} if spec.attrs.get("sparse") else {"q_tiles": (4, 8, 16, 32)}
+    return {} if spec.attrs.get("sparse") else {"q_tiles": (4, 8, 16, 32), "key_panels": (1, 2, 4)}
 
 
 def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
@@ -63,7 +73,9 @@ def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
     if sparse:  # a key block of the kernel must tile a block of the plan
         nv = max(v for v in range(1, nv + 1) if sparse["block"] % (v * dialect.vl) == 0)
         return {"tile": (mr, nv), "q_tiles": 1, "vl": dialect.vl}
-    return {"tile": (mr, nv), "q_tiles": max(1, min(Q_TILES, math.ceil(spec.space[2] / mr))), "vl": dialect.vl}
+    q_tiles = max(1, min(Q_TILES, math.ceil(spec.space[2] / mr)))
+    key_panels = max(1, DENSE_KEYS // (nv * dialect.vl))
+    return {"tile": (mr, nv), "q_tiles": q_tiles, "key_panels": key_panels, "vl": dialect.vl}
 
 
 def _check(spec: KernelSpec) -> None:
@@ -115,27 +127,29 @@ class _Sizes(NamedTuple):
     lk: int
     mr: int
     nv: int
-    bk: int  # keys per block: one register tile's width
+    nr: int  # one register tile's width
+    bk: int  # keys per block: key_panels tiles' width
     qb: int  # query rows per task
-    panels: int  # value panels of BK floats covering the head size
+    panels: int  # value panels of NR floats covering the head size
     dpad: int  # the head size padded to whole panels
 
 
 def _sizes(spec: KernelSpec, params: dict) -> _Sizes:
     b, h, lq, d = spec.space
     mr, nv = params["tile"]
-    bk = nv * params["vl"]
-    panels = math.ceil(d / bk)
+    nr = nv * params["vl"]
+    bk = nr * params.get("key_panels", 1)
+    panels = math.ceil(d / nr)
     sparse = spec.attrs.get("sparse")
     if sparse and sparse["block"] % bk:
         raise NotImplementedError(f"a key block of {bk} does not tile the plan's blocks of {sparse['block']}")
     qb = sparse_group(sparse, mr) * sparse["block"] if sparse else mr * params["q_tiles"]
-    return _Sizes(b, h, lq, d, spec.attrs["lk"], mr, nv, bk, qb, panels, panels * bk)
+    return _Sizes(b, h, lq, d, spec.attrs["lk"], mr, nv, nr, bk, qb, panels, panels * nr)
 
 
 def _per_thread_floats(z: _Sizes) -> int:
     """Packed keys, packed values, scores, output rows, running max and sum."""
-    return z.d * z.bk + z.panels * z.bk * z.bk + z.qb * z.bk + z.qb * z.dpad + 2 * z.qb
+    return z.d * z.bk + z.panels * z.bk * z.nr + z.qb * z.bk + z.qb * z.dpad + 2 * z.qb
 
 
 def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
@@ -152,11 +166,23 @@ def sparse_tables(name: str, sparse: dict, qualifier: str) -> str:
     )
 
 
+def _score_tiles(name: str, d: int, q_row: int, nr: int, bk: int) -> str:
+    """C: the scores of row tile ``r0`` (``r`` rows) against the key block,
+    one NR-wide panel of packed keys at a time; a block of one panel is
+    written in place (the tile's rows are the score rows)."""
+    if bk == nr:
+        return f"          {name}_gemm(r, {d}L, qh + r0 * {q_row}L, {q_row}L, kt, sc + r0 * {bk}L);"
+    return f"""          for (long kp = 0; kp < {bk // nr}L; ++kp) {{
+            {name}_gemm(r, {d}L, qh + r0 * {q_row}L, {q_row}L, kt + kp * {d * nr}L, tile);
+            for (long i = 0; i < r; ++i) memcpy(sc + (r0 + i) * {bk}L + kp * {nr}L, tile + i * {nr}L, sizeof(float) * {nr});
+          }}"""
+
+
 def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     _check(spec)
     a = spec.attrs
     z = _sizes(spec, {**params, "vl": vl})
-    b, h, lq, d, lk, mr, nv, bk, qb, panels, dpad = z
+    b, h, lq, d, lk, mr, nv, nr, bk, qb, panels, dpad = z
     qs, ks, vs = a["q_strides"], a["k_strides"], a["v_strides"]
     os_ = spec.outputs[0].strides or (h * lq * d, lq * d, d, 1)
     kv_head = kv_head_index("hi", a)
@@ -239,11 +265,11 @@ static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda,
 #endif
     float* FC_RESTRICT kt = (float*)(((uintptr_t)(ws + (size_t)tid * {per_thread}) + 63) & ~(uintptr_t)63);
     float* FC_RESTRICT vpk = kt + {d * bk}L;          /* [panel][BK][NR] */
-    float* FC_RESTRICT sc = vpk + {panels * bk * bk}L;  /* scores, then probabilities: [QB][BK] */
+    float* FC_RESTRICT sc = vpk + {panels * bk * nr}L;  /* scores, then probabilities: [QB][BK] */
     float* FC_RESTRICT acc = sc + {qb * bk}L;         /* output rows: [QB][DPAD] */
     float* FC_RESTRICT mx = acc + {qb * dpad}L;       /* running max per row */
     float* FC_RESTRICT sm = mx + {qb}L;               /* running sum per row */
-    float tile[{mr * bk}] __attribute__((aligned(64)));
+    float tile[{mr * nr}] __attribute__((aligned(64)));
     #pragma omp for schedule({schedule})
     for (long task = 0; task < tasks; ++task) {{
       const long bi = task / {h * qblocks}L, hi = (task / {qblocks}L) % {h}L, q0 = (task % {qblocks}L) * {qb}L;
@@ -258,24 +284,25 @@ static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda,
         const long kn = {lk}L - kb < {bk}L ? {lk}L - kb : {bk}L;
         if (kn < {bk}L) {{  /* a short last block: the missing keys and values are zeros */
           memset(kt, 0, sizeof(float) * {d * bk});
-          memset(vpk, 0, sizeof(float) * {panels * bk * bk});
+          memset(vpk, 0, sizeof(float) * {panels * bk * nr});
         }}
-        for (long j = 0; j < kn; ++j) {{  /* keys transposed: [D][BK] */
+        for (long j = 0; j < kn; ++j) {{  /* keys transposed, NR at a time: [BK / NR][D][NR] */
           const float* FC_RESTRICT krow = kh + (kb + j) * {ks[2]}L;
-          for (long dd = 0; dd < {d}L; ++dd) kt[dd * {bk}L + j] = krow[dd];
+          float* FC_RESTRICT kcol = kt + (j / {nr}L) * {d * nr}L + j % {nr}L;
+          for (long dd = 0; dd < {d}L; ++dd) kcol[dd * {nr}L] = krow[dd];
         }}
         for (long j = 0; j < kn; ++j) {{  /* values in NR-wide panels: [panel][BK][NR] */
           const float* FC_RESTRICT vrow = vh + (kb + j) * {vs[2]}L;
           for (long p = 0; p < {panels}L; ++p) {{
-            const long w = {d}L - p * {bk}L < {bk}L ? {d}L - p * {bk}L : {bk}L;
-            memcpy(vpk + (p * {bk}L + j) * {bk}L, vrow + p * {bk}L, sizeof(float) * w);
-            if (w < {bk}L) memset(vpk + (p * {bk}L + j) * {bk}L + w, 0, sizeof(float) * ({bk}L - w));
+            const long w = {d}L - p * {nr}L < {nr}L ? {d}L - p * {nr}L : {nr}L;
+            memcpy(vpk + (p * {bk}L + j) * {nr}L, vrow + p * {nr}L, sizeof(float) * w);
+            if (w < {nr}L) memset(vpk + (p * {bk}L + j) * {nr}L + w, 0, sizeof(float) * ({nr}L - w));
           }}
         }}
         {region}
-        for (long r0 = ra; r0 < rb; r0 += {mr}L) {{  /* S = Q K^T, a row tile at a time */
+        for (long r0 = ra; r0 < rb; r0 += {mr}L) {{  /* S = Q K^T, a row tile and NR keys at a time */
           const long r = rb - r0 < {mr}L ? rb - r0 : {mr}L;
-          {name}_gemm(r, {d}L, qh + r0 * {qs[2]}L, {qs[2]}L, kt, sc + r0 * {bk}L);  /* rows of BK = NR */
+{_score_tiles(name, d, qs[2], nr, bk)}
         }}
         for (long i = ra; i < rb; ++i) {{  /* online softmax of row i over this key block */
           float* FC_RESTRICT srow = sc + i * {bk}L;
@@ -316,11 +343,11 @@ static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda,
         for (long r0 = ra; r0 < rb; r0 += {mr}L) {{  /* O += P V */
           const long r = rb - r0 < {mr}L ? rb - r0 : {mr}L;
           for (long p = 0; p < {panels}L; ++p) {{
-            {name}_gemm(r, {bk}L, sc + r0 * {bk}L, {bk}L, vpk + p * {bk * bk}L, tile);
+            {name}_gemm(r, {bk}L, sc + r0 * {bk}L, {bk}L, vpk + p * {bk * nr}L, tile);
             for (long i = 0; i < r; ++i)
-              for (long n = 0; n < {bk}L; n += {vl}) {{
-                float* o = acc + (r0 + i) * {dpad}L + p * {bk}L + n;
-                vstore(o, vadd(vload(o), vload(tile + i * {bk}L + n)));
+              for (long n = 0; n < {nr}L; n += {vl}) {{
+                float* o = acc + (r0 + i) * {dpad}L + p * {nr}L + n;
+                vstore(o, vadd(vload(o), vload(tile + i * {nr}L + n)));
               }}
           }}
         }}
