@@ -107,6 +107,20 @@ def test_every_q_block_size_matches_eager_on_any_thread_count(causal, tmp_path):
             assert_close(out, ref, 1e-4)
 
 
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_key_block_width_matches_eager(causal, tmp_path):
+    """Key blocks of 1, 2 or 4 register tiles (the scores computed a tile
+    of keys at a time), with 75 keys filling no block and a head size of
+    40 filling no value panel."""
+    q, k, v = _qkv(1, 2, 75, 75, 40)
+    spec, constants, ref = recorded_attention(Attention(causal), q, k, v)
+    target = HostCTarget(cache_dir=str(tmp_path))
+    for key_panels in c_codegen.tunables(spec, target.dialect)["key_panels"]:
+        params = {**c_codegen.default_params(spec, target.dialect), "key_panels": key_panels}
+        kernel = target._build(spec, c_codegen.render(spec, target.dialect, params), constants, target.cache(), 2)
+        assert_close(kernel.run(q, k, v), ref, 1e-4)
+
 def test_a_boolean_mask_is_honoured():
     """A boolean mask (True: attend) gets the same answer as eager, with no
     fallback, whichever way the graph hands it to attention."""
