@@ -90,14 +90,19 @@ def recorded_attention(model, *args):
     return lower_group(group), constants, ref
 
 
+def kernels_over(spec, constants, tunable: str, tmp_path, max_threads: int):
+    """The attention kernel built with each value of one of its tunables (the rest at their defaults)."""
+    target = HostCTarget(cache_dir=str(tmp_path))
+    for value in c_codegen.tunables(spec, target.dialect)[tunable]:
+        params = {**c_codegen.default_params(spec, target.dialect), tunable: value}
+        yield target._build(spec, c_codegen.render(spec, target.dialect, params), constants, target.cache(), max_threads)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_every_q_block_size_matches_eager_on_any_thread_count(causal, tmp_path):
     q, k, v = _qkv(2, 3, 75, 75, 32)
     spec, constants, ref = recorded_attention(Attention(causal), q, k, v)
-    target = HostCTarget(cache_dir=str(tmp_path))
-    for q_tiles in c_codegen.tunables(spec, target.dialect)["q_tiles"]:
-        params = {**c_codegen.default_params(spec, target.dialect), "q_tiles": q_tiles}
-        kernel = target._build(spec, c_codegen.render(spec, target.dialect, params), constants, target.cache(), 3)
+    for kernel in kernels_over(spec, constants, "q_tiles", tmp_path, 3):
         for nthreads in (1, 2, 3):
             torch.set_num_threads(nthreads)
             try:
@@ -107,7 +112,6 @@ def test_every_q_block_size_matches_eager_on_any_thread_count(causal, tmp_path):
             assert_close(out, ref, 1e-4)
 
 
-
 @pytest.mark.parametrize("causal", [False, True])
 def test_every_key_block_width_matches_eager(causal, tmp_path):
     """Key blocks of 1, 2 or 4 register tiles (the scores computed a tile
@@ -115,11 +119,9 @@ def test_every_key_block_width_matches_eager(causal, tmp_path):
     40 filling no value panel."""
     q, k, v = _qkv(1, 2, 75, 75, 40)
     spec, constants, ref = recorded_attention(Attention(causal), q, k, v)
-    target = HostCTarget(cache_dir=str(tmp_path))
-    for key_panels in c_codegen.tunables(spec, target.dialect)["key_panels"]:
-        params = {**c_codegen.default_params(spec, target.dialect), "key_panels": key_panels}
-        kernel = target._build(spec, c_codegen.render(spec, target.dialect, params), constants, target.cache(), 2)
+    for kernel in kernels_over(spec, constants, "key_panels", tmp_path, 2):
         assert_close(kernel.run(q, k, v), ref, 1e-4)
+
 
 def test_a_boolean_mask_is_honoured():
     """A boolean mask (True: attend) gets the same answer as eager, with no
