@@ -84,6 +84,17 @@ def test_residual_blocks_the_kernels_do_not_take_are_refused_with_the_reason():
     assert "1x1 8->8, 3x3 8->8" in refused[0].message
 
 
+def test_a_block_fed_a_channels_first_graph_input_runs_its_layers():
+    """The layout pass converts such an input inside the first layer's
+    group, so the block has no channels-last input to read."""
+    torch.manual_seed(0)
+    model = _randomize_bn(InvertedResidual(16, 16, 4))
+    report = _compile_report(model, torch.randn(1, 16, 8, 8), target="c")
+    assert not _block_kernels(report)
+    refused = [d.message for d in report.decisions if d.pass_name == "block_fusion" and not d.accepted]
+    assert "layer 1 (1x1 16->64) converts its input inside its own kernel" in refused
+
+
 def test_basic_blocks_fuse_but_run_as_their_layers_untuned():
     report = _compile_report(_randomize_bn(BasicBlock(8)), _nhwc(1, 8, 8, 8), target="c")
     (decision,) = [d for d in report.decisions if d.pass_name == "block_fusion" and d.accepted]

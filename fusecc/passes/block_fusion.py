@@ -128,6 +128,8 @@ def _why_not(chain: list[_Layer]) -> str | None:
         weight = layer._arg(layer.conv.args[1])
         if not (isinstance(weight, Node) and weight.op == "get_attr"):
             return f"layer {i + 1} ({layer.describe()}) has runtime weights"
+        if layer.input is None:  # e.g. the layout pass converts a graph input inside the layer's group
+            return f"layer {i + 1} ({layer.describe()}) converts its input inside its own kernel"
         if not _channels_last_f32(layer.call) or not _channels_last_f32(layer.input):
             return f"layer {i + 1} ({layer.describe()}) is not float32 channels-last"
         if i < len(chain) - 1:
