@@ -94,6 +94,19 @@ def test_gemm_with_epilogue(act, lead, dtype, target):
     check_against_eager(m, torch.randn(*lead, 24, dtype=dtype), torch.randn(*lead, 40, dtype=dtype), target=target)
 
 
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+@pytest.mark.parametrize("k, n", [(160, 960), (960, 160), (24, 1000)])
+def test_gemm_panel_blocks_cover_every_column_on_any_thread_count(k, n, nthreads):
+    """The threads share out blocks of B's panels, split evenly whatever
+    the panel count (960 columns on 2 threads: 60 panels in blocks of 30 + 30)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(nthreads)  # the panel blocks are sized for the threads at compile time
+    try:
+        check_against_eager(nn.Linear(k, n).eval(), torch.randn(49, k), target="c")
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_batched_matmul_with_scale_and_softmax(dtype, target):

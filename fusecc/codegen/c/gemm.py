@@ -315,7 +315,10 @@ static void {name}_tile(void* const* args, const {a_type}* FC_RESTRICT a, const 
         bp_expr = f"bpack + (bi * {panels}L + p) * {k * nr}L"
     # Panels in blocks that stay in L2 together: a row tile of A (in L1) is
     # used for every panel of the block before moving on, so A is streamed
-    # once per block rather than once per panel.
+    # once per block rather than once per panel. The blocks split the panels
+    # evenly (sizes differ by one at most): the threads' static shares are
+    # runs of whole blocks, and a short last block left one thread with
+    # most of the work (49x960x160: blocks of 51 and 9 panels, 0.66x MLAS).
     pb_size = params.get("panel_block") or _panel_block(panels, k * nr * 4, batch * mtiles, 4 * batch * m * k)
     pblocks = math.ceil(panels / pb_size)
     work = batch * panels * mtiles
@@ -337,8 +340,8 @@ static void {name}_tile(void* const* args, const {a_type}* FC_RESTRICT a, const 
         for (long t = 0; t < {mtiles}L; ++t) {{
           const long m0 = t * {mr}L;
           const long rows = {m}L - m0 < {mr}L ? {m}L - m0 : {mr}L;
-          const long p_end = (pb + 1) * {pb_size}L < {panels}L ? (pb + 1) * {pb_size}L : {panels}L;
-          for (long p = pb * {pb_size}L; p < p_end; ++p)
+          const long p_end = (pb + 1) * {panels}L / {pblocks}L;
+          for (long p = pb * {panels}L / {pblocks}L; p < p_end; ++p)
             {name}_tile(args, a_base + bi * {sab}L + m0 * {sam}L, {bp_expr}, bi, m0, rows, p * {nr}L);
         }}
   }}
