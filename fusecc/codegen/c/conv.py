@@ -362,10 +362,7 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, const flo
   char* ws = (char*)args[{len(spec.operands) + len(spec.outputs)}];
 {wsetup}
   const long tasks0 = {geo["n"] * geo["g"] * pblocks}L;
-  long mchunks = (2L * nthreads + tasks0 - 1) / tasks0;
-  if (mchunks > {mtiles}L) mchunks = {mtiles}L;
-  if (mchunks < 1) mchunks = 1;
-  const long per_chunk = ({mtiles}L + mchunks - 1) / mchunks;
+  const long mchunks = fc_task_chunks(tasks0, {mtiles}L, nthreads);
   #pragma omp parallel num_threads(nthreads) if (tasks0 * mchunks > 1)
   {{
 #ifdef _OPENMP
@@ -388,8 +385,8 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, const flo
           {pack_row}
         }}
       }}
-      const long t_end = (mc + 1) * per_chunk < {mtiles}L ? (mc + 1) * per_chunk : {mtiles}L;
-      for (long t = mc * per_chunk; t < t_end; ++t) {{
+      const long t_end = (mc + 1) * {mtiles}L / mchunks;
+      for (long t = mc * {mtiles}L / mchunks; t < t_end; ++t) {{
         const long m0 = t * {mr}L;
         const long rows = {geo["cout_g"]}L - m0 < {mr}L ? {geo["cout_g"]}L - m0 : {mr}L;
         const float* FC_RESTRICT apanel = wpack + (grp * {mtiles}L + t) * {k * mr}L;
@@ -603,25 +600,23 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, long lda,
         stream_setup = (
             f"""
       const float* FC_RESTRICT next = wpack + (task + 1 < last ? (task + 1) / mchunks : p) * {k * nr}L;
-      const long rate = fc_stream_rate({-(-k * nr // 16)}L, (t_end - mc * per_chunk) * {k}L);"""
+      const long rate = fc_stream_rate({-(-k * nr // 16)}L, (t_end - t_begin) * {k}L);"""
             if stream
             else ""
         )
-        pf_of = f", fc_stream_at(next, mt - mc * per_chunk, {k}L, rate), rate" if stream else ""
+        pf_of = f", fc_stream_at(next, mt - t_begin, {k}L, rate), rate" if stream else ""
         body = f"""
   float* FC_RESTRICT apack = (float*)(((uintptr_t)ws + 63) & ~(uintptr_t)63);
   (void)apack;
-  long mchunks = {"1L" if pooled(spec) else f"(2L * nthreads + {panels}L - 1) / {panels}L"};
-  if (mchunks > {mtiles}L) mchunks = {mtiles}L;
-  const long per_chunk = ({mtiles}L + mchunks - 1) / mchunks;
+  const long mchunks = {"1L" if pooled(spec) else f"fc_task_chunks({panels}L, {mtiles}L, nthreads)"};
   #pragma omp parallel num_threads(nthreads)
   {{{pack}
     long first, last;  // the panel of a thread's next task is known: the tiles of this one stream it
     fc_thread_range({panels}L * mchunks, &first, &last);
     for (long task = first; task < last; ++task) {{
       const long p = task / mchunks, mc = task % mchunks;
-      const long t_end = (mc + 1) * per_chunk < {mtiles}L ? (mc + 1) * per_chunk : {mtiles}L;{zero_sums}{stream_setup}
-      for (long mt = mc * per_chunk; mt < t_end; ++mt) {{
+      const long t_begin = mc * {mtiles}L / mchunks, t_end = (mc + 1) * {mtiles}L / mchunks;{zero_sums}{stream_setup}
+      for (long mt = t_begin; mt < t_end; ++mt) {{
         const long pix0 = mt * {mr}L;
         {tile_rows}
         {name}_tile(args, {a_of}, wpack + p * {k * nr}L, pix0, rows, p * {nr}L{pf_of});
@@ -639,13 +634,10 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, long lda,
         if stream_rows:
             rows_stream = f"""
       const float* FC_RESTRICT next = x + (pix0 + {mr}L) * {k}L;
-      const long rate = fc_stream_rate({-(-mr * k // 16)}L, (p_end - pc * per_chunk) * {k}L);"""
-            rows_pf = f", fc_stream_at(next, p - pc * per_chunk, {k}L, rate), rate"
+      const long rate = fc_stream_rate({-(-mr * k // 16)}L, (p_end - p_begin) * {k}L);"""
+            rows_pf = f", fc_stream_at(next, p - p_begin, {k}L, rate), rate"
         body = f"""
-  long pchunks = (2L * nthreads + {mtiles}L - 1) / {mtiles}L;
-  if (pchunks > {panels}L) pchunks = {panels}L;
-  if (pchunks < 1) pchunks = 1;
-  const long per_chunk = ({panels}L + pchunks - 1) / pchunks;
+  const long pchunks = fc_task_chunks({mtiles}L, {panels}L, nthreads);
   #pragma omp parallel num_threads(nthreads) if ({mtiles}L * pchunks > 1)
   {{
 #ifdef _OPENMP
@@ -661,8 +653,8 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, long lda,
       const long pix0 = mt * {mr}L;
       {tile_rows}
       {rows_code}
-      const long p_end = (pc + 1) * per_chunk < {panels}L ? (pc + 1) * per_chunk : {panels}L;{rows_stream}
-      for (long p = pc * per_chunk; p < p_end; ++p)
+      const long p_begin = pc * {panels}L / pchunks, p_end = (pc + 1) * {panels}L / pchunks;{rows_stream}
+      for (long p = p_begin; p < p_end; ++p)
         {name}_tile(args, a, lda, wpack + p * {k * nr}L, pix0, rows, p * {nr}L{rows_pf});
     }}
   }}

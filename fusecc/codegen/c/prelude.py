@@ -41,6 +41,21 @@ static inline void fc_thread_range(long tasks, long* first, long* last) {
   *first = tid * tasks / nth;
   *last = (tid + 1) * tasks / nth;
 }
+/* into how many chunks to cut `inner` units so that `outer` x chunks tasks
+   give every thread two or more and shares within 1/32 of each other (or
+   inner is used up): a task left over idles the other threads for its
+   length - 9 pixel tiles on 2 threads ran as 5 + 4, 0.89x of 9 + 9 halves.
+   Chunk c is units [c * inner / chunks, (c + 1) * inner / chunks). */
+static inline long fc_task_chunks(long outer, long inner, long nthreads) {
+  long c = (2 * nthreads + outer - 1) / outer;
+  if (c < 1) c = 1;
+  while (c < inner) {
+    const long tasks = outer * c, idle = (tasks + nthreads - 1) / nthreads * nthreads - tasks;
+    if (idle * 32 <= tasks) break;
+    ++c;
+  }
+  return c < inner ? c : (inner > 0 ? inner : 1);
+}
 static inline const float* fc_stream_at(const float* base, long i, long steps_per_tile, long rate) {
   return base + ((i * steps_per_tile * rate) >> 16) * 16;
 }
