@@ -4,8 +4,12 @@ Runtime and by fusecc (`compile_exported`, channels-last input as inside
 the network), timed with the benchmark's interleaved blocks. ORT's
 profiler inflates its per-node times (its per-conv sum exceeds its whole
 model by about 40% here), so the stages are timed as whole sessions
-instead; each ORT stage still pays its own layout reorders, so a stage
-ratio slightly favours fusecc.
+instead. The two biases point opposite ways: each ORT stage pays its own
+layout reorders, and each lone fusecc stage pays per-call costs that a
+kernel inside the model does not (the exported program's Python wrapper,
+about 40 us, and in a loop of calls the wake-up of torch's sleeping
+OpenMP worker). The second dominates on the small late stages: block 7's
+kernel runs about 360 us in the model and 462 us as a lone stage.
 
     python docs/scripts/stage_profile.py [timing seconds per stage]
 """
