@@ -48,6 +48,22 @@ def test_static_export_rejects_other_shapes_clearly():
         compiled(torch.randn(4, 3, 8, 8))
 
 
+class TwoInputs(nn.Module):
+    def forward(self, a, b):
+        return a * 2 + b
+
+
+def test_a_call_structured_unlike_the_export_is_refused_clearly():
+    """Plain positional tensors take the call's fast path; anything else is
+    checked against the exported structure."""
+    a, b = torch.randn(3), torch.randn(3)
+    compiled = fusecc.compile_exported(torch.export.export(TwoInputs(), (a, b)))
+    assert_close(compiled(a, b), a * 2 + b, 1e-6)
+    for bad_call in (lambda: compiled(a, (b,)), lambda: compiled(a), lambda: compiled(a, b=b)):
+        with pytest.raises(TypeError, match="compiled program expects inputs structured as"):
+            bad_call()
+
+
 def test_dynamic_export_accepts_other_batch_sizes():
     m = Net().eval()
     batch = torch.export.Dim("batch", min=1, max=64)
