@@ -366,3 +366,41 @@ def _signatures(db):
 
     with sqlite3.connect(db.path) as conn:
         return [row[0] for row in conn.execute("SELECT DISTINCT signature FROM measurements")]
+
+
+def test_every_block_of_a_model_is_tuned_and_equal_blocks_share_records(tmp_path):
+    """A block without an expand layer (its tiles hold a None) tuned first
+    must not stop the blocks after it from being tuned (the cross-kernel
+    prior describes every block's per-layer tiles), and two equal blocks at
+    different places in the graph are one kernel signature: the second is
+    read back from the database, not measured again."""
+    from fusecc.bench.blocks import InvertedResidual, _randomize_bn
+
+    model = _randomize_bn(
+        torch.nn.Sequential(InvertedResidual(8, 8, 1), InvertedResidual(8, 8, 4), InvertedResidual(8, 8, 4))
+    ).eval()
+    x = torch.randn(1, 8, 10, 10).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = model(x)
+    out, kernels = _compile(model, x, tune="tune", tune_trials=2, cache_dir=str(tmp_path))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    blocks = [k for k in kernels if k["kind"] == "block"]
+    assert len(blocks) == 3, [k["kind"] for k in kernels]
+    assert all("error" not in b["tuning"] for b in blocks), [b["tuning"] for b in blocks]
+    assert [b["tuning"]["records"] for b in blocks] == [2, 2, 2]
+    first, second, third = (b["spec"]["signature"] for b in blocks)
+    assert first != second == third
+    assert blocks[1]["tuning"]["measured_now"] == 2 and blocks[2]["tuning"]["measured_now"] == 0
+
+
+def test_parameter_features_line_up_for_nested_and_missing_tiles():
+    from fusecc.tuner.features import param_features
+
+    keys = ["band", "tile", "tiles"]
+    rows = [
+        param_features({"band": 2, "tiles": [(4, 3), (6, 2)]}, keys),
+        param_features({"band": 1, "tiles": (None, [6, 2])}, keys),  # a block without an expand layer
+        param_features({"tile": (6, 2)}, keys),
+    ]
+    assert len({len(r) for r in rows}) == 1
+    assert rows[0] != rows[1] and all(isinstance(v, float) for r in rows for v in r)

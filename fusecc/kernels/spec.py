@@ -94,23 +94,27 @@ class KernelSpec:
     def signature(self) -> str:
         """Stable hash of everything that determines the generated code
         (not names, not constant values): the tuning and cache key."""
-        payload = repr(
-            (
-                self.kind,
-                self.space,
-                [(o.dtype, o.shape, o.strides, o.constant) for o in self.operands],
-                self.accesses,
-                # a pool joins the key only where set: other kernels keep their cached builds
-                [
-                    (o.dtype, o.shape, o.expr, o.per_row, o.col_range, o.strides, o.space_strides)
-                    + ((o.pool,) if o.pool else ())
-                    for o in self.outputs
-                ],
-                sorted(self.attrs.items()),
-                self.stages,
-            )
+        return hashlib.sha256(repr(self._payload()).encode()).hexdigest()[:16]
+
+    def _payload(self) -> tuple:
+        """The signature's content. A block's layers (``attrs["layers"]``, the
+        specs of its nested groups) enter by their own payloads: their names
+        depend on where the block sits in the graph, so equal blocks at two
+        places (and in two compiles) must not hash apart."""
+        return (
+            self.kind,
+            self.space,
+            [(o.dtype, o.shape, o.strides, o.constant) for o in self.operands],
+            self.accesses,
+            # a pool joins the key only where set: other kernels keep their cached builds
+            [
+                (o.dtype, o.shape, o.expr, o.per_row, o.col_range, o.strides, o.space_strides)
+                + ((o.pool,) if o.pool else ())
+                for o in self.outputs
+            ],
+            sorted((k, _name_free(v)) for k, v in self.attrs.items()),
+            self.stages,
         )
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -159,3 +163,12 @@ def _describe_attr(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_describe_attr(v) for v in value]
     return value.describe() if isinstance(value, KernelSpec) else value
+
+
+def _name_free(value: Any) -> Any:
+    """``value`` with every nested KernelSpec replaced by its payload."""
+    if isinstance(value, KernelSpec):
+        return value._payload()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_name_free(v) for v in value)
+    return value

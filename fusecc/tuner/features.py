@@ -51,19 +51,39 @@ def kernel_features(spec: KernelSpec) -> dict[str, float]:
     return out
 
 
+def _tuple_numbers(value: tuple | list) -> list[float]:
+    """A tuple parameter as TUPLE_LEN rows of TUPLE_LEN numbers: a flat tuple
+    (a tile) is the first row; a tuple of tuples (a block's tile per layer,
+    None for a layer without one) is one row each. Short rows and missing
+    rows are ``MISSING``, so every kernel's columns line up."""
+    rows = list(value) if any(isinstance(v, (tuple, list)) or v is None for v in value) else [value]
+    out: list[float] = []
+    for row in rows[:TUPLE_LEN]:
+        numbers = [float(v) for v in row[:TUPLE_LEN]] if row is not None else []
+        out += numbers + [MISSING] * (TUPLE_LEN - len(numbers))
+    return out + [MISSING] * (TUPLE_LEN * TUPLE_LEN - len(out))
+
+
+def _product(value: object) -> float:
+    """The product of every number in a (nested) tuple parameter."""
+    if isinstance(value, (tuple, list)):
+        return math.prod(_product(v) for v in value)
+    return 1.0 if value is None else float(value)
+
+
 def param_features(params: dict, keys: list[str]) -> list[float]:
-    """One column group per key (sorted): numbers as log2, tuples as their
-    first entries and their product, anything else as a category; a key the
-    kernel does not have is ``MISSING``."""
+    """One column group per key (sorted): numbers as log2, tuples (tiles, or
+    a block's tiles per layer) as their leading entries and their product,
+    anything else as a category; a key the kernel does not have is ``MISSING``."""
+    pad = [MISSING] * (TUPLE_LEN * TUPLE_LEN)
     row: list[float] = []
     for key in keys:
         value = params.get(key, None)
         if isinstance(value, (tuple, list)):
-            head = [float(v) for v in value[:TUPLE_LEN]]
-            row.extend(head + [MISSING] * (TUPLE_LEN - len(head)))
-            row.append(_log2(math.prod(value)))
+            row.extend(_tuple_numbers(value))
+            row.append(_log2(_product(value)))
         elif isinstance(value, bool) or value is None or not isinstance(value, (int, float)):
-            row.extend([category(value) if value is not None else MISSING] + [MISSING] * TUPLE_LEN)
+            row.extend([category(value) if value is not None else MISSING] + pad)
         else:
-            row.extend([_log2(value)] + [MISSING] * TUPLE_LEN)
+            row.extend([_log2(value)] + pad)
     return row
