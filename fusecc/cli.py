@@ -59,20 +59,34 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     with torch.no_grad(), collect_reports() as reports:
         torch.compile(model, backend="fusecc", options=options)(x)
     table = Table(title=f"fusecc tune {args.model} (batch {args.batch}): microseconds per call, median")
-    for column in ("kernel", "kind", "default", "best", "speedup", "measured now", "records", "best parameters"):
-        table.add_column(column, justify="left" if column in ("kernel", "kind", "best parameters") else "right")
+    columns = ("kernel", "kind", "default", "best", "speedup", "paired", "measured now", "records", "parameters")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("kernel", "kind", "parameters") else "right")
     for report in reports:
         for k in report.kernels:
             t = k.get("tuning") or {}
             default, best = t.get("default_us"), t.get("best_us")
+            if "unconfirmed" in t:  # the search's best, which the paired re-timing turned down
+                best = t["unconfirmed"]["us"]
             shown = {p: v for p, v in k["params"].items() if p != "vl"}
             table.add_row(
                 k["group"], k["kind"], f"{default:.1f}" if default else "-", f"{best:.1f}" if best else "-",
-                f"{default / best:.2f}x" if default and best else "-", str(t.get("measured_now", 0)),
+                f"{default / best:.2f}x" if default and best else "-", _paired(t), str(t.get("measured_now", 0)),
                 str(t.get("records", 0)), str(shown),
             )  # fmt: skip
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a log or a pipe: the parameters need the width
+        console = Console(width=200)
+    console.print(table)
     return 0
+
+
+def _paired(tuning: dict) -> str:
+    """The paired re-timing of the search's best against the default, and its verdict."""
+    speedup = tuning.get("paired_speedup")
+    if speedup is None:
+        return "-"
+    return f"{speedup:.2f}x " + ("default kept" if "unconfirmed" in tuning else "taken")
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:

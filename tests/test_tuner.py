@@ -4,6 +4,7 @@ search order, robust timing, and tuning through torch.compile and the CLI."""
 import multiprocessing
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -11,9 +12,9 @@ import torch
 from fusecc.compiler import collect_reports
 from fusecc.targets.cpu import HostCTarget
 from fusecc.targets.evict import evictor
-from fusecc.tuner import KernelTuner, TuningDatabase
+from fusecc.tuner import CONFIRM_MIN, KernelTuner, TuningDatabase
 from fusecc.tuner.database import TuningWarning, canonical
-from fusecc.tuner.measure import MIN_RUNS, median_us, robust_median
+from fusecc.tuner.measure import MIN_RUNS, PAIRED_CALLS, WARMUP, median_us, paired_speedup, robust_median
 from fusecc.tuner.search import Search, features
 
 SPACE = {"tile": ((6, 4), (12, 2), (8, 3)), "kc": (64, 256)}
@@ -212,6 +213,110 @@ def test_median_us_prepares_before_every_timed_call():
     call.prepare = lambda: events.append("prepare")
     median_us(call)
     assert events[:2] == ["prepare", "run"] and events.count("prepare") == events.count("run") >= MIN_RUNS
+
+
+def _busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_paired_speedup_alternates_and_measures_the_ratio():
+    order = []
+
+    def fast():
+        order.append("fast")
+        _busy(1e-4)
+
+    def slow():
+        order.append("slow")
+        _busy(2e-4)
+
+    assert paired_speedup(slow, fast, rounds=6) == pytest.approx(2.0, rel=0.2)
+    timed = order[2 * WARMUP :]  # after both sides' warm-up calls
+    firsts = [timed[r * 2 * PAIRED_CALLS] for r in range(6)]
+    assert firsts == ["slow", "fast"] * 3  # the side going first swaps every round
+
+
+class _Phases:
+    """Calls of the first kernel built run slow until the next one is built
+    (a noisy neighbour while the default was timed), so the candidate timed
+    after it looks faster in one-after-the-other medians. When ``noisy`` is
+    off every call costs its true time."""
+
+    def __init__(self, noisy: bool):
+        self.calls = self.builds = 0
+        self.noisy = noisy
+
+    def build(self, params):
+        self.builds += 1
+        build = self.builds
+
+        def call():
+            self.calls += 1
+            slow = self.noisy and build == 1 and self.builds == 1
+            _busy(4e-4 if slow else 1e-4 * params["tile"][0] / 6)
+
+        return call
+
+
+def test_a_winner_by_noise_is_not_kept_and_a_real_one_is(tmp_path):
+    """The search's medians come one after another, default first; a slow
+    phase during the default's made every candidate look faster. The paired
+    re-timing keeps the default then, and it is recorded: "use" decides the
+    same without measuring."""
+    db = TuningDatabase(tmp_path / "t.sqlite3")
+    space = {"tile": ((6, 4), (7, 2))}  # (7, 2) is truly 7/6 slower
+    phases = _Phases(noisy=True)
+    params, info = KernelTuner(db, "cpu", trials=2).choose("sig", DEFAULT, space, phases.build, measure=True)
+    assert info["unconfirmed"]["params"] == canonical({**DEFAULT, "tile": (7, 2)})
+    assert params == DEFAULT and info["best_us"] == info["default_us"] and info["paired_speedup"] < CONFIRM_MIN
+    calls = phases.calls
+    again, info2 = KernelTuner(db, "cpu", trials=2).choose("sig", DEFAULT, space, phases.build, measure=False)
+    assert again == DEFAULT and phases.calls == calls and info2["paired_speedup"] == info["paired_speedup"]
+
+    # a real winner: (4, 6) is 1.5x faster than the default, and keeps its place
+    space = {"tile": ((6, 4), (4, 6))}
+    params, info = KernelTuner(db, "cpu", trials=2).choose("sig2", DEFAULT, space, _Phases(noisy=False).build, measure=True)
+    assert params["tile"] == (4, 6) and info["paired_speedup"] == pytest.approx(1.5, rel=0.2)
+
+
+def test_a_new_measurement_supersedes_a_paired_comparison(tmp_path):
+    db = TuningDatabase(tmp_path / "t.sqlite3")
+    candidate = {**DEFAULT, "kc": 64}
+    db.confirm("cpu", "sig", candidate, DEFAULT, 0.97)
+    assert db.confirmation("cpu", "sig", candidate, DEFAULT) == 0.97
+    assert db.confirmation("cpu", "sig", DEFAULT, candidate) is None  # the pair is ordered
+    db.record("cpu", "sig", candidate, 12.0)
+    assert db.confirmation("cpu", "sig", candidate, DEFAULT) is None
+
+
+def test_an_alternative_faster_only_by_noise_keeps_the_kernel(tmp_path):
+    """Block against layers, kernel against library: a faster median of the
+    alternative is re-timed paired before it replaces the kernel."""
+    from types import SimpleNamespace
+
+    from fusecc.errors import KeepUnfused
+    from fusecc.targets.cpu import _Weighing
+    from fusecc.targets.tuning import LAYERS
+
+    db = TuningDatabase(tmp_path / "t.sqlite3")
+    tuner = KernelTuner(db, "cpu", trials=1)
+    spec = SimpleNamespace(signature=lambda: "block")
+
+    def weigh(kernel_seconds, alternative_seconds, median_us):
+        db.record("cpu", "block", LAYERS, None)  # forget the last comparison
+        db.record("cpu", "block", LAYERS, median_us)
+        info = {"best_us": 100.0}
+        chosen = _Weighing(spec, DEFAULT, info, tuner, True, lambda: lambda: _busy(kernel_seconds))
+        chosen.against(LAYERS, lambda: lambda: _busy(alternative_seconds), KeepUnfused, "the layers", "the block")
+        return info
+
+    info = weigh(2e-4, 2e-4, 50.0)  # the median said 2x; paired, they are equal
+    assert info["layers_paired_speedup"] < CONFIRM_MIN
+    with pytest.raises(KeepUnfused, match="as fast as the block, paired"):
+        weigh(3e-4, 1e-4, 50.0)  # truly faster
+    assert "layers_paired_speedup" not in weigh(1e-4, 1e-4, 150.0)  # slower median: no re-timing
 
 
 def test_evicted_tensors_keep_their_values(tmp_path):

@@ -168,13 +168,13 @@ class HostCTarget(Target):
             return lambda group, spec, constants: (None, None)
         from ..tuner import KernelTuner, TuningDatabase, database_path
         from ..tuner.features import kernel_features
-        from .tuning import random_runtime_args, tuning_progress
+        from .tuning import TuningProgress, random_runtime_args
 
         tuner = KernelTuner(
             TuningDatabase(database_path(options.cache_dir)),
             self.tuner_key(nthreads),
             options.tune_trials,
-            tuning_progress() if options.tune == "tune" else None,
+            TuningProgress() if options.tune == "tune" else None,
         )
 
         measure = options.tune == "tune"
@@ -186,86 +186,117 @@ class HostCTarget(Target):
             call.prepare = lambda: evict(tensors)
             return call
 
+        def kernel_call(spec, constants, params):
+            """One run of the kernel rendered with ``params``, timed as in a model."""
+            source = c_codegen.render(spec, self.dialect, params)
+            kernel = self._build(spec, source, constants, cache, nthreads)
+            args = random_runtime_args(spec, constants)
+            return cold(lambda: kernel.run(*args), kernel.constants())
+
         def params_of(spec, constants):
             default = c_codegen.default_params(spec, self.dialect)
             space = c_codegen.tunables(spec, self.dialect)
-
-            def build(params):
-                source = c_codegen.render(spec, self.dialect, params)
-                kernel = self._build(spec, source, constants, cache, nthreads)
-                args = random_runtime_args(spec, constants)
-                return cold(lambda: kernel.run(*args), kernel.constants())
-
             try:
                 return tuner.choose(
-                    spec.signature(), default, space, build, measure=measure,
-                    kind=spec.kind, features=kernel_features(spec),
+                    spec.signature(), default, space, lambda params: kernel_call(spec, constants, params),
+                    measure=measure, kind=spec.kind, features=kernel_features(spec),
                 )  # fmt: skip
             except Exception as e:  # noqa: BLE001 - tuning trouble (e.g. a locked database) keeps the defaults
                 return default, {"source": "default", "error": f"{type(e).__name__}: {e}"[:300]}
 
         def choose(group, spec, constants):
             params, info = params_of(spec, constants)
+            chosen = _Weighing(spec, params, info, tuner, measure, lambda: kernel_call(spec, constants, params))
             if spec.kind == "block":
-                self._block_or_layers(group, spec, constants, info, tuner, cache, nthreads, measure, params_of, cold)
+                self._block_or_layers(group, constants, chosen, cache, nthreads, params_of, cold)
             else:
-                self._kernel_or_library(group, spec, constants, info, tuner, measure, cold)
+                self._kernel_or_library(group, spec, constants, chosen, cold)
             return params, info
 
         return choose
 
-    def _kernel_or_library(self, group, spec, constants, info, tuner, measure: bool, cold) -> None:
+    def _kernel_or_library(self, group, spec, constants, chosen: _Weighing, cold) -> None:
         """Implementation choice: the generated kernel, or the group's own
         ATen ops (oneDNN / MKL underneath), whichever measured faster."""
-        from ..tuner.measure import median_us
         from .tuning import LIBRARY, random_runtime_args
 
-        def time_library() -> float:
+        def library_call():
             args = [constants.get(i, a) for i, a in enumerate(random_runtime_args(spec, constants))]
-            with torch.no_grad():
-                return median_us(cold(lambda: group(*args), constants.values()))
 
-        _weigh(spec, info, tuner, measure, LIBRARY, time_library, UseLibrary, "its ATen ops", "the generated kernel")
+            def run():
+                with torch.no_grad():
+                    group(*args)
 
-    def _block_or_layers(self, group, spec, constants, info, tuner, cache, nthreads, measure, params_of, cold) -> None:
+            return cold(run, constants.values())
+
+        chosen.against(LIBRARY, library_call, UseLibrary, "its ATen ops", "the generated kernel")
+
+    def _block_or_layers(self, group, constants, chosen: _Weighing, cache, nthreads, params_of, cold) -> None:
         """Implementation choice: keep the block kernel only where it beats
         its layers run one by one (each with its own tuned parameters)."""
-        from ..tuner.measure import median_us
         from .tuning import LAYERS, random_runtime_args
 
-        def time_layers() -> float:
-            total = 0.0
+        def layers_call():
+            runs, weights = [], []
             for _name, layer_spec, kernel, layer_constants in self._layer_kernels(
                 group, constants, cache, nthreads, lambda s, c: params_of(s, c)[0]
             ):
                 args = random_runtime_args(layer_spec, layer_constants)
-                total += median_us(cold(lambda kernel=kernel, args=args: kernel.run(*args), kernel.constants()))
-            return total
+                runs.append(lambda kernel=kernel, args=args: kernel.run(*args))
+                weights.extend(kernel.constants())
 
-        _weigh(spec, info, tuner, measure, LAYERS, time_layers, KeepUnfused, "the layers one by one", "the block")
+            def run():
+                for layer in runs:
+                    layer()
+
+            return cold(run, weights)
+
+        chosen.against(LAYERS, layers_call, KeepUnfused, "the layers one by one", "the block")
 
 
-def _weigh(spec, info: dict, tuner, measure: bool, record: dict, time_it, choice: type, what: str, kernel: str) -> None:
-    """Weigh the kernel (its best tuned time, ``info["best_us"]``) against
-    another implementation whose time is a database record of the kernel's
-    own signature (``record``, e.g. ``{"impl": "layers"}``): measured now
-    with ``time_it`` when tuning, read back otherwise - so "use" decides
-    without measuring. Stores it as ``info["<impl>_us"]``; raises ``choice``
-    when the alternative is faster."""
-    key = f"{record['impl']}_us"
-    signature = spec.signature()
-    measured = tuner.db.measured(tuner.target_key, signature)
-    if measure and canonical(record) not in measured:
-        try:
-            alternative = time_it()
-        except Exception as e:  # noqa: BLE001 - nothing to weigh against: keep the kernel
-            info[f"{record['impl']}_error"] = f"{type(e).__name__}: {e}"[:300]
+class _Weighing:
+    """A kernel with its chosen parameters, weighed against other
+    implementations of its group. An alternative's time is a database
+    record of the kernel's own signature (e.g. ``{"impl": "layers"}``):
+    measured now when tuning, read back otherwise - so "use" decides without
+    measuring. Where its median beats the kernel's, the two are timed again
+    paired (`KernelTuner.paired`) and the alternative wins only at
+    ``CONFIRM_MIN`` or more; a record without a paired result (older
+    databases, or "use") is decided by the medians."""
+
+    def __init__(self, spec, params: dict, info: dict, tuner, measure: bool, kernel_call):
+        self.signature, self.params, self.info = spec.signature(), params, info
+        self.tuner, self.measure, self.kernel_call = tuner, measure, kernel_call
+
+    def against(self, record: dict, alternative_call, choice: type, what: str, kernel: str) -> None:
+        """Stores ``info["<impl>_us"]`` (and ``"<impl>_paired_speedup"``);
+        raises ``choice`` when the alternative is faster."""
+        from ..tuner import CONFIRM_MIN
+        from ..tuner.measure import median_us
+
+        impl, db, target = record["impl"], self.tuner.db, self.tuner.target_key
+        measured = db.measured(target, self.signature)
+        if self.measure and canonical(record) not in measured:
+            try:
+                alternative = median_us(alternative_call())
+            except Exception as e:  # noqa: BLE001 - nothing to weigh against: keep the kernel
+                self.info[f"{impl}_error"] = f"{type(e).__name__}: {e}"[:300]
+                return
+            db.record(target, self.signature, record, alternative)
+            measured[canonical(record)] = alternative
+        alternative = measured.get(canonical(record))
+        kernel_us = self.info.get("best_us")
+        if alternative is not None:
+            self.info[f"{impl}_us"] = alternative
+        if alternative is None or kernel_us is None or alternative >= kernel_us:
             return
-        tuner.db.record(tuner.target_key, signature, record, alternative)
-        measured[canonical(record)] = alternative
-    alternative = measured.get(canonical(record))
-    kernel_us = info.get("best_us")
-    if alternative is not None:
-        info[key] = alternative
-    if alternative is not None and kernel_us is not None and alternative < kernel_us:
+        calls = (lambda: (self.kernel_call(), alternative_call())) if self.measure else None
+        speedup = self.tuner.paired(self.signature, record, self.params, calls)
+        if speedup is not None:
+            self.info[f"{impl}_paired_speedup"] = speedup
+            if speedup < CONFIRM_MIN:
+                return
+            raise choice(f"the tuner measured {what} {speedup:.2f}x as fast as {kernel}, paired")
         raise choice(f"the tuner measured {what} faster ({alternative:.1f} us) than {kernel} ({kernel_us:.1f} us)")
+
+

@@ -8,6 +8,7 @@ import sys
 import torch
 
 from ..kernels.spec import KernelSpec
+from ..tuner import Progress
 
 # tuning records of the other implementations a kernel is weighed against:
 # a block run as its layers, a group run as its ATen ops (vendor libraries)
@@ -35,14 +36,25 @@ def random_runtime_args(spec: KernelSpec, constants: dict[int, torch.Tensor]) ->
     return args
 
 
-def tuning_progress():
-    """A callback printing one line per measured candidate (stderr)."""
-    count = {"n": 0}
+class TuningProgress(Progress):
+    """One line per measured candidate and per paired confirmation (stderr)."""
 
-    def report(signature: str, params: dict, us: float | None) -> None:
-        count["n"] += 1
+    def __init__(self):
+        self.count = 0
+
+    def measured(self, signature: str, params: dict, us: float | None) -> None:
+        self.count += 1
         shown = {k: v for k, v in params.items() if k != "vl"}
         result = f"{us:9.1f} us" if us is not None else "   failed"
-        print(f"fusecc tune [{count['n']:4d}] {signature[:10]} {result}  {shown}", file=sys.stderr, flush=True)
+        print(f"fusecc tune [{self.count:4d}] {signature[:10]} {result}  {shown}", file=sys.stderr, flush=True)
 
-    return report
+    def confirmed(self, signature: str, candidate: dict, speedup: float, kept: bool) -> None:
+        shown = {k: v for k, v in candidate.items() if k != "vl"}
+        # an implementation record (the layers, the library) is weighed against the kernel as chosen
+        against = "the kernel" if "impl" in candidate else "the default"
+        verdict = "taken" if kept else f"{against} kept"
+        print(
+            f"fusecc tune [pair] {signature[:10]} {speedup:6.3f}x paired over {against} ({verdict})  {shown}",
+            file=sys.stderr,
+            flush=True,
+        )

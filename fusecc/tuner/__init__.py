@@ -9,6 +9,14 @@ the order comes from `search.Search` (default first, then xgboost cost
 models: one fitted on earlier kernels of the kind, then the kernel's own), timing from `measure.median_us`, and every measurement - failures
 included - goes to the `database.TuningDatabase`, so tuning the same model
 again measures nothing new.
+
+The search's medians are taken one after another, and on a noisy machine
+the fastest of a dozen such medians is often luck. So before a winner
+replaces the default, the two are timed again *paired*
+(`measure.paired_speedup`: alternated, median of per-round ratios), and
+the winner is kept only at ``CONFIRM_MIN`` or more. The paired result is a
+database record too ("use" reads it back); a record without one (a
+database written before confirmations existed) is trusted as it is.
 """
 
 from __future__ import annotations
@@ -17,10 +25,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .database import TuningDatabase, best_record, canonical
-from .measure import median_us
+from .measure import median_us, paired_speedup
 from .search import Prior, Search
 
-__all__ = ["KernelTuner", "TuningDatabase", "database_path"]
+__all__ = ["CONFIRM_MIN", "KernelTuner", "Progress", "TuningDatabase", "database_path"]
+
+CONFIRM_MIN = 1.02  # paired speedup a candidate needs to replace the default
+
+
+class Progress:
+    """What the tuner reports while it works (silent by default)."""
+
+    def measured(self, signature: str, params: dict, us: float | None) -> None:
+        pass
+
+    def confirmed(self, signature: str, candidate: dict, speedup: float, kept: bool) -> None:
+        pass
 
 
 def database_path(cache_dir: str | None) -> Path:
@@ -30,11 +50,11 @@ def database_path(cache_dir: str | None) -> Path:
 
 
 class KernelTuner:
-    def __init__(self, db: TuningDatabase, target_key: str, trials: int, on_measure: Callable | None = None):
+    def __init__(self, db: TuningDatabase, target_key: str, trials: int, progress: Progress | None = None):
         self.db = db
         self.target_key = target_key
         self.trials = trials
-        self.on_measure = on_measure or (lambda *a: None)
+        self.progress = progress or Progress()
 
     def choose(
         self,
@@ -77,7 +97,32 @@ class KernelTuner:
         if best is None:
             return default, {**info, "source": "default"}
         params, us = best
+        default_us = info["default_us"]
+        if canonical(params) != canonical(default) and default_us is not None:
+            speedup = self.paired(signature, params, default, (lambda: (build(default), build(params))) if measure else None)
+            if speedup is not None:
+                info["paired_speedup"] = speedup
+                if speedup < CONFIRM_MIN:  # the search's gap was noise: the default stays
+                    info["unconfirmed"] = {"params": canonical(params), "us": us}
+                    return default, {**info, "source": "database", "best_us": default_us}
         return params, {**info, "source": "database", "best_us": us}
+
+    def paired(
+        self, signature: str, candidate: dict, baseline: dict, calls: Callable[[], tuple[Callable, Callable]] | None
+    ) -> float | None:
+        """The paired speedup of ``candidate`` over ``baseline``: the recorded
+        one, else - with ``calls()`` giving (baseline call, candidate call) -
+        timed now and recorded; None when neither (or the timing failed)."""
+        speedup = self.db.confirmation(self.target_key, signature, candidate, baseline)
+        if speedup is not None or calls is None:
+            return speedup
+        try:
+            speedup = paired_speedup(*calls())
+        except Exception:  # noqa: BLE001 - a comparison that cannot run leaves the medians to decide
+            return None
+        self.db.confirm(self.target_key, signature, candidate, baseline, speedup)
+        self.progress.confirmed(signature, candidate, speedup, speedup >= CONFIRM_MIN)
+        return speedup
 
     def _measure(self, signature: str, params: dict, build, measured: dict) -> None:
         try:
@@ -86,7 +131,7 @@ class KernelTuner:
             us, error = None, f"{type(e).__name__}: {e}"[:500]
         self.db.record(self.target_key, signature, params, us, error)
         measured[canonical(params)] = us
-        self.on_measure(signature, params, us)
+        self.progress.measured(signature, params, us)
 
 
 def _parameter_records(measured: dict[str, float | None]) -> dict[str, float | None]:

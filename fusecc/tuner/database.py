@@ -30,6 +30,15 @@ CREATE TABLE IF NOT EXISTS measurements (
     created REAL NOT NULL,
     PRIMARY KEY (target, signature, params)
 );
+CREATE TABLE IF NOT EXISTS confirmations (  -- paired re-timings: a candidate against the default
+    target TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    candidate TEXT NOT NULL,       -- canonical JSON
+    baseline TEXT NOT NULL,        -- canonical JSON
+    speedup REAL NOT NULL,         -- baseline time / candidate time, measure.paired_speedup
+    created REAL NOT NULL,
+    PRIMARY KEY (target, signature, candidate, baseline)
+);
 CREATE TABLE IF NOT EXISTS kernels (  -- what the cross-kernel cost model learns from
     target TEXT NOT NULL,
     signature TEXT NOT NULL,
@@ -94,11 +103,34 @@ class TuningDatabase:
     # -- records ----------------------------------------------------------
 
     def record(self, target: str, signature: str, params: dict, median_us: float | None, error: str = "") -> None:
+        """A measurement; it supersedes the paired confirmations ``params`` took part in."""
+        key = canonical(params)
         with self._connect() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?)",
-                (target, signature, canonical(params), median_us, error or None, time.time()),
+                (target, signature, key, median_us, error or None, time.time()),
             )
+            conn.execute(
+                "DELETE FROM confirmations WHERE target = ? AND signature = ? AND (candidate = ? OR baseline = ?)",
+                (target, signature, key, key),
+            )
+
+    def confirm(self, target: str, signature: str, candidate: dict, baseline: dict, speedup: float) -> None:
+        """Record a paired comparison: ``candidate`` ran ``speedup`` times as fast as ``baseline``."""
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO confirmations VALUES (?, ?, ?, ?, ?, ?)",
+                (target, signature, canonical(candidate), canonical(baseline), float(speedup), time.time()),
+            )
+
+    def confirmation(self, target: str, signature: str, candidate: dict, baseline: dict) -> float | None:
+        """The recorded paired speedup of ``candidate`` over ``baseline`` (None: never compared)."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT speedup FROM confirmations WHERE target = ? AND signature = ? AND candidate = ? AND baseline = ?",
+                (target, signature, canonical(candidate), canonical(baseline)),
+            ).fetchone()
+        return row[0] if row and row[0] is not None and row[0] > 0 else None
 
     def measured(self, target: str, signature: str) -> dict[str, float | None]:
         """canonical params -> median microseconds (None: failed)."""

@@ -6,6 +6,13 @@ further than 5 median absolute deviations above the median (a preempted
 run, an interrupt) are dropped and the median of the rest is the result.
 A call with a ``prepare`` attribute has it run, untimed, before each call
 (the CPU target evicts the kernel's weights from the caches there).
+
+Two medians taken one after the other compare badly on a busy or
+frequency-scaling machine: a 15-25% gap between two sequential medians of
+the same kernel was measured as noise on a 2-core cloud VM.
+``paired_speedup`` is the comparison that decides: the two calls
+alternate in short runs, and the result is the median of the per-round
+ratios, so a slow phase of the machine slows both sides of a round.
 """
 
 from __future__ import annotations
@@ -18,10 +25,16 @@ WARMUP = 2
 MIN_RUNS = 10
 MIN_SECONDS = 0.05
 MAX_RUNS = 200
+PAIRED_ROUNDS = 12  # rounds of a paired comparison
+PAIRED_CALLS = 3  # timed calls of each side per round
+
+
+def _prepared(call: Callable[[], object]) -> Callable[[], object]:
+    return getattr(call, "prepare", None) or (lambda: None)
 
 
 def median_us(call: Callable[[], object]) -> float:
-    prepare = getattr(call, "prepare", None) or (lambda: None)
+    prepare = _prepared(call)
     for _ in range(WARMUP):
         prepare()
         call()
@@ -41,3 +54,32 @@ def robust_median(samples: list[float]) -> float:
     mad = statistics.median(abs(s - med) for s in samples) or med * 1e-3
     kept = [s for s in samples if s <= med + 5 * mad]
     return statistics.median(kept)
+
+
+def paired_speedup(baseline: Callable[[], object], candidate: Callable[[], object], rounds: int = PAIRED_ROUNDS) -> float:
+    """How many times faster ``candidate`` runs than ``baseline`` (> 1:
+    faster), timed alternately: per round, the median of ``PAIRED_CALLS``
+    calls of each, the side going first swapping every round; the result is
+    the median of the rounds' ratios baseline / candidate."""
+    sides = [(baseline, _prepared(baseline)), (candidate, _prepared(candidate))]
+    for call, prepare in sides:
+        for _ in range(WARMUP):
+            prepare()
+            call()
+
+    def run(call, prepare) -> float:
+        samples = []
+        for _ in range(PAIRED_CALLS):
+            prepare()
+            t0 = time.perf_counter()
+            call()
+            samples.append(time.perf_counter() - t0)
+        return statistics.median(samples)
+
+    ratios = []
+    for r in range(rounds):
+        times = [0.0, 0.0]
+        for side in (0, 1) if r % 2 == 0 else (1, 0):
+            times[side] = run(*sides[side])
+        ratios.append(times[0] / max(times[1], 1e-12))
+    return statistics.median(ratios)
