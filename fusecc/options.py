@@ -49,6 +49,11 @@ class Options:
     dump_dir: str | None = _field(None, "write IR dumps (graphs per pass, groups, timings, summary.json) here")
     cache_dir: str | None = _field(None, "compiled-kernel cache (default: $XDG_CACHE_HOME/fusecc or ~/.cache/fusecc)")
     verbose: bool = _field(False, "log what each pass did to stderr")
+    chain_kernels: bool = _field(
+        True,
+        "call runs of kernels between planned buffers with one foreign call (False: one graph call per kernel, "
+        "e.g. to time each kernel in the model)",
+    )
     profile: bool = _field(
         False,
         "time every generated kernel after compiling and record achieved GFLOP/s and GB/s against this "

@@ -84,12 +84,13 @@ def test_concurrent_callers_do_not_share_intermediates():
 
 def test_live_tensors_never_share_memory():
     """On the lowered graph of a real block stack: any two planned tensors
-    alive at the same time occupy disjoint byte ranges."""
+    alive at the same time occupy disjoint byte ranges (each kernel its own
+    graph call: no chains hiding the intermediates)."""
     from fusecc import compile_exported
 
     torch.manual_seed(0)
     model, x = ConvStack().eval(), torch.randn(1, 8, 10, 10)
-    compiled = compile_exported(torch.export.export(model, (x,)), {"target": "c"})
+    compiled = compile_exported(torch.export.export(model, (x,)), {"target": "c", "chain_kernels": False})
     gm = compiled.gm
     nodes = list(gm.graph.nodes)
     index = {n: i for i, n in enumerate(nodes)}
@@ -119,7 +120,7 @@ def test_kernels_between_planned_tensors_build_their_pointers_once():
 
     torch.manual_seed(0)
     model, x = ConvStack().eval(), torch.randn(1, 8, 10, 10)
-    compiled = compile_exported(torch.export.export(model, (x,)), {"target": "c"})
+    compiled = compile_exported(torch.export.export(model, (x,)), {"target": "c", "chain_kernels": False})
     gm = compiled.gm
     calls = [n for n in gm.graph.nodes if n.op == "call_function" and getattr(n.target, "kernel", None) is not None]
     fixed = [n for n in calls if all(isinstance(a, torch.fx.Node) and "memory_slot" in a.meta for a in n.args)]
@@ -166,3 +167,80 @@ def test_constant_arena_holds_exact_copies():
     for t, c in zip(tensors, copies):
         assert torch.equal(t, c) and c.data_ptr() % memory.ALIGN == 0
     assert memory.arena_for([torch.randn(10)]) is None  # too small to matter
+
+
+def _fake_kernels(edges: dict[str, tuple[str, ...]], outputs: tuple[str, ...]) -> dict:
+    """A graph of fixed-kernel calls: name -> the names it reads ("x": the input)."""
+    from torch.fx import Graph
+
+    graph, nodes = Graph(), {}
+    nodes["x"] = graph.placeholder("x")
+    for name, reads in edges.items():
+
+        def call(*args):
+            return args
+
+        call.fixed_state, call.__name__ = (lambda: None), name
+        nodes[name] = graph.call_function(call, tuple(nodes[r] for r in reads))
+    graph.output(tuple(nodes[o] for o in outputs))
+    return nodes
+
+
+def test_chains_hold_skips_inside_and_end_where_an_output_leaves():
+    """A kernel may be read by any later kernel of its chain (a residual's
+    skip), never from outside it: such a kernel ends its chain."""
+    from fusecc.runtime.chain import _split
+
+    def names(chains):
+        return [[n.target.__name__ for n in c] for c in chains]
+
+    nodes = _fake_kernels({"a": ("x",), "b": ("a",), "c": ("b", "a")}, ("c",))
+    assert names(_split([nodes[k] for k in "abc"])) == [["a", "b", "c"]]
+    # b is read by e (outside any chain holding c, which the output reads): cut
+    nodes = _fake_kernels(
+        {"a": ("x",), "b": ("a",), "c": ("b", "a"), "d": ("c",), "e": ("d", "b")}, ("e", "c")
+    )
+    assert names(_split([nodes[k] for k in "abcde"])) == [["a"], ["b"], ["c"], ["d", "e"]]
+
+
+class SkipStack(nn.Module):
+    """Planned kernels with a skip: p is read two kernels later."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(8, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.c = nn.Conv2d(16, 16, 1)
+        self.e = nn.Conv2d(16, 24, 1)
+        self.f = nn.Conv2d(24, 8, 1)
+
+    def forward(self, x):
+        p = torch.relu(self.b(torch.relu(self.a(x))))
+        q = torch.relu(self.c(p))
+        return self.f(torch.relu(self.e(q + p)))
+
+
+def test_runs_of_fixed_kernels_are_one_call_from_c():
+    """The kernels between planned buffers run from one C loop (one graph
+    call); results match eager and the unchained program, and a kernel that
+    rebinds its constants is seen by the chain."""
+    from fusecc import compile_exported
+
+    torch.manual_seed(0)
+    model, x = SkipStack().eval(), torch.randn(1, 8, 10, 10)
+    with torch.no_grad(), collect_reports() as reports:
+        chained = compile_exported(torch.export.export(model, (x,)), {"target": "c"})
+        unchained = compile_exported(torch.export.export(model, (x,)), {"target": "c", "chain_kernels": False})
+        ref = model(x)
+    (decision,) = [d.message for d in reports[0].decisions if d.pass_name == "kernel_chains"]
+    (call,) = [n for n in chained.gm.graph.nodes if "chain" in n.meta]
+    assert len(call.meta["chain"]) >= 3 and f"({len(call.meta['chain'])})" in decision
+    assert not any("chain" in n.meta for n in unchained.gm.graph.nodes)
+    with torch.no_grad():
+        for _ in range(3):
+            assert_close(chained(x), ref, 1e-4)
+        assert_close(unchained(x), ref, 1e-4)
+        kernel = call.target.kernels[0]
+        kernel.rebind_constants({id(t): torch.zeros_like(t) for t in kernel.constants()}, owner=None)
+        zeroed = chained(x)
+    assert (zeroed - ref).abs().max() > 1e-2

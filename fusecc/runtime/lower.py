@@ -25,6 +25,7 @@ from ..options import Options
 from ..passes import pool_fusion
 from ..report import Fallback, GraphReport
 from ..targets import Target
+from .chain import chain_kernels
 from .memory_plan import plan_memory
 
 
@@ -64,6 +65,16 @@ def lower(gm: GraphModule, target: Target, report: GraphReport, options: Options
             f"({separate / 2**20:.1f} MiB as separate buffers)",
             True,
         )
+        launch = target.chain_launcher(options) if options.chain_kernels else None
+        chains = chain_kernels(gm, launch) if launch is not None else []
+        if chains:
+            report.decide(
+                "kernel_chains",
+                "graph",
+                f"{sum(map(len, chains))} kernels in {len(chains)} chain(s) called from C: "
+                + "; ".join(f"{c[0]} .. {c[-1]} ({len(c)})" for c in chains),
+                True,
+            )
     _report_unknown_ops(gm, report, options)
     return gm
 
@@ -173,7 +184,7 @@ def _report_unknown_ops(gm: GraphModule, report: GraphReport, options: Options) 
     unknown = Counter(
         op_name(n.target)
         for n in gm.graph.nodes
-        if node_category(n) is OpCategory.UNKNOWN and not hasattr(n.target, "kernel")
+        if node_category(n) is OpCategory.UNKNOWN and not hasattr(n.target, "kernel") and "chain" not in n.meta
     )
     for name, count in sorted(unknown.items()):
         report.fallbacks.append(Fallback(name, "fusecc has no lowering for this op", count))

@@ -28,6 +28,11 @@ class Target:
     def compile_group(self, group: FusedGroup) -> Callable | None:
         raise NotImplementedError
 
+    def chain_launcher(self, options) -> Callable | None:
+        """A foreign function that calls a run of this target's fixed-pointer
+        kernels (`runtime/chain.py`), or None where kernels are not C functions."""
+        return None
+
     def compile_groups(self, items: list[tuple[FusedGroup, dict]], options) -> list:
         """Compile many groups at once (targets override this to build in
         parallel). ``items`` pairs each group with its constant inputs

@@ -38,6 +38,11 @@ class HostCTarget(Target):
     def cache(self, cache_dir: str | None = None) -> CompileCache:
         return CompileCache(cache_dir or self._cache_dir)
 
+    def chain_launcher(self, options):
+        from ..runtime.chain import launcher
+
+        return launcher(self.toolchain, self.cache(options.cache_dir)) if self.toolchain.available() else None
+
     def compile_groups(self, items: list[tuple[FusedGroup, dict[int, torch.Tensor]]], options) -> list:
         """Lower, render and build every group (builds run in parallel)."""
         if not self.toolchain.available():
