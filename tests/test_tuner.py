@@ -277,7 +277,8 @@ def test_a_winner_by_noise_is_not_kept_and_a_real_one_is(tmp_path):
 
     # a real winner: (4, 6) is 1.5x faster than the default, and keeps its place
     space = {"tile": ((6, 4), (4, 6))}
-    params, info = KernelTuner(db, "cpu", trials=2).choose("sig2", DEFAULT, space, _Phases(noisy=False).build, measure=True)
+    tuner = KernelTuner(db, "cpu", trials=2)
+    params, info = tuner.choose("sig2", DEFAULT, space, _Phases(noisy=False).build, measure=True)
     assert params["tile"] == (4, 6) and info["paired_speedup"] == pytest.approx(1.5, rel=0.2)
 
 

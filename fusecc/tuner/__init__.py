@@ -99,7 +99,8 @@ class KernelTuner:
         params, us = best
         default_us = info["default_us"]
         if canonical(params) != canonical(default) and default_us is not None:
-            speedup = self.paired(signature, params, default, (lambda: (build(default), build(params))) if measure else None)
+            calls = (lambda: (build(default), build(params))) if measure else None
+            speedup = self.paired(signature, params, default, calls)
             if speedup is not None:
                 info["paired_speedup"] = speedup
                 if speedup < CONFIRM_MIN:  # the search's gap was noise: the default stays

@@ -127,7 +127,8 @@ class TuningDatabase:
         """The recorded paired speedup of ``candidate`` over ``baseline`` (None: never compared)."""
         with self._connect() as conn:
             row = conn.execute(
-                "SELECT speedup FROM confirmations WHERE target = ? AND signature = ? AND candidate = ? AND baseline = ?",
+                "SELECT speedup FROM confirmations"
+                " WHERE target = ? AND signature = ? AND candidate = ? AND baseline = ?",
                 (target, signature, canonical(candidate), canonical(baseline)),
             ).fetchone()
         return row[0] if row and row[0] is not None and row[0] > 0 else None

@@ -56,7 +56,9 @@ def robust_median(samples: list[float]) -> float:
     return statistics.median(kept)
 
 
-def paired_speedup(baseline: Callable[[], object], candidate: Callable[[], object], rounds: int = PAIRED_ROUNDS) -> float:
+def paired_speedup(
+    baseline: Callable[[], object], candidate: Callable[[], object], rounds: int = PAIRED_ROUNDS
+) -> float:
     """How many times faster ``candidate`` runs than ``baseline`` (> 1:
     faster), timed alternately: per round, the median of ``PAIRED_CALLS``
     calls of each, the side going first swapping every round; the result is
