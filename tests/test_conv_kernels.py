@@ -127,6 +127,16 @@ def test_the_kernels_without_operand_streaming_match_eager(layer, cpu, monkeypat
     _check_variants(layer, cpu)
 
 
+@pytest.mark.parametrize("layer", ["7x7_s2_cin3", "3x3_odd_residual"])
+def test_indirect_kernels_finishing_through_the_tile_buffer_match_eager(layer, cpu, monkeypatch):
+    """The indirect kernel runs a panel's epilogue on its accumulator
+    registers when the panel is whole vectors and its last block is done;
+    the buffered epilogue it replaced (still used for partial panels) is
+    checked here on every panel."""
+    monkeypatch.setattr(conv_indirect, "FINISH_IN_REGISTERS", False)
+    _check_variants(layer, cpu)
+
+
 @pytest.mark.parametrize("layer", ["7x7_s2_cin3", "3x3_s2_wide", "1x1_residual"])
 def test_an_nchw_input_is_read_through_the_row_segment_copy(layer, cpu):
     """The network input's conversion to channels-last is not a copy of its
