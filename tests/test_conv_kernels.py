@@ -225,3 +225,21 @@ def test_the_roofline_counts_what_winograd_executes():
     direct, wino = efficiency(spec, 10.0, peaks), efficiency(spec, 10.0, peaks, params)
     assert wino["gflops"] == direct["gflops"] and wino["efficiency"] < direct["efficiency"]
     assert wino["executed_mflop"] == pytest.approx(executed_flops(spec, params) / 1e6)
+
+
+@pytest.mark.parametrize("act, in_registers", [(nn.ReLU6(), True), (nn.GELU(), False), (nn.SiLU(), False)])
+def test_light_epilogues_finish_in_registers_heavy_ones_through_the_buffer(act, in_registers):
+    """A math function's hoisted constants would take the accumulators'
+    registers in the tap loop: those epilogues keep the buffered path.
+    Either way the result matches eager."""
+    from fusecc import compile_exported
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 24, 3, 2, 1), act).eval()
+    x = torch.randn(1, 16, 12, 12).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        compiled = compile_exported(torch.export.export(model, (x,)), {"target": "c"})
+        assert_close(compiled(x), model(x), 1e-4)
+    (kernel,) = [n.target.kernel for n in compiled.gm.graph.nodes if getattr(n.target, "kernel", None)]
+    assert kernel.info["params"]["algo"] == "nhwc_indirect"
+    assert ("  if (finish) {" in kernel.info["source"]) == in_registers
