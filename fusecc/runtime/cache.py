@@ -12,6 +12,7 @@ temporary file and renames it, and either result is valid.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import json
@@ -111,3 +112,14 @@ class CompileCache:
         with self._lock:
             self.stats.builds += 1
         return so, False, details
+
+
+def helper_function(toolchain, cache: CompileCache, source: str, symbol: str, argtypes: list):
+    """``symbol`` of a small helper C library (not a kernel: the tuner's cache
+    evictor, the loop calling a chain of kernels), built once per toolchain
+    through ``cache`` like any kernel, as a ctypes function returning nothing."""
+    path, _, _ = cache.get_or_build(source, toolchain.fingerprint(), toolchain.build)
+    fn = getattr(ctypes.CDLL(str(path)), symbol)
+    fn.argtypes = argtypes
+    fn.restype = None
+    return fn
