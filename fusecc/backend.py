@@ -3,6 +3,15 @@
 Dynamo hands over a Python-level FX graph and real example inputs;
 AOTAutograd lowers it to functional ATen graphs (one for inference, or a
 forward and a backward for training) and calls fusecc's compiler on each.
+
+A plain inference graph - no input needs a gradient, every input a tensor
+of static shape, no input mutated, no output aliasing an input - is lowered
+by AOTAutograd's export (`aot_export_joint_simple`) instead, which keeps
+Dynamo's calling convention: the compiled graph is then called by Dynamo
+directly, without AOTAutograd's runtime wrappers around every call
+(MobileNetV2: about 0.1 ms of a cold call, see docs/benchmarks.md). Any
+other graph takes the general path.
+
 The backend is registered under the ``torch_dynamo_backends`` entry point,
 so ``backend="fusecc"`` works without ``import fusecc``.
 """
@@ -40,6 +49,11 @@ def fusecc_backend(
     # Keep only module state (parameters, buffers) alive, not example activations.
     module_state = [t if _is_module_state(t) else None for t in example_inputs]
 
+    if _plain_inference(gm, example_inputs):
+        direct = _compile_inference_directly(gm, example_inputs, opts, dynamo_names)
+        if direct is not None:
+            return direct
+
     def compiler_for(kind: str):
         def compile_aot(aot_gm: GraphModule, aot_inputs: Sequence[object]) -> CompiledGraph:
             frozen = _frozen_inputs(aot_inputs, module_state) if kind == "inference" and opts.freeze else None
@@ -49,7 +63,9 @@ def fusecc_backend(
                 graph = aot_gm
                 if values:  # keep aot_gm pristine: a later rebuild re-freezes it
                     graph = freeze_placeholders(copy_graph_module(aot_gm), values, dynamo_names)
-                compiled, _ = compile_graph(graph, kind=kind, options=opts, name=name, frozen_constants=len(values))
+                compiled, _ = compile_graph(
+                    graph, kind=kind, options=opts, name=name, frozen_constants=len(values), capture="aot_autograd"
+                )
                 return compiled
 
             # AOTAutograd calls us with its fake mode active; constant folding
@@ -66,6 +82,49 @@ def fusecc_backend(
         decompositions=DECOMPOSITIONS,
     )
     return backend(gm, example_inputs)
+
+
+def _plain_inference(gm: GraphModule, example_inputs: Sequence[object]) -> bool:
+    """Inference on plain tensors of static shapes (what AOTAutograd's
+    export handles without changing the calling convention)."""
+    if not all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in example_inputs):
+        return False  # SymInt sizes, tensor subclasses, scalars: AOTAutograd's general path
+    if torch.is_grad_enabled() and any(t.requires_grad for t in example_inputs):
+        return False  # a training graph: forward and backward
+    for ph in gm.graph.find_nodes(op="placeholder"):
+        value = ph.meta.get("example_value")
+        if not isinstance(value, torch.Tensor) or any(isinstance(d, torch.SymInt) for d in value.shape):
+            return False
+    return True
+
+
+def _compile_inference_directly(gm: GraphModule, example_inputs: Sequence[object], opts: Options, names: list[str]):
+    """The compiled graph as a callable taking Dynamo's inputs, or None
+    where AOTAutograd's export refuses the graph (an input mutated, an
+    output aliasing an input: the runtime wrappers must handle those)."""
+    from torch._functorch.aot_autograd import aot_export_joint_simple
+
+    try:
+        aten = aot_export_joint_simple(gm, tuple(example_inputs), trace_joint=False, decompositions=DECOMPOSITIONS)
+    except RuntimeError as e:  # its documented refusals; the general path handles these graphs
+        log.debug("fusecc: AOTAutograd's runtime wrappers needed: %s", str(e).split(".")[0])
+        return None
+    frozen = None
+    if opts.freeze:
+        # no input is mutated or aliased (the export checked): all module state can be inlined
+        indices = [i for i, t in enumerate(example_inputs) if _is_module_state(t)]
+        frozen = FrozenInputs(indices, example_inputs) if indices else None
+    name = new_graph_name("inference")
+
+    def build(values: dict[int, torch.Tensor]) -> GraphModule:
+        graph = freeze_placeholders(copy_graph_module(aten), values, names) if values else aten
+        compiled, _ = compile_graph(
+            graph, kind="inference", options=opts, name=name, frozen_constants=len(values), capture="aot_export"
+        )
+        return compiled
+
+    with unset_fake_temporarily():
+        return CompiledGraph(build, len(example_inputs), frozen).call_positional
 
 
 def _is_module_state(t: object) -> bool:

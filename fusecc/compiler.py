@@ -76,12 +76,15 @@ def compile_graph(
     options: Options,
     name: str | None = None,
     frozen_constants: int = 0,
+    capture: str = "",
 ) -> tuple[GraphModule, GraphReport]:
     """Run the pass pipeline and lowering over a captured graph (in place)."""
     name = name or new_graph_name(kind)
     if options.verbose:
         _enable_verbose_logging()
-    report = GraphReport(name=name, kind=kind, target=options.target, frozen_constants=frozen_constants)
+    report = GraphReport(
+        name=name, kind=kind, target=options.target, frozen_constants=frozen_constants, capture=capture
+    )
     report.nodes_captured = len(gm.graph.nodes)
     start = time.perf_counter()
     dump = DumpWriter(options.dump_dir, name) if options.dump_dir else None

@@ -110,6 +110,10 @@ def compile_exported(ep: ExportedProgram, options: Options | Mapping[str, Any] |
     else:
         state = sorted(state_values.items())
     compiled, report = compile_graph(
-        gm, kind="export", options=opts, frozen_constants=len(state_values) if opts.freeze else 0
+        gm,
+        kind="export",
+        options=opts,
+        frozen_constants=len(state_values) if opts.freeze else 0,
+        capture="torch.export",
     )
     return CompiledExport(compiled, report, ep, user_inputs, state)

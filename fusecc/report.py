@@ -42,6 +42,10 @@ class GraphReport:
     name: str
     kind: str  # inference | forward | backward | export
     target: str = "aten"
+    # how the graph reached fusecc: "aot_autograd" (Dynamo, called through
+    # AOTAutograd's runtime wrappers), "aot_export" (Dynamo, called directly)
+    # or "torch.export"
+    capture: str = ""
     frozen_constants: int = 0
     passes: list[PassRecord] = dataclasses.field(default_factory=list)
     groups: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -72,7 +76,7 @@ class GraphReport:
 
     def format(self, verbose: bool = False) -> str:
         lines = [
-            f"graph {self.name} ({self.kind}, target {self.target}): "
+            f"graph {self.name} ({self.kind}{', ' + self.capture if self.capture else ''}, target {self.target}): "
             f"{self.nodes_captured} nodes captured -> {self.nodes_final} after passes, "
             f"{len(self.groups)} fused groups, {self.frozen_constants} frozen constants"
         ]

@@ -94,6 +94,45 @@ def test_freeze_off_keeps_parameters_as_inputs():
     assert any(d.pass_name == "fold_bn" and not d.accepted for d in reports[0].decisions)
 
 
+def test_plain_inference_graphs_are_called_without_aotautograd_wrappers():
+    m = SmallNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad(), collect_reports() as reports:
+        assert_close(compile_fusecc(m)(x), m(x), 1e-4)
+    assert [(r.kind, r.capture) for r in reports] == [("inference", "aot_export")]
+    assert reports[0].frozen_constants > 0
+    torch._dynamo.reset()
+    with collect_reports() as reports:  # grad enabled, parameters need it: forward and backward
+        compile_fusecc(m)(x).sum().backward()
+    assert {(r.kind, r.capture) for r in reports} == {("forward", "aot_autograd"), ("backward", "aot_autograd")}
+
+
+def test_graphs_needing_aotautograd_wrappers_keep_them():
+    class CountsCalls(nn.Module):  # mutates a buffer: AOTAutograd's wrapper writes it back
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("calls", torch.zeros(1))
+
+        def forward(self, x):
+            self.calls.add_(1)
+            return x * 2 + self.calls
+
+    def alias(x):  # an output aliasing an input: the wrapper rebuilds the view
+        return x.t(), (x * 3).exp()
+
+    counter, x = CountsCalls(), torch.randn(4, 5)
+    compiled = compile_fusecc(counter)
+    with torch.no_grad(), collect_reports() as reports:
+        first, second = compiled(x), compiled(x)
+        view, out = compile_fusecc(alias)(x)
+    assert_close(first, x * 2 + 1, 1e-6)
+    assert_close(second, x * 2 + 2, 1e-6)
+    assert counter.calls.item() == 2
+    assert view.data_ptr() == x.data_ptr() and torch.equal(view, x.t())
+    assert_close(out, (x * 3).exp(), 1e-5)
+    assert [r.capture for r in reports] == ["aot_autograd", "aot_autograd"]
+
+
 def test_unsupported_op_falls_back_with_one_warning_naming_it():
     def f(x):
         values, _ = torch.sort(x.sin(), dim=-1)

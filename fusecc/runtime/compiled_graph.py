@@ -15,7 +15,7 @@ log = logging.getLogger("fusecc")
 
 class CompiledGraph:
     """Runs a compiled graph with AOTAutograd's boxed calling convention
-    (one list of flat inputs). Frozen inputs are dropped from the call; if
+    (one list of flat inputs; `call_positional` takes them as arguments). Frozen inputs are dropped from the call; if
     one was replaced or modified in place since compile time, the graph is
     rebuilt from the captured graph with the new values first."""
 
@@ -38,6 +38,10 @@ class CompiledGraph:
     def __call__(self, args: list) -> tuple:
         inputs = self.runtime_inputs(args)  # first: it may rebuild self.gm
         return self.gm.forward(*inputs)  # not gm(...): nn.Module's call machinery costs 4 us a call
+
+    def call_positional(self, *args) -> tuple:
+        """Dynamo's calling convention, for graphs it calls without AOTAutograd."""
+        return self(list(args))
 
     def runtime_inputs(self, args: list) -> list:
         """The graph's inputs from AOTAutograd's: the frozen ones are checked
