@@ -1,12 +1,14 @@
 """Each pass on its own: what it matches, what it produces, when it refuses."""
 
 import types
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 from conftest import assert_close, capture, check_against_eager, pass_context, targets_of
+import fusecc
 from fusecc import PassError
 from fusecc.graph.fused_group import groups
 from fusecc.passes import (
@@ -67,6 +69,22 @@ def test_remove_noops_drops_contiguous_clone():
     gm, _ = run_passes(gm, remove_noops)
     assert "aten.clone.default" not in targets_of(gm)
     assert_close(gm(x)[0], f(x), 1e-6)
+
+
+def test_remove_noops_drops_the_metadata_asserts_export_puts_before_to():
+    class Cast(nn.Module):
+        def forward(self, x):
+            return (x.to(torch.float32) * 2).sin()
+
+    x = torch.randn(4, 8)
+    ep = torch.export.export(Cast(), (x,))
+    assert "aten._assert_tensor_metadata.default" in targets_of(ep.graph_module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fusecc.FallbackWarning)  # the assert used to run as a reported fallback
+        compiled = fusecc.compile_exported(ep, options={"target": "c"})
+    assert compiled.report.fallbacks == []
+    assert any("metadata asserts" in d.message for d in compiled.report.decisions)
+    assert_close(compiled(x), Cast()(x), 1e-6)
 
 
 class _Fn(nn.Module):

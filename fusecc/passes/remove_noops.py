@@ -3,9 +3,13 @@
 Matches: ``clone`` of a tensor that is already laid out as the clone would
 be (eval-mode dropout and ``.contiguous()`` leave these), ``alias``,
 ``detach``, views/reshapes/expands to the same shape, identity permutes,
-full-range slices, and ``_to_copy`` to the same dtype and device.
+full-range slices, and ``_to_copy`` to the same dtype and device; and
+the ``_assert_tensor_metadata`` checks export-mode tracing puts before a
+``.to()`` (dtype, device, layout: fixed by the traced graph, so the check
+cannot fail at run time; left in, it would run as an ATen op and be
+reported as a fallback).
 Produces: uses of the op redirected to its input, so fusion sees through
-them. Refuses: an op whose result is a graph output (the output must not
+them; the asserts erased. Refuses: an op whose result is a graph output (the output must not
 alias an input or another output behind AOTAutograd's back).
 """
 
@@ -48,10 +52,22 @@ def _is_noop(node: Node) -> bool:
     return False
 
 
+def _is_metadata_assert(node: Node) -> bool:
+    """An assert of what the traced graph fixes (not of sizes or strides)."""
+    if node.target is not aten._assert_tensor_metadata.default or node.users:
+        return False
+    checks = dict(zip(("size", "stride"), node.args[1:3])) | node.kwargs
+    return checks.get("size") is None and checks.get("stride") is None
+
+
 def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
     output = gm.graph.output_node()
-    removed = 0
+    removed = asserts = 0
     for node in list(gm.graph.nodes):
+        if _is_metadata_assert(node):
+            gm.graph.erase_node(node)
+            asserts += 1
+            continue
         if output in node.users or not _is_noop(node):
             continue
         node.replace_all_uses_with(node.args[0])
@@ -59,4 +75,6 @@ def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
         removed += 1
     if removed:
         ctx.decide(NAME, "graph", f"removed {removed} ops that return their input", accepted=True)
+    if asserts:
+        ctx.decide(NAME, "graph", f"removed {asserts} tensor-metadata asserts the traced graph fixes", accepted=True)
     return gm
