@@ -4,12 +4,15 @@ broadcast over batch or heads, query and key lengths that differ and fill
 no block, head sizes that fill no vector; every q-block size on 1-3
 threads; and the attention of real transformer models."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import GroupRecorder, assert_close, check_against_eager
 
 from fusecc.codegen import c as c_codegen
+from fusecc.codegen.c.attention import CAUSAL_KEYS, DENSE_KEYS
 from fusecc.compiler import collect_reports
 from fusecc.kernels.lower import lower_group
 from fusecc.targets.cpu import HostCTarget
@@ -114,13 +117,23 @@ def test_every_q_block_size_matches_eager_on_any_thread_count(causal, tmp_path):
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_every_key_block_width_matches_eager(causal, tmp_path):
-    """Key blocks of 1, 2 or 4 register tiles (the scores computed a tile
-    of keys at a time), with 75 keys filling no block and a head size of
-    40 filling no value panel."""
+    """Key blocks of 1 to 16 register tiles (the scores computed a tile of
+    keys at a time), with 75 keys filling no block - the widest blocks are
+    wider than all the keys - and a head size of 40 filling no value panel."""
     q, k, v = _qkv(1, 2, 75, 75, 40)
     spec, constants, ref = recorded_attention(Attention(causal), q, k, v)
     for kernel in kernels_over(spec, constants, "key_panels", tmp_path, 2):
         assert_close(kernel.run(q, k, v), ref, 1e-4)
+
+
+@pytest.mark.parametrize("causal, keys", [(False, 1024), (False, 197), (True, 1024)])
+def test_default_key_blocks_are_wide_unless_causal_and_never_wider_than_the_keys(causal, keys):
+    q, k, v = _qkv(1, 1, 8, keys, 16)
+    spec, _, _ = recorded_attention(Attention(causal), q, k, v)
+    params = c_codegen.default_params(spec, HostCTarget().dialect)
+    nr = params["tile"][1] * params["vl"]
+    wanted = CAUSAL_KEYS if causal else min(DENSE_KEYS, math.ceil(keys / nr) * nr)
+    assert params["key_panels"] * nr == wanted
 
 
 def test_a_boolean_mask_is_honoured():

@@ -3,8 +3,8 @@
 
 A task is one (batch, head) and a block of ``q_tiles`` x MR query rows.
 It walks the keys in blocks of BK = ``key_panels`` x NR keys (NR = NV * VL,
-the register tile's width; 64 keys by default, one tile on AVX-512, four
-on AVX2):
+the register tile's width; by default 256 keys, or 64 under the causal
+flag, and never more than the sequence's keys):
 
   1. the key block is packed transposed, NR keys at a time
      ([BK / NR][D][NR]), and the value block in NR-wide panels
@@ -58,12 +58,17 @@ def _tile(dialect: Dialect) -> tuple[int, int]:
 # keys per block of the dense kernel: each block costs a softmax pass with
 # two horizontal reductions and a rescale of every output row, and its P V
 # GEMM runs over K = BK keys; a block of one 16-key AVX2 tile made both the
-# main cost (12 heads x 64: 0.89-0.91x SDPA on a Zen 1 core)
-DENSE_KEYS = 64
+# main cost (12 heads x 64: 0.89-0.91x SDPA on a Zen 1 core). Wider blocks
+# amortize more (12 heads, Zen 1, 2 threads, ms for 64 / 256 keys: L=4096
+# d=64 927 / 897, d=32 573 / 550; L=1024 d=64 57.4 / 56.2, d=32 35.7 /
+# 34.4), but under the causal flag the diagonal blocks compute keys they
+# then mask, so causal attention keeps 64 (L=1024: 37.2 / 41.8).
+DENSE_KEYS = 256
+CAUSAL_KEYS = 64
 
 
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
-    return {} if spec.attrs.get("sparse") else {"q_tiles": (4, 8, 16, 32), "key_panels": (1, 2, 4)}
+    return {} if spec.attrs.get("sparse") else {"q_tiles": (4, 8, 16, 32), "key_panels": (1, 2, 4, 8, 16)}
 
 
 def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
@@ -74,7 +79,9 @@ def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
         nv = max(v for v in range(1, nv + 1) if sparse["block"] % (v * dialect.vl) == 0)
         return {"tile": (mr, nv), "q_tiles": 1, "vl": dialect.vl}
     q_tiles = max(1, min(Q_TILES, math.ceil(spec.space[2] / mr)))
-    key_panels = max(1, DENSE_KEYS // (nv * dialect.vl))
+    nr = nv * dialect.vl
+    keys = CAUSAL_KEYS if spec.attrs["causal"] else DENSE_KEYS
+    key_panels = max(1, min(keys, math.ceil(spec.attrs["lk"] / nr) * nr) // nr)  # no wider than the keys
     return {"tile": (mr, nv), "q_tiles": q_tiles, "key_panels": key_panels, "vl": dialect.vl}
 
 
