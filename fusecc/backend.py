@@ -106,7 +106,9 @@ def _compile_inference_directly(gm: GraphModule, example_inputs: Sequence[object
 
     try:
         aten = aot_export_joint_simple(gm, tuple(example_inputs), trace_joint=False, decompositions=DECOMPOSITIONS)
-    except RuntimeError as e:  # its documented refusals; the general path handles these graphs
+    except Exception as e:  # noqa: BLE001 - only tracing failed: the general path traces again and reports
+        # its documented refusals (RuntimeError: an input mutated, an output
+        # aliasing an input) and anything else export-mode tracing cannot take
         log.debug("fusecc: AOTAutograd's runtime wrappers needed: %s", str(e).split(".")[0])
         return None
     frozen = None
