@@ -57,21 +57,7 @@ def fusecc_backend(
     def compiler_for(kind: str):
         def compile_aot(aot_gm: GraphModule, aot_inputs: Sequence[object]) -> CompiledGraph:
             frozen = _frozen_inputs(aot_inputs, module_state) if kind == "inference" and opts.freeze else None
-            name = new_graph_name(kind)
-
-            def build(values: dict[int, torch.Tensor]) -> GraphModule:
-                graph = aot_gm
-                if values:  # keep aot_gm pristine: a later rebuild re-freezes it
-                    graph = freeze_placeholders(copy_graph_module(aot_gm), values, dynamo_names)
-                compiled, _ = compile_graph(
-                    graph, kind=kind, options=opts, name=name, frozen_constants=len(values), capture="aot_autograd"
-                )
-                return compiled
-
-            # AOTAutograd calls us with its fake mode active; constant folding
-            # computes on real tensors.
-            with unset_fake_temporarily():
-                return CompiledGraph(build, len(aot_inputs), frozen)
+            return _compiled_graph(aot_gm, kind, "aot_autograd", len(aot_inputs), frozen, opts, dynamo_names)
 
         return compile_aot
 
@@ -82,6 +68,34 @@ def fusecc_backend(
         decompositions=DECOMPOSITIONS,
     )
     return backend(gm, example_inputs)
+
+
+def _compiled_graph(
+    aten: GraphModule,
+    kind: str,
+    capture: str,
+    num_inputs: int,
+    frozen: FrozenInputs | None,
+    opts: Options,
+    names: list[str],
+) -> CompiledGraph:
+    """``aten`` compiled, its frozen inputs inlined; rebuilt from ``aten``
+    when one of them changes."""
+    name = new_graph_name(kind)
+
+    def build(values: dict[int, torch.Tensor]) -> GraphModule:
+        graph = aten
+        if values:  # keep aten pristine: a later rebuild re-freezes it
+            graph = freeze_placeholders(copy_graph_module(aten), values, names)
+        compiled, _ = compile_graph(
+            graph, kind=kind, options=opts, name=name, frozen_constants=len(values), capture=capture
+        )
+        return compiled
+
+    # Dynamo and AOTAutograd call us with a fake mode active; constant
+    # folding computes on real tensors.
+    with unset_fake_temporarily():
+        return CompiledGraph(build, num_inputs, frozen)
 
 
 def _plain_inference(gm: GraphModule, example_inputs: Sequence[object]) -> bool:
@@ -116,17 +130,7 @@ def _compile_inference_directly(gm: GraphModule, example_inputs: Sequence[object
         # no input is mutated or aliased (the export checked): all module state can be inlined
         indices = [i for i, t in enumerate(example_inputs) if _is_module_state(t)]
         frozen = FrozenInputs(indices, example_inputs) if indices else None
-    name = new_graph_name("inference")
-
-    def build(values: dict[int, torch.Tensor]) -> GraphModule:
-        graph = freeze_placeholders(copy_graph_module(aten), values, names) if values else aten
-        compiled, _ = compile_graph(
-            graph, kind="inference", options=opts, name=name, frozen_constants=len(values), capture="aot_export"
-        )
-        return compiled
-
-    with unset_fake_temporarily():
-        return CompiledGraph(build, len(example_inputs), frozen).call_positional
+    return _compiled_graph(aten, "inference", "aot_export", len(example_inputs), frozen, opts, names).call_positional
 
 
 def _is_module_state(t: object) -> bool:
