@@ -101,6 +101,27 @@ def kernels_over(spec, constants, tunable: str, tmp_path, max_threads: int):
         yield target._build(spec, c_codegen.render(spec, target.dialect, params), constants, target.cache(), max_threads)
 
 
+class ScaledAttention(torch.nn.Module):
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+
+
+@pytest.mark.parametrize("scale", [2.0, -0.7])
+def test_explicit_scales_of_either_sign_match_eager(scale):
+    """A positive scale goes into the exponent's FMA, the running max taken
+    over the raw scores; a negative one turns the smallest score into the
+    largest, so the kernel scales first. Large scores (near one-hot rows)
+    test the base-2 softmax far from 0."""
+    q, k, v = _qkv(1, 2, 70, 300, 32)
+    with collect_reports() as reports:
+        check_against_eager(ScaledAttention(scale), q * 3, k, v, target="c")
+    assert [k["kind"] for r in reports for k in r.kernels] == ["attention"]
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_every_q_block_size_matches_eager_on_any_thread_count(causal, tmp_path):
     q, k, v = _qkv(2, 3, 75, 75, 32)

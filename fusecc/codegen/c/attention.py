@@ -13,7 +13,11 @@ flag, and never more than the sequence's keys):
      query row broadcast, the packed keys streamed);
   3. each row scales S, adds the mask, sets keys past the causal diagonal
      or the sequence to -inf, and updates its running max m and sum l:
-     P = exp(S - m_new), the row's output so far scaled by exp(m - m_new);
+     P = exp(S - m_new), the row's output so far scaled by exp(m - m_new).
+     The softmax runs in base 2 (log2(e) folded into the scale), and
+     without a mask the scale goes into the exponent's FMA, so the first
+     pass over a block only reads it (12 heads x 64, L = 2048, Zen 1: the
+     softmax took 42 of 234 ms, 34 of them in exp);
   4. O += P V for each row tile and value panel, by the same micro-kernel.
 
 At the end each output row is divided by its l. Nothing of size Lq x Lk
@@ -240,11 +244,24 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
         schedule, inverse = "static", "1.0f / sm[i]"
     # the last key of block kb row i sees: the sequence's end, and under the causal flag the diagonal
     last = "(kn - 1 < q0 + i - kb ? kn - 1 : q0 + i - kb)" if a["causal"] else "kn - 1"
+    # the softmax runs in base 2: scores times scale * log2(e), the mask times log2(e)
+    c = a["scale"] * math.log2(math.e)
     mask_add = (
-        f"if (jj < kn) s = vadd(s, jj + {vl}L <= kn ? vload(mrow + kb + jj) : vloadn(mrow + kb + jj, (int)(kn - jj)));"
+        f"if (jj < kn) s = vfma(jj + {vl}L <= kn ? vload(mrow + kb + jj) : vloadn(mrow + kb + jj, (int)(kn - jj)), "
+        f"vset1({math.log2(math.e)!r}f), s);"
         if mask is not None
         else ""
     )
+    # without a mask and with a positive scale, the max of the raw scores
+    # gives the max of the scaled ones: the first pass only reads, and the
+    # exponent takes the scale in an FMA
+    if mask is None and a["scale"] > 0:
+        score, store_score, block_max = "vload(srow + jj)", "", f"vreduce_max(vmaxv) * {c!r}f"
+        exponent = "vfma(vload(srow + jj), vc, vm)"
+    else:
+        score, store_score = f"vmul(vload(srow + jj), vset1({c!r}f))", "vstore(srow + jj, s);"
+        block_max = "vreduce_max(vmaxv)"
+        exponent = "vadd(vload(srow + jj), vm)"
     return f"""
 {tables}{kernels}
 
@@ -318,25 +335,26 @@ static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda,
           const long last = {last};
           vf vmaxv = vset1(-INFINITY);
           for (long jj = 0; jj < {bk}L; jj += {vl}L) {{
-            vf s = vmul(vload(srow + jj), vset1({a["scale"]!r}f));
+            vf s = {score};
             {mask_add}
             if (jj + {vl - 1}L > last) {{  /* a boundary vector: lane by lane */
               float lanes[{vl}];
               vstore(lanes, s);
               for (long l = 0; l < {vl}L; ++l) if (jj + l > last) lanes[l] = -INFINITY;
               s = vload(lanes);
+              vstore(srow + jj, s);
             }}
-            vstore(srow + jj, s);
+            {store_score}
             vmaxv = vmax(vmaxv, s);
           }}
-          const float bmax = vreduce_max(vmaxv);
+          const float bmax = {block_max};
           const float mnew = mx[i] > bmax ? mx[i] : bmax;
           if (mnew == -INFINITY) {{ memset(srow, 0, sizeof(float) * {bk}); continue; }}  /* every key masked so far */
-          const float alpha = sexp(mx[i] - mnew);
+          const float alpha = ssoftmax_exp2(mx[i] - mnew);
           vf vsum = vzero();
-          const vf vm = vset1(mnew);
+          const vf vc = vset1({c!r}f), vm = vset1(-mnew);
           for (long jj = 0; jj < {bk}L; jj += {vl}) {{
-            const vf e = vexp(vsub(vload(srow + jj), vm));
+            const vf e = vsoftmax_exp2({exponent});
             vstore(srow + jj, e);
             vsum = vadd(vsum, e);
           }}
