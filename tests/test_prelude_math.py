@@ -38,24 +38,38 @@ def _library(dialect: str, tmp_path):
 
 
 @pytest.mark.parametrize("dialect", sorted({HOST, "scalar"}))
+def _apply(lib, name: str, values) -> np.ndarray:
+    x = np.ascontiguousarray(values, dtype=np.float32)  # a whole number of vectors
+    y = np.full_like(x, 12345.0)
+    fn = getattr(lib, f"apply_{name}")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
+    fn(x.ctypes.data, y.ctypes.data, len(x))
+    return y
+
+
+@pytest.mark.parametrize("dialect", sorted({HOST, "scalar"}))
 def test_math_functions_meet_their_stated_accuracy(dialect, tmp_path):
     lib = _library(dialect, tmp_path)
     for name, (reference, xs, bound, kind) in FUNCTIONS.items():
-        x = np.ascontiguousarray(xs, dtype=np.float32)  # a whole number of vectors: 40000 points
-        y = np.empty_like(x)
-        fn = getattr(lib, f"apply_{name}")
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
-        fn(x.ctypes.data, y.ctypes.data, len(x))
-        exact = reference(x.astype(np.float64)) if reference else np.vectorize(math.erf)(x.astype(np.float64))
+        y = _apply(lib, name, xs)  # 40000 points
+        x = xs.astype(np.float32).astype(np.float64)
+        exact = reference(x) if reference else np.vectorize(math.erf)(x)
         error = np.abs(y - exact) / (np.abs(exact) if kind == "relative" else 1.0)
         assert error.max() <= bound, f"{name} ({dialect}): {kind} error {error.max():.3g} at x = {x[error.argmax()]}"
+
+
+@pytest.mark.parametrize("dialect", sorted({HOST, "scalar"}))
+def test_math_functions_pass_nan_through_and_saturate_at_infinity(dialect, tmp_path):
+    lib = _library(dialect, tmp_path)
+    for name in FUNCTIONS:
+        assert np.isnan(_apply(lib, name, [np.nan] * 16)).all(), f"{name}({dialect}) of NaN is not NaN"
+    for name in ("tanh", "erf"):
+        y = _apply(lib, name, [np.inf, -np.inf] * 8)
+        assert (y == np.array([1.0, -1.0] * 8, dtype=np.float32)).all(), f"{name}({dialect}) of +-inf: {y[:2]}"
 
 
 def test_softmax_exp2_flushes_below_its_range_to_zero(tmp_path):
     """Masked keys reach it as -inf, far-away scores as large negatives: 0, never NaN."""
     lib = _library(HOST, tmp_path)
-    x = np.array([-np.inf, -1e30, -500.0, -127.0, -200.5, -130.0, -127.0, -1e9] * 2, dtype=np.float32)
-    y = np.full_like(x, np.nan)
-    lib.apply_softmax_exp2.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
-    lib.apply_softmax_exp2(x.ctypes.data, y.ctypes.data, len(x))
+    y = _apply(lib, "softmax_exp2", [-np.inf, -1e30, -500.0, -127.0, -200.5, -130.0, -127.0, -1e9] * 2)
     assert (y == 0).all(), y

@@ -1,8 +1,9 @@
 """Where the dense attention kernel's time goes: the kernel rendered with
 one part cut out at a time (its output is then wrong; only the time
-counts), against the whole kernel and SDPA, alternated in one process.
+counts), against the whole kernel and SDPA, interleaved in one process
+(`fusecc.bench.timing.interleaved`, the benchmarks' timer).
 
-    python docs/scripts/attention_ablation.py 2048 64 10    # L, head dim (12 heads), rounds
+    python docs/scripts/attention_ablation.py 2048 64 5    # L, head dim (12 heads), rounds at least
 
 Cuts: `no_exp` (the softmax's exponential replaced by its argument),
 `no_softmax` (the whole per-row softmax pass), `no_pv` and `no_qk` (the
@@ -11,14 +12,13 @@ the part's cost.
 """
 
 import re
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 import fusecc
+from fusecc.bench.timing import interleaved
 from fusecc.codegen.c import attention
 
 render = attention.render
@@ -72,13 +72,8 @@ def main() -> None:
             finally:
                 attention.render = render
         runs["sdpa"] = SDPA()
-        times = {name: [] for name in runs}
-        for r in range(rounds):
-            for name in list(runs) if r % 2 else list(runs)[::-1]:
-                start = time.perf_counter()
-                runs[name](q, k, v)
-                times[name].append(time.perf_counter() - start)
-    ms = {name: round(statistics.median(t) * 1e3, 1) for name, t in times.items()}
+        stats = interleaved({name: lambda run=run: run(q, k, v) for name, run in runs.items()}, min_rounds=rounds)
+    ms = {name: round(s.median_ms, 1) for name, s in stats.items()}
     print(f"L={length} d={head_dim}: {ms} ms")
 
 
