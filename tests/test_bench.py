@@ -114,3 +114,15 @@ def test_call_breakdown_splits_a_torch_compile_call(tmp_path):
     kernels = result["kernels"]  # every kernel of the exported program, in graph order
     assert [k["kind"] for k in kernels][:2] == ["conv2d", "block"] and kernels[-1]["kind"] == "gemm"
     assert all(k["in_model_us"] > 0 and k["hot_us"] > 0 for k in kernels)
+
+
+def test_alternated_rounds_pair_every_runner_per_round_and_reverse_the_order():
+    from fusecc.bench.timing import alternated_rounds, paired_ratio
+
+    order = []
+    runners = {name: (lambda name=name: order.append(name)) for name in ("a", "b")}
+    rounds = alternated_rounds(runners, rounds=4, calls=3)
+    assert {name: len(times) for name, times in rounds.items()} == {"a": 4, "b": 4}
+    # each runner: one untimed call and three timed per round; b first in even rounds, a first in odd ones
+    assert order[:8] == ["b"] * 4 + ["a"] * 4 and order[8:16] == ["a"] * 4 + ["b"] * 4
+    assert paired_ratio([2.0, 6.0, 9.0, 8.0], [1.0, 2.0, 3.0, 1.0])[0] == 3.0  # ratios 2, 3, 3, 8

@@ -7,12 +7,12 @@ alternately: the median per-round ratio old / new with its quartiles.
 
 import statistics
 import sys
-import time
 
 import torch
 
 import fusecc
 from fusecc.bench import zoo
+from fusecc.bench.timing import alternated_rounds, paired_ratio
 from fusecc.codegen.c import attention
 
 
@@ -27,23 +27,10 @@ def main() -> None:
             saved, attention.DENSE_KEYS = attention.DENSE_KEYS, keys
             runs[label] = fusecc.compile_exported(torch.export.export(model, (x,)))
             attention.DENSE_KEYS = saved
-        medians = {label: [] for label in runs}
-        ratios = []
-        for r in range(rounds):
-            this_round = {}
-            for label in list(runs) if r % 2 else list(runs)[::-1]:
-                runs[label](x)
-                times = []
-                for _ in range(3):
-                    start = time.perf_counter()
-                    runs[label](x)
-                    times.append(time.perf_counter() - start)
-                this_round[label] = statistics.median(times)
-                medians[label].append(this_round[label])
-            ratios.append(this_round["64 keys"] / this_round["default"])
-    q1, _, q3 = statistics.quantiles(ratios, n=4)
-    ms = {label: round(statistics.median(t) * 1e3, 2) for label, t in medians.items()}
-    print(f"{name}: {ms} ms; 64 keys / default, paired: {statistics.median(ratios):.3f} ({q1:.3f}-{q3:.3f})")
+        rounds_s = alternated_rounds({label: lambda run=run: run(x) for label, run in runs.items()}, rounds)
+    ratio, q1, q3 = paired_ratio(rounds_s["64 keys"], rounds_s["default"])
+    ms = {label: round(statistics.median(t) * 1e3, 2) for label, t in rounds_s.items()}
+    print(f"{name}: {ms} ms; 64 keys / default, paired: {ratio:.3f} ({q1:.3f}-{q3:.3f})")
 
 
 if __name__ == "__main__":

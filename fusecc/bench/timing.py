@@ -72,3 +72,22 @@ def interleaved(
             samples=len(xs),
         )
     return out
+
+
+def alternated_rounds(runners: dict[str, Callable[[], object]], rounds: int, calls: int = 3) -> dict[str, list[float]]:
+    """Each round runs every runner once untimed, then ``calls`` timed calls,
+    in an order reversed every other round; returns each runner's per-round
+    medians (seconds), paired by index for `paired_ratio`."""
+    out: dict[str, list[float]] = {name: [] for name in runners}
+    for r in range(rounds):
+        for name in list(runners) if r % 2 else list(runners)[::-1]:
+            runners[name]()
+            out[name].append(statistics.median(_time_one(runners[name]) for _ in range(calls)))
+    return out
+
+
+def paired_ratio(first: list[float], second: list[float]) -> tuple[float, float, float]:
+    """Median, lower and upper quartile of the per-round ratio first / second."""
+    ratios = [a / b for a, b in zip(first, second)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return statistics.median(ratios), q1, q3
