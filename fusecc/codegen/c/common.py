@@ -76,3 +76,19 @@ def unravel(index: str, dims: list[int], names: list[str]) -> list[str]:
     for name, d, s in zip(names, dims, strides):
         lines.append(f"const long {name} = ({index} / {s}L) % {d}L;")
     return lines
+
+
+# A depthwise output vector sums kh * kw taps. In one FMA chain a 7x7
+# filter is 49 dependent FMAs, and one pixel's chain is more than the
+# out-of-order window holds, so the next pixel cannot overlap it: the
+# kernel waits on FMA latency. Large filters get one chain per filter row.
+def depthwise_chains(kh: int, kw: int) -> int:
+    return kh if kh * kw > 9 else 1
+
+
+def sum_chains(chains: int, name: str = "acc") -> str:
+    """C: the sum of accumulators ``name0 .. name{chains-1}``, as a balanced tree."""
+    terms = [f"{name}{i}" for i in range(chains)]
+    while len(terms) > 1:
+        terms = [f"vadd({a}, {b})" for a, b in zip(terms[::2], terms[1::2])] + terms[len(terms) - len(terms) % 2 :]
+    return terms[0]

@@ -22,7 +22,7 @@ import torch
 
 from ...kernels.spec import KernelSpec, conv_geometry
 from . import conv_indirect, conv_winograd, gemm
-from .common import SIGNATURE, declarations, vload, vstore
+from .common import SIGNATURE, declarations, depthwise_chains, sum_chains, vload, vstore
 from .dialects import Dialect
 from .gemm import epilogue_stores, microkernel, pack_panels, tile_columns
 
@@ -687,6 +687,7 @@ def _pool_sums(spec: KernelSpec, geo: dict, nr: int) -> tuple[str, str]:
 def _render_nhwc_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, geo: dict) -> str:
     c = geo["cout"]
     taps = geo["kh"] * geo["kw"]
+    chains = depthwise_chains(geo["kh"], geo["kw"])
     x_i, w_i = spec.attrs["input"], spec.attrs["weight"]
     full, part = _nhwc_epilogue(spec, geo)
 
@@ -696,7 +697,7 @@ def _render_nhwc_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, g
         load = (lambda p: f"vloadn({p}, rem)") if partial else (lambda p: f"vload({p})")
         lines = [f"vf wv{t} = {load(f'wts + {t}L * {c}L + co')};" for t in range(taps)]
         lines.append(f"for (long ox = 0; ox < {geo['ow']}L; ++ox) {{")
-        lines.append("  vf acc = vzero();")
+        lines.extend(f"  vf acc{a} = vzero();" for a in range(chains))
         for ky in range(geo["kh"]):
             lines.append(f"  {{ const long iy = oy * {geo['sh']}L - {geo['pt']}L + {ky * geo['dh']}L;")
             lines.append(f"    if (iy >= 0 && iy < {geo['h']}L) {{")
@@ -704,11 +705,12 @@ def _render_nhwc_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, g
             for kx in range(geo["kw"]):
                 lines.append(
                     f"      {{ const long ix = ox * {geo['sw']}L - {geo['pl']}L + {kx * geo['dw']}L; "
-                    f"if (ix >= 0 && ix < {geo['w']}L) acc = vfma(wv{ky * geo['kw'] + kx}, "
-                    f"{load(pixel_ptr)}, acc); }}"
+                    f"if (ix >= 0 && ix < {geo['w']}L) acc{ky % chains} = vfma(wv{ky * geo['kw'] + kx}, "
+                    f"{load(pixel_ptr)}, acc{ky % chains}); }}"
                 )
             lines.append("    }")
             lines.append("  }")
+        lines.append(f"  const vf acc = {sum_chains(chains)};")
         lines.append(f"  const long pix = (nimg * {geo['oh']}L + oy) * {geo['ow']}L + ox;")
         lines.extend("  " + x for x in (part if partial else full))
         lines.append("}")

@@ -12,7 +12,7 @@ import dataclasses
 import math
 
 from ....kernels.spec import KernelSpec, conv_geometry
-from ..common import vstore
+from ..common import depthwise_chains, sum_chains, vstore
 from ..gemm import epilogue_stores, microkernel, tile_columns
 from ..reduction import row_program
 from .common import gemm_dims, weight_key
@@ -144,16 +144,18 @@ def depthwise_row(spec: KernelSpec, name: str, index: int, vl: int) -> str:
     layer = spec.attrs["layers"][index]
     g = conv_geometry(layer)
     c, taps = g["cout"], g["kh"] * g["kw"]
+    chains = depthwise_chains(g["kh"], g["kw"])
 
     def body(partial: bool) -> list[str]:
         load = (lambda p: f"vloadn({p}, rem)") if partial else (lambda p: f"vload({p})")
         lines = [f"const vf w{t} = {load(f'wts + {t * c}L + co')};" for t in range(taps)]
         lines.append(f"for (long ox = 0; ox < {g['ow']}L; ++ox) {{")
-        lines.append("  vf acc = vzero();")
+        lines.extend(f"  vf acc{a} = vzero();" for a in range(chains))
         for ky in range(g["kh"]):
             for kx in range(g["kw"]):
                 ptr = f"rows_in[{ky}] + (ox * {g['sw']}L + {kx}L) * ld + (co - c0)"
-                lines.append(f"  acc = vfma(w{ky * g['kw'] + kx}, {load(ptr)}, acc);")
+                lines.append(f"  acc{ky % chains} = vfma(w{ky * g['kw'] + kx}, {load(ptr)}, acc{ky % chains});")
+        lines.append(f"  const vf acc = {sum_chains(chains)};")
         lines.append("  const long row = ox, pix = pix0 + ox, ldd = ld, co_base = c0;")
         lines.extend("  " + x for x in epilogue(layer, "rem" if partial else None))
         lines.append("}")
