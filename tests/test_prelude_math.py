@@ -18,7 +18,7 @@ FUNCTIONS = {
     "exp": (np.exp, np.linspace(-80, 80, 40000), 3e-7, "relative"),
     "softmax_exp2": (np.exp2, np.linspace(-126, 0, 40000), 3e-7, "relative"),
     "tanh": (np.tanh, np.linspace(-9, 9, 40000), 2e-7, "absolute"),
-    "erf": (None, np.linspace(-5, 5, 40000), 4e-7, "absolute"),
+    "erf": (np.vectorize(math.erf), np.linspace(-5, 5, 40000), 4e-7, "absolute"),
 }
 
 
@@ -37,7 +37,6 @@ def _library(dialect: str, tmp_path):
     return ctypes.CDLL(str(lib))
 
 
-@pytest.mark.parametrize("dialect", sorted({HOST, "scalar"}))
 def _apply(lib, name: str, values) -> np.ndarray:
     x = np.ascontiguousarray(values, dtype=np.float32)  # a whole number of vectors
     y = np.full_like(x, 12345.0)
@@ -53,7 +52,7 @@ def test_math_functions_meet_their_stated_accuracy(dialect, tmp_path):
     for name, (reference, xs, bound, kind) in FUNCTIONS.items():
         y = _apply(lib, name, xs)  # 40000 points
         x = xs.astype(np.float32).astype(np.float64)
-        exact = reference(x) if reference else np.vectorize(math.erf)(x)
+        exact = reference(x)
         error = np.abs(y - exact) / (np.abs(exact) if kind == "relative" else 1.0)
         assert error.max() <= bound, f"{name} ({dialect}): {kind} error {error.max():.3g} at x = {x[error.argmax()]}"
 

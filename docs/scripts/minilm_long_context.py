@@ -47,11 +47,14 @@ def main() -> None:
     print(f"calibrated in {time.perf_counter() - start:.0f} s: {sum(kept) / len(kept):.0%} of blocks kept; {kinds}")
     runs = {"eager": model}
     with torch.no_grad():
-        for label, options in (("inductor", None), ("fusecc_dense", {}), ("fusecc_plan", {"plan": plan})):
+        compiles = {
+            "inductor": {},
+            "fusecc_dense": {"backend": "fusecc"},
+            "fusecc_plan": {"backend": "fusecc", "options": {"attention_sparsity": {"plan": plan}}},
+        }
+        for label, kwargs in compiles.items():
             torch._dynamo.reset()
-            backend = {} if options is None else {"backend": "fusecc"}
-            sparsity = {"options": {"attention_sparsity": options}} if options else {}
-            runs[label] = torch.compile(model, **backend, **sparsity)
+            runs[label] = torch.compile(model, **kwargs)
             runs[label](*inputs)
         reference = model(*inputs)
         for label, run in runs.items():
