@@ -191,6 +191,30 @@ def test_rows_and_channel_splits_match_eager_on_any_thread_count(cin, cout, expa
             _block_matches_on_any_thread_count(model, _nhwc(batch, cin, *hw), tmp_path, split=split, band=band)
 
 
+@pytest.mark.parametrize(
+    "block",
+    [
+        "inverted_residual_s1",  # 9 columns: steps of 8 + 1 (or 7 + 2, 4 + 4 + 1, ...)
+        "inverted_residual_s2",  # stride 2: windows overlap by one column
+        "convnext",  # 7x7, 20 channels: a partial vector
+    ],
+)
+def test_depthwise_pixels_side_by_side_match_eager(block, tmp_path):
+    """The block's depthwise middle with every choice of output pixels computed
+    side by side (each filter row's weights and each input vector loaded once
+    for all of them), with the remainder of a row as a shorter step."""
+    from fusecc.codegen.c.common import DEPTHWISE_PIXELS
+
+    torch.manual_seed(0)
+    model, x = {
+        "inverted_residual_s1": lambda: (_randomize_bn(InvertedResidual(16, 16, 3)), _nhwc(1, 16, 6, 9)),
+        "inverted_residual_s2": lambda: (_randomize_bn(InvertedResidual(16, 24, 3, 2)), _nhwc(2, 16, 9, 19)),
+        "convnext": lambda: (_convnext(20), _nhwc(1, 20, 5, 9)),
+    }[block]()
+    for pixels in DEPTHWISE_PIXELS:
+        _block_matches_on_any_thread_count(model, x, tmp_path, dw_pixels=pixels)
+
+
 def _block_matches_on_any_thread_count(model, x, tmp_path, **params):
     """The model's one block kernel, built with ``params`` over its defaults,
     run with 1, 2 and 3 threads against eager."""

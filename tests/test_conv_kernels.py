@@ -15,6 +15,7 @@ from torch import nn
 from conftest import GroupRecorder, assert_close
 from fusecc.codegen import c as c_codegen
 from fusecc.codegen.c import conv_indirect, conv_winograd, gemm
+from fusecc.codegen.c.common import DEPTHWISE_PIXELS
 from fusecc.kernels import winograd
 from fusecc.kernels.lower import lower_group
 from fusecc.kernels.spec import conv_geometry
@@ -44,10 +45,10 @@ LAYERS = {
 }
 
 
-def _conv_group(name, memory_format=torch.channels_last):
+def _conv_group(name, memory_format=torch.channels_last, layers=LAYERS):
     """The layer's one conv group; with a contiguous (NCHW) input the
     conversion to channels-last folds into it."""
-    model, shape = LAYERS[name]
+    model, shape = layers[name]
     torch.manual_seed(0)
     model.eval()
     x = torch.randn(shape).contiguous(memory_format=memory_format)
@@ -85,11 +86,8 @@ def cpu(tmp_path_factory):
     return HostCTarget(cache_dir=str(tmp_path_factory.mktemp("conv-cache")))
 
 
-def _check_variants(layer, cpu):
-    group, constants = _conv_group(layer)
-    spec = lower_group(group)
-    geo = conv_geometry(spec)
-    assert "nhwc_indirect" in c_codegen.tunables(spec, cpu.dialect)["algo"]
+def _group_args(group, constants) -> tuple[list, torch.Tensor]:
+    """Random inputs in the strides the group was traced with, and its ATen output."""
     torch.manual_seed(1)
     args = []
     for i, ph in enumerate(group.graph.find_nodes(op="placeholder")):
@@ -99,9 +97,22 @@ def _check_variants(layer, cpu):
             val = ph.meta["val"]
             args.append(torch.empty_strided(tuple(val.shape), tuple(val.stride())).copy_(torch.randn(val.shape)))
     with torch.no_grad():
-        ref = group(*args)
+        return args, group(*args)
+
+
+def _check_variants(layer, cpu):
+    group, constants = _conv_group(layer)
+    spec = lower_group(group)
+    geo = conv_geometry(spec)
+    assert "nhwc_indirect" in c_codegen.tunables(spec, cpu.dialect)["algo"]
+    args, ref = _group_args(group, constants)
     variants = _variants(geo)
     assert any(v.get("segment") == "rows" for v in variants) == (geo["dw"] == 1)
+    _check_params(spec, constants, args, ref, variants, cpu)
+
+
+def _check_params(spec, constants, args, ref, variants, cpu):
+    """Each parameter set's kernel, on 1 and 2 threads, against ``ref``."""
     for params in variants:
         source = c_codegen.render(spec, cpu.dialect, params)
         kernel = cpu._build(spec, source, constants, cpu.cache(), 2)
@@ -117,6 +128,38 @@ def _check_variants(layer, cpu):
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_every_nhwc_conv_algorithm_matches_eager(layer, cpu):
     _check_variants(layer, cpu)
+
+
+class DepthwiseLayer(nn.Module):
+    def __init__(self, c, k, stride, padding, dilation=1):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, k, stride, padding, dilation, groups=c)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
+DEPTHWISE_LAYERS = {
+    # 20 channels: a partial vector; 17 columns: interior, border and remainder steps
+    "7x7_odd": (DepthwiseLayer(20, 7, 1, 3), (2, 20, 9, 17)),
+    "3x3_s2": (DepthwiseLayer(16, 3, 2, 1), (1, 16, 15, 13)),
+    "5x5_dilated": (DepthwiseLayer(8, 5, 1, 4, dilation=2), (1, 8, 11, 12)),
+    "7x7_narrow": (DepthwiseLayer(8, 7, 1, 3), (1, 8, 5, 3)),  # no column sees its whole window
+}
+
+
+@pytest.mark.parametrize("layer", sorted(DEPTHWISE_LAYERS))
+def test_depthwise_pixels_side_by_side_match_eager(layer, cpu):
+    """The channels-last depthwise kernel with every choice of output pixels
+    computed side by side: border columns load their inputs checked, interior
+    ones unchecked, and a row's last step takes the columns left over."""
+    group, constants = _conv_group(layer, layers=DEPTHWISE_LAYERS)
+    spec = lower_group(group)
+    space = c_codegen.tunables(spec, cpu.dialect)
+    assert space["algo"][0] == "nhwc_depthwise" and space["pixels"] == DEPTHWISE_PIXELS
+    args, ref = _group_args(group, constants)
+    variants = [{"algo": "nhwc_depthwise", "pixels": pixels} for pixels in DEPTHWISE_PIXELS]
+    _check_params(spec, constants, args, ref, variants, cpu)
 
 
 @pytest.mark.parametrize("layer", ["1x1_residual", "3x3_odd_residual", "3x3_s2_wide"])

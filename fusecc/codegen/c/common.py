@@ -92,3 +92,39 @@ def sum_chains(chains: int, name: str = "acc") -> str:
     while len(terms) > 1:
         terms = [f"vadd({a}, {b})" for a, b in zip(terms[::2], terms[1::2])] + terms[len(terms) - len(terms) % 2 :]
     return terms[0]
+
+
+# One pixel at a time, a depthwise kernel loads a weight vector and an
+# input vector per FMA (a 7x7 filter's 49 weight vectors do not stay in 16
+# registers), so it is bound by loads, at half the FMA rate or less. Side
+# by side, several output pixels share each weight vector of a filter row
+# and each input vector their windows overlap on.
+DEPTHWISE_PIXELS = (1, 2, 4, 7, 8)  # the tuners' choices
+
+
+def depthwise_pixels(ow: int, kw: int, registers: int) -> int:
+    """Output pixels per step along a row of ``ow``: one accumulator each
+    beside the filter row's ``kw`` weight vectors and an input vector, at
+    most 8 (enough independent FMA chains to cover the FMA latency); the
+    fewest steps, then a row of whole steps (7 for 14 columns, not 8 + 6),
+    then the most pixels."""
+    most = max(1, min(8, registers - kw - 1, ow))
+    return min(range(1, most + 1), key=lambda p: (-(-ow // p), ow % p != 0, -p))
+
+
+def depthwise_filter_row(kw: int, sw: int, dw: int, pixels: int, weight, pixel, load, inside=None) -> list[str]:
+    """C: one filter row's taps for ``pixels`` output pixels side by side,
+    ``acc{p} += w[kx] * x[p * sw + kx * dw]``. The row's weight vectors are
+    loaded once and each input vector once, then fed to every pixel whose
+    window holds it. ``weight(kx)`` and ``pixel(offset)`` give the pointers
+    (``offset`` in input columns from the first pixel's first tap),
+    ``load(ptr)`` the vector load, and ``inside(offset)``, if given, the C
+    condition under which that input column exists (zero where not)."""
+    lines = [f"const vf w{kx} = {load(weight(kx))};" for kx in range(kw)]
+    for offset in sorted({p * sw + kx * dw for p in range(pixels) for kx in range(kw)}):
+        taps = [(p, divmod(offset - p * sw, dw)) for p in range(pixels) if offset >= p * sw]
+        value = load(pixel(offset)) if inside is None else f"({inside(offset)}) ? {load(pixel(offset))} : vzero()"
+        lines.append(f"{{ const vf xv = {value};")
+        lines.extend(f"  acc{p} = vfma(w{kx}, xv, acc{p});" for p, (kx, r) in taps if r == 0 and kx < kw)
+        lines.append("}")
+    return ["{"] + ["  " + x for x in lines] + ["}"]

@@ -22,7 +22,17 @@ import torch
 
 from ...kernels.spec import KernelSpec, conv_geometry
 from . import conv_indirect, conv_winograd, gemm
-from .common import SIGNATURE, declarations, depthwise_chains, sum_chains, vload, vstore
+from .common import (
+    DEPTHWISE_PIXELS,
+    SIGNATURE,
+    declarations,
+    depthwise_chains,
+    depthwise_filter_row,
+    depthwise_pixels,
+    sum_chains,
+    vload,
+    vstore,
+)
 from .dialects import Dialect
 from .gemm import epilogue_stores, microkernel, pack_panels, tile_columns
 
@@ -113,6 +123,8 @@ def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
         out["tile"] = _tiles(dialect)
     if "nhwc_winograd" in algos:
         out["m"] = conv_winograd.TILE_SIZES
+    if "nhwc_depthwise" in algos:
+        out["pixels"] = DEPTHWISE_PIXELS
     if "nhwc_indirect" in algos:
         out["segment"] = ("rows",) if copies_input(spec) else conv_indirect.segment_choices(conv_geometry(spec))
         out["schedule"] = ("pixel_major", "channel_major")
@@ -124,7 +136,9 @@ def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
     geo = conv_geometry(spec)
     algo = _algorithms(spec)[0]
     params = {"algo": algo, "vl": dialect.vl}
-    if algo in ("depthwise", "nhwc_depthwise"):
+    if algo == "nhwc_depthwise":
+        return {**params, "pixels": depthwise_pixels(geo["ow"], geo["kw"], dialect.vector_registers)}
+    if algo == "depthwise":
         return params
     mr, nv = {"avx512": (6, 4), "avx2": (6, 2), "neon": (6, 4), "scalar": (4, 4)}[dialect.name]
     nhwc = algo in ("nhwc_gemm", "nhwc_indirect", "nhwc_winograd")
@@ -684,47 +698,106 @@ def _pool_sums(spec: KernelSpec, geo: dict, nr: int) -> tuple[str, str]:
     return c_end + each("= 0.0f"), each(f"/= {float(geo['P'])}f")
 
 
+def _interior_columns(geo: dict) -> tuple[int, int]:
+    """[lo, hi): the output columns whose whole window lies inside the image row."""
+    lo = -(-geo["pl"] // geo["sw"])
+    hi = (geo["w"] - 1 - (geo["kw"] - 1) * geo["dw"] + geo["pl"]) // geo["sw"] + 1
+    return lo, max(lo, min(hi, geo["ow"]))
+
+
 def _render_nhwc_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, geo: dict) -> str:
-    c = geo["cout"]
-    taps = geo["kh"] * geo["kw"]
-    chains = depthwise_chains(geo["kh"], geo["kw"])
+    c, kh, kw, sw, xsw = geo["cout"], geo["kh"], geo["kw"], geo["sw"], geo["xsw"]
+    pixels = params["pixels"]
+    lo, hi = _interior_columns(geo)
     x_i, w_i = spec.attrs["input"], spec.attrs["weight"]
     full, part = _nhwc_epilogue(spec, geo)
 
-    pixel_ptr = f"row + ix * {geo['xsw']}L"
+    def filter_rows(per_row) -> list[str]:
+        """``per_row(ky)``'s lines for each filter row inside the image."""
+        lines = []
+        for ky in range(kh):
+            lines.append(f"{{ const long iy = oy * {geo['sh']}L - {geo['pt']}L + {ky * geo['dh']}L;")
+            lines.append(f"  if (iy >= 0 && iy < {geo['h']}L) {{")
+            lines.append(f"    const float* FC_RESTRICT row = x + nimg * {geo['xsn']}L + iy * {geo['xsh']}L + co;")
+            lines.extend("    " + x for x in per_row(ky))
+            lines.append("  }")
+            lines.append("}")
+        return lines
+
+    def one_at_a_time(load, epilogue: list[str]) -> list[str]:
+        """Every column alone, each tap checked against the image's sides."""
+        chains = depthwise_chains(kh, kw)
+        lines = [f"vf wv{t} = {load(f'wts + {t * c}L + co')};" for t in range(kh * kw)]
+        lines.append(f"for (long ox = 0; ox < {geo['ow']}L; ++ox) {{")
+        lines.extend(f"  vf acc{a} = vzero();" for a in range(chains))
+        lines.extend(
+            "  " + x
+            for x in filter_rows(
+                lambda ky: [
+                    f"{{ const long ix = ox * {sw}L - {geo['pl']}L + {kx * geo['dw']}L; "
+                    f"if (ix >= 0 && ix < {geo['w']}L) acc{ky % chains} = vfma(wv{ky * kw + kx}, "
+                    f"{load(f'row + ix * {xsw}L')}, acc{ky % chains}); }}"
+                    for kx in range(kw)
+                ]
+            )
+        )
+        lines.append(f"  const vf acc = {sum_chains(chains)};")
+        lines.append(f"  const long pix = (nimg * {geo['oh']}L + oy) * {geo['ow']}L + ox;")
+        lines.extend("  " + x for x in epilogue)
+        return lines + ["}"]
+
+    def side_by_side(load, epilogue: list[str], count: int, checked: bool) -> list[str]:
+        """``count`` columns from ox on, their input columns checked against
+        the image's sides if ``checked``."""
+        first = f"ox * {sw}L - {geo['pl']}L"
+        inside = (lambda off: f"{first} + {off}L >= 0 && {first} + {off}L < {geo['w']}L") if checked else None
+        lines = [f"vf acc{p} = vzero();" for p in range(count)]
+        lines.extend(
+            filter_rows(
+                lambda ky: depthwise_filter_row(
+                    kw, sw, geo["dw"], count,
+                    lambda kx: f"wts + {(ky * kw + kx) * c}L + co",
+                    lambda off: f"row + ({first} + {off}L) * {xsw}L",
+                    load, inside,
+                )  # fmt: skip
+            )
+        )
+        for p in range(count):
+            lines.append(f"{{ const vf acc = acc{p};")
+            lines.append(f"  const long pix = (nimg * {geo['oh']}L + oy) * {geo['ow']}L + ox + {p}L;")
+            lines.extend("  " + x for x in epilogue)
+            lines.append("}")
+        return lines
 
     def body(partial: bool) -> str:
         load = (lambda p: f"vloadn({p}, rem)") if partial else (lambda p: f"vload({p})")
-        lines = [f"vf wv{t} = {load(f'wts + {t}L * {c}L + co')};" for t in range(taps)]
-        lines.append(f"for (long ox = 0; ox < {geo['ow']}L; ++ox) {{")
-        lines.extend(f"  vf acc{a} = vzero();" for a in range(chains))
-        for ky in range(geo["kh"]):
-            lines.append(f"  {{ const long iy = oy * {geo['sh']}L - {geo['pt']}L + {ky * geo['dh']}L;")
-            lines.append(f"    if (iy >= 0 && iy < {geo['h']}L) {{")
-            lines.append(f"      const float* FC_RESTRICT row = x + nimg * {geo['xsn']}L + iy * {geo['xsh']}L + co;")
-            for kx in range(geo["kw"]):
-                lines.append(
-                    f"      {{ const long ix = ox * {geo['sw']}L - {geo['pl']}L + {kx * geo['dw']}L; "
-                    f"if (ix >= 0 && ix < {geo['w']}L) acc{ky % chains} = vfma(wv{ky * geo['kw'] + kx}, "
-                    f"{load(pixel_ptr)}, acc{ky % chains}); }}"
-                )
-            lines.append("    }")
+        epilogue = part if partial else full
+        if pixels == 1:
+            return "\n".join("        " + x for x in one_at_a_time(load, epilogue))
+        step = min(pixels, geo["ow"])
+        lines = ["long ox = 0;", f"for (; ox + {step}L <= {geo['ow']}L; ox += {step}L) {{"]
+        if hi - lo >= step:  # interior columns need no checks
+            lines.append(f"  if (ox >= {lo}L && ox + {step}L <= {hi}L) {{")
+            lines.extend("    " + x for x in side_by_side(load, epilogue, step, False))
+            lines.append("    continue;")
             lines.append("  }")
-        lines.append(f"  const vf acc = {sum_chains(chains)};")
-        lines.append(f"  const long pix = (nimg * {geo['oh']}L + oy) * {geo['ow']}L + ox;")
-        lines.extend("  " + x for x in (part if partial else full))
+        lines.extend("  " + x for x in side_by_side(load, epilogue, step, True))
         lines.append("}")
-        return "\n".join("        " + x for x in lines)
+        if geo["ow"] % step:  # the columns left over, as one shorter step
+            lines.extend(side_by_side(load, epilogue, geo["ow"] % step, True))
+        return "\n".join("        " + x for x in ["{"] + ["  " + x for x in lines] + ["}"])
 
     return f"""
 {SIGNATURE.format(name=name)} {{
 {declarations(spec)}
   const float* FC_RESTRICT x = in{x_i};
   const float* FC_RESTRICT wts = in{w_i};
-  #pragma omp parallel for num_threads(nthreads) schedule(static) if ({geo["n"] * geo["oh"]}L > 1)
+  /* (row, channel vector) tasks: a 7-row map splits evenly over 2 threads */
+  #pragma omp parallel for collapse(2) num_threads(nthreads) schedule(static) \
+      if ({geo["n"] * geo["oh"]}L * {c}L > {vl}L)
   for (long row_task = 0; row_task < {geo["n"] * geo["oh"]}L; ++row_task) {{
-    const long nimg = row_task / {geo["oh"]}L, oy = row_task % {geo["oh"]}L;
     for (long co = 0; co < {c}L; co += {vl}) {{
+      const long nimg = row_task / {geo["oh"]}L, oy = row_task % {geo["oh"]}L;
       if (co + {vl} <= {c}L) {{
 {body(False)}
       }} else {{

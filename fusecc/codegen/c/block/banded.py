@@ -21,7 +21,8 @@ import dataclasses
 import math
 
 from ....kernels.spec import KernelSpec, conv_geometry
-from ..common import SIGNATURE
+from ..common import SIGNATURE, depthwise_pixels
+from ..dialects import Dialect
 from .common import gemm_dims, layers, weight_operand
 from .rows import bind, epilogue, gemm_partial_sums, gemm_rows
 
@@ -44,6 +45,12 @@ class Walk:
 
 def middle_geometry(spec: KernelSpec, walk: Walk) -> dict:
     return conv_geometry(layers(spec)[walk.middle])
+
+
+def default_dw_pixels(spec: KernelSpec, walk: Walk, dialect: Dialect) -> int:
+    """Output pixels the depthwise middle computes side by side (`rows.depthwise_row`)."""
+    g = middle_geometry(spec, walk)
+    return depthwise_pixels(g["ow"], g["kw"], dialect.vector_registers)
 
 
 def band_rows(spec: KernelSpec, walk: Walk) -> int:

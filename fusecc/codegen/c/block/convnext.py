@@ -14,6 +14,7 @@ import math
 import torch
 
 from ....kernels.spec import KernelSpec, conv_geometry
+from ..common import DEPTHWISE_PIXELS
 from ..dialects import Dialect
 from . import banded
 from .common import (
@@ -97,12 +98,18 @@ def unfused_reason(spec: KernelSpec) -> str | None:
 
 
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
-    return {"band": (1, 2, 4, 8, 16), "split": ("rows", "channels")}
+    return {"band": (1, 2, 4, 8, 16), "split": ("rows", "channels"), "dw_pixels": DEPTHWISE_PIXELS}
 
 
 def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
     tiles = [panel_tile(gemm_dims(layers(spec)[i])[1], dialect) for i in (UP, DOWN)]
-    return {"band": banded.band_rows(spec, walk(spec)), "tiles": tiles, "split": "rows", "vl": dialect.vl}
+    return {
+        "band": banded.band_rows(spec, walk(spec)),
+        "tiles": tiles,
+        "split": "rows",
+        "dw_pixels": banded.default_dw_pixels(spec, walk(spec), dialect),
+        "vl": dialect.vl,
+    }
 
 
 def per_thread_floats(spec: KernelSpec, params: dict) -> int:
@@ -156,6 +163,6 @@ def _tail(spec: KernelSpec, name: str, vl: int, params: dict, channels: bool) ->
 def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     return banded.render(
         spec, walk(spec), name, vl, params,
-        depthwise_row(spec, f"{name}_dw", DW, vl),
+        depthwise_row(spec, f"{name}_dw", DW, vl, params["dw_pixels"]),
         lambda channels: _tail(spec, name, vl, params, channels),
     )  # fmt: skip

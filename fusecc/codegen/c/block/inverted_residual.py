@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from ....kernels.spec import KernelSpec, conv_geometry
+from ..common import DEPTHWISE_PIXELS
 from ..dialects import Dialect
 from . import banded
 from .common import (
@@ -66,7 +67,7 @@ def unfused_reason(spec: KernelSpec) -> str | None:
 
 
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
-    return {"band": (1, 2, 4, 8, 16), "split": ("rows", "channels")}
+    return {"band": (1, 2, 4, 8, 16), "split": ("rows", "channels"), "dw_pixels": DEPTHWISE_PIXELS}
 
 
 def _default_split(spec: KernelSpec) -> str:
@@ -95,7 +96,13 @@ def pointwise_tiles(spec: KernelSpec, dialect: Dialect) -> list:
 
 def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
     band = banded.band_rows(spec, walk(spec))
-    return {"band": band, "tiles": pointwise_tiles(spec, dialect), "split": _default_split(spec), "vl": dialect.vl}
+    return {
+        "band": band,
+        "tiles": pointwise_tiles(spec, dialect),
+        "split": _default_split(spec),
+        "dw_pixels": banded.default_dw_pixels(spec, walk(spec), dialect),
+        "vl": dialect.vl,
+    }
 
 
 def per_thread_floats(spec: KernelSpec, params: dict) -> int:
@@ -125,6 +132,6 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     w = walk(spec)
     return banded.render(
         spec, w, name, vl, params,
-        depthwise_row(spec, f"{name}_dw", w.middle, vl),
+        depthwise_row(spec, f"{name}_dw", w.middle, vl, params["dw_pixels"]),
         lambda channels: banded.project_tail(spec, w, name, vl, params, channels),
     )  # fmt: skip
