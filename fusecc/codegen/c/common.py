@@ -128,3 +128,12 @@ def depthwise_filter_row(kw: int, sw: int, dw: int, pixels: int, weight, pixel, 
         lines.extend(f"  acc{p} = vfma(w{kx}, xv, acc{p});" for p, (kx, r) in taps if r == 0 and kx < kw)
         lines.append("}")
     return ["{"] + ["  " + x for x in lines] + ["}"]
+
+
+def depthwise_finish(pixels: int, declare, finish: list[str]) -> list[str]:
+    """C: ``finish`` (an epilogue reading ``acc``) for each side-by-side pixel
+    ``p``, with ``acc = acc{p}`` and ``declare(p)``'s index variables."""
+    lines = []
+    for p in range(pixels):
+        lines.extend([f"{{ const vf acc = acc{p};", "  " + declare(p)] + ["  " + x for x in finish] + ["}"])
+    return lines

@@ -28,6 +28,7 @@ from .common import (
     declarations,
     depthwise_chains,
     depthwise_filter_row,
+    depthwise_finish,
     depthwise_pixels,
     sum_chains,
     vload,
@@ -762,12 +763,9 @@ def _render_nhwc_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, g
                 )  # fmt: skip
             )
         )
-        for p in range(count):
-            lines.append(f"{{ const vf acc = acc{p};")
-            lines.append(f"  const long pix = (nimg * {geo['oh']}L + oy) * {geo['ow']}L + ox + {p}L;")
-            lines.extend("  " + x for x in epilogue)
-            lines.append("}")
-        return lines
+        return lines + depthwise_finish(
+            count, lambda p: f"const long pix = (nimg * {geo['oh']}L + oy) * {geo['ow']}L + ox + {p}L;", epilogue
+        )
 
     def body(partial: bool) -> str:
         load = (lambda p: f"vloadn({p}, rem)") if partial else (lambda p: f"vload({p})")

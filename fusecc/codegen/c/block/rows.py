@@ -12,7 +12,7 @@ import dataclasses
 import math
 
 from ....kernels.spec import KernelSpec, conv_geometry
-from ..common import depthwise_chains, depthwise_filter_row, sum_chains, vstore
+from ..common import depthwise_chains, depthwise_filter_row, depthwise_finish, sum_chains, vstore
 from ..gemm import epilogue_stores, microkernel, tile_columns
 from ..reduction import row_program
 from .common import gemm_dims, weight_key
@@ -174,12 +174,9 @@ def depthwise_row(spec: KernelSpec, name: str, index: int, vl: int, pixels: int 
                     load,
                 )  # fmt: skip
             )
-        for p in range(count):
-            lines.append(f"{{ const vf acc = acc{p};")
-            lines.append(f"  const long row = ox + {p}L, pix = pix0 + ox + {p}L, ldd = ld, co_base = c0;")
-            lines.extend("  " + x for x in finish)
-            lines.append("}")
-        return lines
+        return lines + depthwise_finish(
+            count, lambda p: f"const long row = ox + {p}L, pix = pix0 + ox + {p}L, ldd = ld, co_base = c0;", finish
+        )
 
     def body(partial: bool) -> list[str]:
         load = (lambda p: f"vloadn({p}, rem)") if partial else (lambda p: f"vload({p})")
