@@ -30,6 +30,7 @@ def test_bench_harness_tiny_run_writes_json(tmp_path, capsys):
             "eager",
             "onnxruntime",
             "fusecc",
+            "fusecc_tuned",
             "--json",
             str(out),
         ]
@@ -39,7 +40,7 @@ def test_bench_harness_tiny_run_writes_json(tmp_path, capsys):
     assert data["machine"]["threads"] >= 1
     assert [(r["model"], r["batch"]) for r in data["results"]] == [("resnet18", 1), ("bert_base", 1)]
     for r in data["results"]:
-        for peer in ("eager", "onnxruntime", "fusecc"):
+        for peer in ("eager", "onnxruntime", "fusecc", "fusecc_tuned"):
             entry = r["peers"][peer]
             assert "error" not in entry, entry
             assert entry["median_ms"] > 0 and entry["rel_error"] < 1e-3

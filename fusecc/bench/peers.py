@@ -9,6 +9,9 @@ way it can be on this machine:
 * ``onnxruntime``      model exported with ``torch.onnx.export(dynamo=False)``,
                        CPU provider, all graph optimizations, same threads
 * ``fusecc``           ``torch.compile(backend="fusecc")``
+* ``fusecc_tuned``     the same with ``options={"tune": "use"}``: each kernel's
+                       best parameters in the tuning database (`fusecc tune
+                       MODEL` first; with an empty database, the defaults)
 * ``fusecc_export``    ``fusecc.compile_exported(torch.export.export(...))``:
                        the same compiler without Dynamo's per-call guards -
                        deployed the way ONNX Runtime is (export, then run)
@@ -65,6 +68,12 @@ def fusecc_unfused(model: torch.nn.Module, x: torch.Tensor, options: dict | None
     return fusecc(model, x, {**(options or {}), "passes": passes})
 
 
+def fusecc_tuned(model: torch.nn.Module, x: torch.Tensor, options: dict | None = None) -> tuple[Runner, float]:
+    """fusecc with what `fusecc tune` measured: block fusion or the layers, and
+    each kernel's parameters, as the tuning database says."""
+    return fusecc(model, x, {**(options or {}), "tune": "use"})
+
+
 def fusecc_export(model: torch.nn.Module, x: torch.Tensor, options: dict | None = None) -> tuple[Runner, float]:
     from ..export import compile_exported
 
@@ -107,5 +116,6 @@ PEERS: dict[str, Callable[..., tuple[Runner, float]]] = {
     "onnxruntime": onnxruntime,
     "fusecc": fusecc,
     "fusecc_unfused": fusecc_unfused,
+    "fusecc_tuned": fusecc_tuned,
     "fusecc_export": fusecc_export,
 }
