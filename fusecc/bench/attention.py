@@ -1,7 +1,8 @@
 """Attention alone: ``fusecc bench --attention``.
 
 Scaled dot-product attention with 12 heads of 64 (BERT-base / ViT-B
-shapes) at 128 to 4096 tokens, plain and causal, through every peer. The
+shapes) at 128 to 4096 tokens, plain, causal and with a key-padding mask,
+through every peer. The
 module takes q, k and v stacked in one tensor (the harness feeds peers one
 input); eager is PyTorch's SDPA, which is what the peers compile. The
 "written out" cases compute the same attention as matmul, scale, softmax
@@ -24,6 +25,7 @@ CASES = {  # name -> (tokens, causal)
     "attention L=1024 causal": (1024, True),
     "attention L=4096": (4096, False),
 }
+MASKED = {"attention L=1024 key padding": 1024}  # BERT's additive mask: the last eighth of the keys are padding
 WRITTEN_OUT = {"written-out attention L=1024": 1024, "written-out attention L=4096": 4096}
 PEERS = ["eager", "inductor", "onnxruntime", "fusecc"]
 
@@ -35,6 +37,18 @@ class StackedAttention(torch.nn.Module):
 
     def forward(self, qkv: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=self.causal)
+
+
+class PaddedAttention(torch.nn.Module):
+    """A key-padding mask as BERT adds it: 0 for tokens, the float minimum for padding."""
+
+    def __init__(self, tokens: int):
+        super().__init__()
+        padding = torch.arange(tokens) >= tokens - tokens // 8
+        self.register_buffer("mask", (padding * torch.finfo(torch.float32).min).view(1, 1, 1, tokens))
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=self.mask)
 
 
 class WrittenOutAttention(torch.nn.Module):
@@ -52,5 +66,6 @@ def _case(tokens: int, module: torch.nn.Module):
 
 def main(argv: list[str] | None = None) -> int:
     cases = {name: _case(tokens, StackedAttention(causal)) for name, (tokens, causal) in CASES.items()}
+    cases.update({name: _case(tokens, PaddedAttention(tokens)) for name, tokens in MASKED.items()})
     cases.update({name: _case(tokens, WrittenOutAttention()) for name, tokens in WRITTEN_OUT.items()})
     return cases_main(argv, "--attention", __doc__.split("\n\n")[0], cases, [1], PEERS)
