@@ -99,7 +99,7 @@ def sum_chains(chains: int, name: str = "acc") -> str:
 # registers), so it is bound by loads, at half the FMA rate or less. Side
 # by side, several output pixels share each weight vector of a filter row
 # and each input vector their windows overlap on.
-DEPTHWISE_PIXELS = (1, 2, 4, 7, 8)  # the tuners' choices
+DEPTHWISE_PIXELS = (1, 2, 4, 7, 8)  # the tuner's choices
 
 
 def depthwise_pixels(ow: int, kw: int, registers: int) -> int:
