@@ -112,14 +112,21 @@ def depthwise_pixels(ow: int, kw: int, registers: int) -> int:
     return min(range(1, most + 1), key=lambda p: (-(-ow // p), ow % p != 0, -p))
 
 
-def depthwise_filter_row(kw: int, sw: int, dw: int, pixels: int, weight, pixel, load, inside=None) -> list[str]:
+def depthwise_filter_row(
+    kw: int, sw: int, dw: int, pixels: int, weight, pixel, valid: str | None = None, inside=None
+) -> list[str]:
     """C: one filter row's taps for ``pixels`` output pixels side by side,
     ``acc{p} += w[kx] * x[p * sw + kx * dw]``. The row's weight vectors are
     loaded once and each input vector once, then fed to every pixel whose
     window holds it. ``weight(kx)`` and ``pixel(offset)`` give the pointers
     (``offset`` in input columns from the first pixel's first tap),
-    ``load(ptr)`` the vector load, and ``inside(offset)``, if given, the C
-    condition under which that input column exists (zero where not)."""
+    ``valid`` the lanes of a partial channel vector (None: whole vectors),
+    and ``inside(offset)``, if given, the C condition under which that
+    input column exists (zero where not)."""
+
+    def load(ptr: str) -> str:
+        return vload("f32", ptr, 1, valid)
+
     lines = [f"const vf w{kx} = {load(weight(kx))};" for kx in range(kw)]
     for offset in sorted({p * sw + kx * dw for p in range(pixels) for kx in range(kw)}):
         taps = [(p, divmod(offset - p * sw, dw)) for p in range(pixels) if offset >= p * sw]

@@ -725,10 +725,10 @@ def _render_nhwc_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, g
             lines.append("}")
         return lines
 
-    def one_at_a_time(load, epilogue: list[str]) -> list[str]:
+    def one_at_a_time(valid: str | None, epilogue: list[str]) -> list[str]:
         """Every column alone, each tap checked against the image's sides."""
         chains = depthwise_chains(kh, kw)
-        lines = [f"vf wv{t} = {load(f'wts + {t * c}L + co')};" for t in range(kh * kw)]
+        lines = [f"vf wv{t} = {vload('f32', f'wts + {t * c}L + co', 1, valid)};" for t in range(kh * kw)]
         lines.append(f"for (long ox = 0; ox < {geo['ow']}L; ++ox) {{")
         lines.extend(f"  vf acc{a} = vzero();" for a in range(chains))
         lines.extend(
@@ -737,7 +737,7 @@ def _render_nhwc_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, g
                 lambda ky: [
                     f"{{ const long ix = ox * {sw}L - {geo['pl']}L + {kx * geo['dw']}L; "
                     f"if (ix >= 0 && ix < {geo['w']}L) acc{ky % chains} = vfma(wv{ky * kw + kx}, "
-                    f"{load(f'row + ix * {xsw}L')}, acc{ky % chains}); }}"
+                    f"{vload('f32', f'row + ix * {xsw}L', 1, valid)}, acc{ky % chains}); }}"
                     for kx in range(kw)
                 ]
             )
@@ -747,7 +747,7 @@ def _render_nhwc_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, g
         lines.extend("  " + x for x in epilogue)
         return lines + ["}"]
 
-    def side_by_side(load, epilogue: list[str], count: int, checked: bool) -> list[str]:
+    def side_by_side(valid: str | None, epilogue: list[str], count: int, checked: bool) -> list[str]:
         """``count`` columns from ox on, their input columns checked against
         the image's sides if ``checked``."""
         first = f"ox * {sw}L - {geo['pl']}L"
@@ -759,7 +759,7 @@ def _render_nhwc_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, g
                     kw, sw, geo["dw"], count,
                     lambda kx: f"wts + {(ky * kw + kx) * c}L + co",
                     lambda off: f"row + ({first} + {off}L) * {xsw}L",
-                    load, inside,
+                    valid, inside,
                 )  # fmt: skip
             )
         )
@@ -768,21 +768,20 @@ def _render_nhwc_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, g
         )
 
     def body(partial: bool) -> str:
-        load = (lambda p: f"vloadn({p}, rem)") if partial else (lambda p: f"vload({p})")
-        epilogue = part if partial else full
+        valid, epilogue = ("rem", part) if partial else (None, full)
         if pixels == 1:
-            return "\n".join("        " + x for x in one_at_a_time(load, epilogue))
+            return "\n".join("        " + x for x in one_at_a_time(valid, epilogue))
         step = min(pixels, geo["ow"])
         lines = ["long ox = 0;", f"for (; ox + {step}L <= {geo['ow']}L; ox += {step}L) {{"]
         if hi - lo >= step:  # interior columns need no checks
             lines.append(f"  if (ox >= {lo}L && ox + {step}L <= {hi}L) {{")
-            lines.extend("    " + x for x in side_by_side(load, epilogue, step, False))
+            lines.extend("    " + x for x in side_by_side(valid, epilogue, step, False))
             lines.append("    continue;")
             lines.append("  }")
-        lines.extend("  " + x for x in side_by_side(load, epilogue, step, True))
+        lines.extend("  " + x for x in side_by_side(valid, epilogue, step, True))
         lines.append("}")
         if geo["ow"] % step:  # the columns left over, as one shorter step
-            lines.extend(side_by_side(load, epilogue, geo["ow"] % step, True))
+            lines.extend(side_by_side(valid, epilogue, geo["ow"] % step, True))
         return "\n".join("        " + x for x in ["{"] + ["  " + x for x in lines] + ["}"])
 
     return f"""

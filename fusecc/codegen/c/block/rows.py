@@ -12,7 +12,7 @@ import dataclasses
 import math
 
 from ....kernels.spec import KernelSpec, conv_geometry
-from ..common import depthwise_chains, depthwise_filter_row, depthwise_finish, sum_chains, vstore
+from ..common import depthwise_chains, depthwise_filter_row, depthwise_finish, sum_chains, vload, vstore
 from ..gemm import epilogue_stores, microkernel, tile_columns
 from ..reduction import row_program
 from .common import gemm_dims, weight_key
@@ -137,7 +137,7 @@ static void {name}(const float* FC_RESTRICT a, long lda, long rows, const float*
     )
 
 
-def depthwise_row(spec: KernelSpec, name: str, index: int, vl: int, pixels: int = 1) -> str:
+def depthwise_row(spec: KernelSpec, name: str, index: int, vl: int, pixels: int) -> str:
     """``name(args, rows_in, wts, dst, pix0, c0, c1, ld)``: channels [c0, c1) of one output
     row of the depthwise layer from ``kh`` padded input rows of ``ld`` floats per pixel
     (column 0 = image column -pad_left, channel 0 = c0), ``pixels`` output pixels side by
@@ -149,21 +149,21 @@ def depthwise_row(spec: KernelSpec, name: str, index: int, vl: int, pixels: int 
     def input_at(ky: int, column: str) -> str:
         return f"rows_in[{ky}] + ({column}) * ld + (co - c0)"
 
-    def one_at_a_time(load, finish: list[str]) -> list[str]:
+    def one_at_a_time(valid: str | None, finish: list[str]) -> list[str]:
         chains = depthwise_chains(kh, kw)
-        lines = [f"const vf w{t} = {load(f'wts + {t * c}L + co')};" for t in range(kh * kw)]
+        lines = [f"const vf w{t} = {vload('f32', f'wts + {t * c}L + co', 1, valid)};" for t in range(kh * kw)]
         lines.append(f"for (long ox = 0; ox < {ow}L; ++ox) {{")
         lines.extend(f"  vf acc{a} = vzero();" for a in range(chains))
         for ky in range(kh):
             for kx in range(kw):
-                x = load(input_at(ky, f"ox * {sw}L + {kx * g['dw']}L"))
+                x = vload("f32", input_at(ky, f"ox * {sw}L + {kx * g['dw']}L"), 1, valid)
                 lines.append(f"  acc{ky % chains} = vfma(w{ky * kw + kx}, {x}, acc{ky % chains});")
         lines.append(f"  const vf acc = {sum_chains(chains)};")
         lines.append("  const long row = ox, pix = pix0 + ox, ldd = ld, co_base = c0;")
         lines.extend("  " + x for x in finish)
         return lines + ["}"]
 
-    def side_by_side(load, finish: list[str], count: int) -> list[str]:
+    def side_by_side(valid: str | None, finish: list[str], count: int) -> list[str]:
         lines = [f"vf acc{p} = vzero();" for p in range(count)]
         for ky in range(kh):
             lines.extend(
@@ -171,7 +171,7 @@ def depthwise_row(spec: KernelSpec, name: str, index: int, vl: int, pixels: int 
                     kw, sw, g["dw"], count,
                     lambda kx, ky=ky: f"wts + {(ky * kw + kx) * c}L + co",
                     lambda off, ky=ky: input_at(ky, f"ox * {sw}L + {off}L"),
-                    load,
+                    valid,
                 )  # fmt: skip
             )
         return lines + depthwise_finish(
@@ -179,16 +179,16 @@ def depthwise_row(spec: KernelSpec, name: str, index: int, vl: int, pixels: int 
         )
 
     def body(partial: bool) -> list[str]:
-        load = (lambda p: f"vloadn({p}, rem)") if partial else (lambda p: f"vload({p})")
-        finish = epilogue(layer, "rem" if partial else None)
+        valid = "rem" if partial else None
+        finish = epilogue(layer, valid)
         if pixels == 1:
-            return one_at_a_time(load, finish)
+            return one_at_a_time(valid, finish)
         step = min(pixels, ow)
         lines = ["long ox = 0;", f"for (; ox + {step}L <= {ow}L; ox += {step}L) {{"]
-        lines.extend("  " + x for x in side_by_side(load, finish, step))
+        lines.extend("  " + x for x in side_by_side(valid, finish, step))
         lines.append("}")
         if ow % step:  # the columns left over, as one shorter step
-            lines.extend(["{"] + ["  " + x for x in side_by_side(load, finish, ow % step)] + ["}"])
+            lines.extend(["{"] + ["  " + x for x in side_by_side(valid, finish, ow % step)] + ["}"])
         return lines
 
     return f"""
