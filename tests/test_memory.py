@@ -244,3 +244,44 @@ def test_runs_of_fixed_kernels_are_one_call_from_c():
         kernel.rebind_constants({id(t): torch.zeros_like(t) for t in kernel.constants()}, owner=None)
         zeroed = chained(x)
     assert (zeroed - ref).abs().max() > 1e-2
+
+
+def test_kernels_share_one_scratch_buffer_and_survive_its_growth():
+    """Every kernel a thread calls uses the same scratch buffer (it is warm in
+    the caches from the kernel before). No kernel may keep state in it
+    between calls, and when it grows, pointer arrays built with the old
+    buffer (fixed kernels, chains) are rebuilt before their next call."""
+    from fusecc import compile_exported
+    from fusecc.runtime import scratch
+
+    torch.manual_seed(0)
+    model, x = SkipStack().eval(), torch.randn(1, 8, 10, 10)
+    with torch.no_grad(), collect_reports() as reports:
+        chained = compile_exported(torch.export.export(model, (x,)), {"target": "c"})
+        unchained = compile_exported(torch.export.export(model, (x,)), {"target": "c", "chain_kernels": False})
+        ref = model(x)
+    (decision,) = [d.message for d in reports[0].decisions if d.pass_name == "scratch"]
+    assert "kernels share one scratch buffer per thread" in decision
+    kernels = [
+        n.target.kernel for n in unchained.gm.graph.nodes if n.op == "call_function" and hasattr(n.target, "kernel")
+    ]
+    users = [k for k in kernels if k.workspace]
+    assert len(users) >= 2, "the test needs two kernels with scratch"
+    assert len({k._workspace_ptr() for k in users}) == 1
+
+    def poison():
+        scratch._scratch.bytes.view(torch.float32).fill_(float("nan"))
+
+    with torch.no_grad():
+        for program in (chained, unchained):
+            poison()
+            assert_close(program(x), ref, 1e-4)
+        before = scratch.generation()
+        scratch.reserve(scratch._scratch.nbytes * 4)  # moves it; the old mapping is unmapped
+        assert scratch.generation() == before + 1
+        poison()
+        for program in (chained, unchained):
+            assert_close(program(x), ref, 1e-4)
+    fixed = [n.target for n in unchained.gm.graph.nodes if getattr(n.target, "fixed_state", None) is not None]
+    _, array, _ = fixed[0].fixed_state()
+    assert array[len(array) - 1] in (None, scratch.pointer(1))

@@ -7,7 +7,7 @@ function through ctypes with one pointer array. Everything that does not
 change between calls (constant pointers, the argument-array type, expected
 layouts) is computed once; the per-call path is a few list operations, one
 foreign call and one ``torch.empty_strided`` per output. Scratch memory is
-allocated once per thread and reused.
+the calling thread's buffer that every kernel shares (`scratch`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..kernels.spec import KernelSpec
+from . import scratch
 
 log = logging.getLogger("fusecc")
 _TORCH_DTYPE = {"f32": torch.float32, "bf16": torch.bfloat16, "bool": torch.bool}
@@ -74,7 +75,6 @@ class CompiledKernel(torch.nn.Module):
         )
         self._single = len(spec.outputs) == 1
         self._warned = False
-        self._scratch = threading.local()  # reused across calls; one per thread
 
     def _bind(self, constants: dict[int, torch.Tensor], owner: object = None) -> None:
         self._consts = constants  # kept alive: the kernel holds raw pointers into them
@@ -113,12 +113,7 @@ class CompiledKernel(torch.nn.Module):
         return torch.empty_strided(shape, strides, dtype=dtype).copy_(t)
 
     def _workspace_ptr(self) -> int | None:
-        if not self.workspace:
-            return None
-        buf = getattr(self._scratch, "buf", None)
-        if buf is None:
-            buf = self._scratch.buf = torch.empty(self.workspace, dtype=torch.uint8)
-        return buf.data_ptr()
+        return scratch.pointer(self.workspace)
 
     def output_layouts(self) -> list[tuple[tuple[int, ...], tuple[int, ...], torch.dtype]]:
         """(shape, strides, dtype) of each output."""
@@ -197,13 +192,15 @@ class CompiledKernel(torch.nn.Module):
             it = iter(views[input_slots[i]].data_ptr() for i in self._runtime)
             ptrs = [next(it) if p is None else p for p in self._order]
             ptrs += [views[slot].data_ptr(), self._workspace_ptr()]
-            local.state = (self._generation, self._array(*ptrs), views[slot])
+            local.state = ((self._generation, scratch.generation()), self._array(*ptrs), views[slot])
             return local.state
 
         def state():
-            """(generation, pointer array, output) of the calling thread."""
+            """(generations, pointer array, output) of the calling thread;
+            rebuilt when the constants or the thread's scratch moved."""
             current = getattr(local, "state", None)
-            return current if current is not None and current[0] == self._generation else pointers()
+            fresh = current is not None and current[0] == (self._generation, scratch.generation())
+            return current if fresh else pointers()
 
         def call(*_inputs):
             _, array, out = state()

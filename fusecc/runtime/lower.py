@@ -25,6 +25,7 @@ from ..options import Options
 from ..passes import pool_fusion
 from ..report import Fallback, GraphReport
 from ..targets import Target
+from . import scratch
 from .chain import chain_kernels
 from .memory_plan import plan_memory
 
@@ -55,6 +56,7 @@ def lower(gm: GraphModule, target: Target, report: GraphReport, options: Options
     while found or pools:
         found = _place_pools(gm, pools, _lower_groups(gm, found, target, report, options), target, report)
         pools = {}
+    _reserve_scratch(gm, report)
     plan = plan_memory(gm)
     if plan is not None:
         separate = sum(s.nbytes for s in plan.slots)
@@ -77,6 +79,27 @@ def lower(gm: GraphModule, target: Target, report: GraphReport, options: Options
             )
     _report_unknown_ops(gm, report, options)
     return gm
+
+
+def _reserve_scratch(gm: GraphModule, report: GraphReport) -> None:
+    """Size this thread's shared scratch (`scratch`) for the graph's largest
+    need now, so no kernel's pointer array is built against a smaller one."""
+    needs = {
+        n.target.__name__: n.target.kernel.workspace
+        for n in gm.graph.nodes
+        if n.op == "call_function" and getattr(n.target, "kernel", None) is not None and n.target.kernel.workspace
+    }
+    if not needs:
+        return
+    largest = max(needs, key=needs.get)
+    scratch.reserve(needs[largest])
+    report.decide(
+        "scratch",
+        "graph",
+        f"{len(needs)} kernels share one scratch buffer per thread; the largest need is {largest}'s "
+        f"{needs[largest] / 2**10:.0f} KiB",
+        True,
+    )
 
 
 def _pools_after_blocks(gm: GraphModule, found: list, options: Options) -> dict[Node, str]:

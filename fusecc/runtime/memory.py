@@ -29,20 +29,28 @@ def aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
+def huge_page_bytes(nbytes: int) -> tuple[mmap.mmap, torch.Tensor]:
+    """``nbytes`` of anonymous memory starting on a 2 MB boundary and advised
+    for huge pages: (the mapping, which must outlive the tensor; a uint8
+    tensor over it)."""
+    # private: shared anonymous memory only gets huge pages if shmem THP is on
+    mapping = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            mapping.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # THP off: the memory still works, on small pages
+            pass
+    base = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
+    return mapping, torch.frombuffer(mapping, dtype=torch.uint8, count=nbytes, offset=(-base) % HUGE_PAGE)
+
+
 class ConstantArena:
     """One huge-page-advised buffer holding copies of ``tensors``; keeps the
     mapping alive for as long as any view of it is referenced."""
 
     def __init__(self, nbytes: int):
         self.nbytes = nbytes
-        # private: shared anonymous memory only gets huge pages if shmem THP is on
-        self._map = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        try:
-            self._map.madvise(mmap.MADV_HUGEPAGE)
-        except OSError:  # THP off: the arena still works, on small pages
-            pass
-        base = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
-        self._bytes = torch.frombuffer(self._map, dtype=torch.uint8, count=nbytes, offset=(-base) % HUGE_PAGE)
+        self._map, self._bytes = huge_page_bytes(nbytes)
         self._used = 0
 
     def copy_in(self, t: torch.Tensor) -> torch.Tensor:
