@@ -220,10 +220,9 @@ class SkipStack(nn.Module):
         return self.f(torch.relu(self.e(q + p)))
 
 
-def test_runs_of_fixed_kernels_are_one_call_from_c():
-    """The kernels between planned buffers run from one C loop (one graph
-    call); results match eager and the unchained program, and a kernel that
-    rebinds its constants is seen by the chain."""
+def _skip_stack_programs():
+    """SkipStack's input, eager output, chained and unchained programs, and
+    the compile reports."""
     from fusecc import compile_exported
 
     torch.manual_seed(0)
@@ -232,6 +231,14 @@ def test_runs_of_fixed_kernels_are_one_call_from_c():
         chained = compile_exported(torch.export.export(model, (x,)), {"target": "c"})
         unchained = compile_exported(torch.export.export(model, (x,)), {"target": "c", "chain_kernels": False})
         ref = model(x)
+    return x, ref, chained, unchained, reports
+
+
+def test_runs_of_fixed_kernels_are_one_call_from_c():
+    """The kernels between planned buffers run from one C loop (one graph
+    call); results match eager and the unchained program, and a kernel that
+    rebinds its constants is seen by the chain."""
+    x, ref, chained, unchained, reports = _skip_stack_programs()
     (decision,) = [d.message for d in reports[0].decisions if d.pass_name == "kernel_chains"]
     (call,) = [n for n in chained.gm.graph.nodes if "chain" in n.meta]
     assert len(call.meta["chain"]) >= 3 and f"({len(call.meta['chain'])})" in decision
@@ -251,15 +258,9 @@ def test_kernels_share_one_scratch_buffer_and_survive_its_growth():
     the caches from the kernel before). No kernel may keep state in it
     between calls, and when it grows, pointer arrays built with the old
     buffer (fixed kernels, chains) are rebuilt before their next call."""
-    from fusecc import compile_exported
     from fusecc.runtime import scratch
 
-    torch.manual_seed(0)
-    model, x = SkipStack().eval(), torch.randn(1, 8, 10, 10)
-    with torch.no_grad(), collect_reports() as reports:
-        chained = compile_exported(torch.export.export(model, (x,)), {"target": "c"})
-        unchained = compile_exported(torch.export.export(model, (x,)), {"target": "c", "chain_kernels": False})
-        ref = model(x)
+    x, ref, chained, unchained, reports = _skip_stack_programs()
     (decision,) = [d.message for d in reports[0].decisions if d.pass_name == "scratch"]
     assert "kernels share one scratch buffer per thread" in decision
     kernels = [
