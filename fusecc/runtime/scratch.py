@@ -6,7 +6,8 @@ input) then lands on cache lines the kernel before it has just used: they
 are in L2 already. With a buffer of its own, last touched a whole model
 call earlier, every line of it came from memory first. MobileNetV2 on a
 2-vCPU Zen 1: warming each kernel's own buffer before its call took 255 us
-off the 643 us its kernels lose in the model against hot (see
+off the 643 us its kernels lose in the model against hot; sharing one
+buffer makes the model 1.02x faster (`docs/scripts/scratch_ab.py`, see
 docs/benchmarks.md, session 18).
 
 The buffer is per Python thread (two threads calling compiled graphs at
