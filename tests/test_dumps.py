@@ -78,6 +78,11 @@ def test_inspect_report(tmp_path, capsys):
         "aten.sort.default",
         "fusecc has no lowering",
         "horizontal_fusion",
+        # lowering's graph-wide decisions, and pass names shown literally (not eaten as rich markup)
+        "runtime",
+        "[memory_plan] 2 kernel outputs in one",
+        "[scratch] 1 kernel uses scratch; the largest need is fused_conv_0's",
+        "[block_fusion] fused_conv_0: residual block",
     ):
         assert expected in out, expected
 

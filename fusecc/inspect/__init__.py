@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..report import GraphReport
@@ -97,6 +98,15 @@ def _graph_section(console: Console, folder: Path, report: GraphReport, show_all
     if profiled:
         _efficiency_table(console, profiled, show_all)
 
+    # what lowering decided for the graph as a whole (memory plan, kernel
+    # chains, shared scratch): accepted decisions of no pass in the table
+    pass_names = {p.name for p in report.passes}
+    runtime = [d for d in report.decisions if d.accepted and d.pass_name not in pass_names]
+    if runtime:
+        console.print("[bold]runtime[/]")
+        for d in runtime:
+            console.print(escape(f"  [{d.pass_name}] {d.message}"))
+
     if report.fallbacks:
         console.print("[bold]fallbacks to ATen[/]")
         for f in report.fallbacks:
@@ -107,7 +117,7 @@ def _graph_section(console: Console, folder: Path, report: GraphReport, show_all
     if refused:
         console.print(f"[bold]refused candidates[/] ({len(refused)})")
         for d in refused if show_all else refused[:10]:
-            console.print(f"  [{d.pass_name}] {d.subject}: {d.message}")
+            console.print(escape(f"  [{d.pass_name}] {d.subject}: {d.message}"))
 
 
 def _efficiency_table(console: Console, kernels: list[dict], show_all: bool) -> None:

@@ -96,8 +96,8 @@ def _reserve_scratch(gm: GraphModule, report: GraphReport) -> None:
     report.decide(
         "scratch",
         "graph",
-        f"{len(needs)} kernels share one scratch buffer per thread; the largest need is {largest}'s "
-        f"{needs[largest] / 2**10:.0f} KiB",
+        (f"{len(needs)} kernels share one scratch buffer per thread" if len(needs) > 1 else "1 kernel uses scratch")
+        + f"; the largest need is {largest}'s {needs[largest] / 2**10:.0f} KiB",
         True,
     )
 
