@@ -120,13 +120,17 @@ class _KernelChain:
         self.__name__ = self.__qualname__ = f"chain_{names[0]}_to_{names[-1]}"
         self.__module__ = "kernel"
 
+    def _generations(self) -> tuple:
+        return (scratch.generation(), *(k._generation for k in self.kernels))
+
     def _arrays(self):
-        # grown first: a member growing it while the arrays are built would
-        # leave the members before it with the old buffer's address
-        scratch.reserve(self.scratch_bytes)
-        generations = (scratch.generation(), *(k._generation for k in self.kernels))
         state = getattr(self._local, "state", None)
-        if state is None or state[0] != generations:
+        if state is None or state[0] != self._generations():
+            # grown first (it only grows, so a fresh state's buffer is big
+            # enough): a member growing it while the arrays are built would
+            # leave the members before it with the old buffer's address
+            scratch.reserve(self.scratch_bytes)
+            generations = self._generations()
             fixed = [m.fixed_state() for m in self.members]
             n = len(fixed)
             fns = (ctypes.c_void_p * n)(*[ctypes.cast(k.fn, ctypes.c_void_p).value for k in self.kernels])
