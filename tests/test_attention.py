@@ -200,6 +200,10 @@ class WrittenOut(torch.nn.Module):
         self.variant = variant
 
     def forward(self, q, k, v, mask):
+        if self.variant == "sdpa_math":  # SDPA's math decomposition (as traced on CUDA): sqrt(scale) on each side
+            root = q.shape[-1] ** -0.25
+            scores = (q * root) @ (k.transpose(-2, -1) * root)
+            return torch.ops.aten._safe_softmax(scores + mask, -1) @ v
         scores = q @ k.transpose(-2, -1)
         if self.variant != "unscaled":
             scores = scores / q.shape[-1] ** 0.5
@@ -208,7 +212,7 @@ class WrittenOut(torch.nn.Module):
         return (out, probs) if self.variant == "probabilities_read" else out
 
 
-@pytest.mark.parametrize("variant", ["", "unscaled"])
+@pytest.mark.parametrize("variant", ["", "unscaled", "sdpa_math"])
 def test_written_out_attention_becomes_the_kernel(variant):
     q, k, v = _qkv(2, 3, 40, 56, 16)
     mask = torch.randn(2, 1, 40, 56)
@@ -217,6 +221,7 @@ def test_written_out_attention_becomes_the_kernel(variant):
     assert "attention" in [k["kind"] for r in reports for k in r.kernels]
     (decision,) = [d for r in reports for d in r.decisions if d.pass_name == "attention_capture"]
     assert decision.accepted and ("scale 1," in decision.message) == (variant == "unscaled")
+    assert f"scale {16**-0.5:.4g}," in decision.message or variant == "unscaled"
 
 
 @pytest.mark.parametrize(

@@ -268,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         from .gemm import main as gemm_main
 
         return gemm_main(argv)
+    if "--cuda" in argv:
+        from .cuda import main as cuda_main
+
+        return cuda_main(argv)
     if "--blocks" in argv:
         from .blocks import main as blocks_main
 
@@ -301,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a model's torch.compile call split into guards, wrappers, kernels",
     )
     parser.add_argument("--blocks", action="store_true", help="residual blocks alone (fused, unfused, peers)")
+    parser.add_argument("--cuda", action="store_true", help="the cuda target on a GPU: blocks and models vs eager, inductor")
     parser.add_argument("--attention", action="store_true", help="scaled dot-product attention alone, 128-4096 tokens")
     parser.add_argument(
         "--sparse-attention", action="store_true", help="attention under a sparsity plan vs SDPA and FlexAttention"

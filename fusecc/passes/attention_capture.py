@@ -9,10 +9,12 @@ and most hand-written attention lower to ATen:
     S = view(S, [B, H, Lq, Lk])
     S = S * scale  |  S / scale       (optional)
     S = S + mask                      (optional, a float mask broadcast to S)
-    P = softmax(S, -1)
+    P = softmax(S, -1)                (or _safe_softmax: SDPA's own decomposition)
     O = view(bmm(view(P, [B*H, Lq, Lk]), V'), [B, H, Lq, Dv])    V' from V [B, H, Lk, Dv]
 
-where every intermediate has no other reader (shape-metadata asserts are
+and, as SDPA's math decomposition writes it (what CUDA traces give),
+with the scale split as Q * sqrt(scale) and K^T * sqrt(scale) before the
+first matmul; where every intermediate has no other reader (shape-metadata asserts are
 dropped with them). Looks through the views, clones and same-shape
 expands between the 4-d tensors and the batched matmuls; Q, K, V are the
 4-d tensors themselves (under GQA, the repeated K/V: partition's
@@ -45,7 +47,9 @@ INFERENCE_ONLY = True
 
 aten = torch.ops.aten
 _RESHAPES = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
-_SOFTMAX = (aten._softmax.default, aten.softmax.int)
+# _safe_softmax gives 0 (not NaN) on rows masked out entirely - as the attention op does
+_SOFTMAX = (aten._softmax.default, aten.softmax.int, aten._safe_softmax.default)
+_SCALES = (aten.mul.Tensor, aten.mul.Scalar)
 _ASSERTS = (aten._assert_tensor_metadata.default,)
 
 
@@ -69,21 +73,33 @@ def _only_reader(node: Node, what: str) -> Node:
     return readers[0]
 
 
-def _operand(node: Node, want: tuple, chain: list[Node]) -> Node:
-    """The 4-d tensor a bmm operand was reshaped from: back through
-    reshapes to the first node of shape ``want``, then through clones
-    (copies that change no value) and same-shape expands."""
+def _operand(node: Node, want: tuple, chain: list[Node]) -> tuple[Node, float]:
+    """The 4-d tensor a bmm operand was reshaped from, and the constant it
+    was scaled by on the way: back through reshapes to the first node of
+    shape ``want``, then through clones (copies that change no value),
+    same-shape expands and one multiplication by a constant read by the
+    chain alone."""
     cur = node
     while not same_sizes(_shape(cur), want):
         if not (isinstance(cur, Node) and cur.target in _RESHAPES):
             raise Refused(f"{node.name} is not a merge of batch and heads of a {list(want)} tensor")
         chain.append(cur)
         cur = cur.args[0]
-    while cur.target in (aten.clone.default, aten.expand.default) and same_sizes(_shape(cur.args[0]), want):
-        if cur.target is aten.clone.default and len(cur.users) == 1:
+    factor = 1.0
+    while True:
+        if cur.target in (aten.clone.default, aten.expand.default) and same_sizes(_shape(cur.args[0]), want):
+            if cur.target is aten.clone.default and len(cur.users) == 1:
+                chain.append(cur)
+            cur = cur.args[0]
+        elif factor == 1.0 and cur.target in _SCALES and isinstance(cur.args[0], Node) and _scalar(cur.args[1]):
+            if len(_readers(cur)) != 1 or not same_sizes(_shape(cur.args[0]), want):
+                break
+            factor = _scalar(cur.args[1])
             chain.append(cur)
-        cur = cur.args[0]
-    return cur
+            cur = cur.args[0]
+        else:
+            return cur, factor
+    return cur, factor
 
 
 def _key(kt: Node) -> Node:
@@ -107,7 +123,8 @@ def _match(softmax: Node) -> tuple[dict, list[Node], Node]:
     shape = _shape(scores)
     if shape is None or len(shape) != 4:
         raise Refused("the softmax input is not 4-d [batch, heads, queries, keys]")
-    if softmax.args[1] not in (-1, 3) or (softmax.target is aten._softmax.default and softmax.args[2]):
+    half_to_float = softmax.target is aten._softmax.default and softmax.args[2]
+    if softmax.args[1] not in (-1, 3) or half_to_float or softmax.kwargs.get("dtype") is not None:
         raise Refused("the softmax is not over the keys in float32")
     if tensor_meta(scores).dtype is not torch.float32:
         raise Refused(f"scores are {tensor_meta(scores).dtype}, not float32")
@@ -131,12 +148,13 @@ def _match(softmax: Node) -> tuple[dict, list[Node], Node]:
         chain.append(cur)
         cur = _read_only_by(first, cur)
     scale = 1.0
-    if cur.target in (aten.mul.Tensor, aten.div.Tensor):
+    if cur.target in (*_SCALES, aten.div.Tensor, aten.div.Scalar):
         lhs, rhs = cur.args
-        s = _scalar(rhs) if isinstance(lhs, Node) else _scalar(lhs) if cur.target is aten.mul.Tensor else None
+        multiply = cur.target in _SCALES
+        s = _scalar(rhs) if isinstance(lhs, Node) else _scalar(lhs) if multiply else None
         if s is None or s == 0:
             raise Refused(f"the scores are scaled by {rhs!r}, not a constant")
-        scale = s if cur.target is aten.mul.Tensor else 1.0 / s
+        scale = s if multiply else 1.0 / s
         chain.append(cur)
         cur = _read_only_by(lhs if isinstance(lhs, Node) else rhs, cur)
     if cur.target not in _RESHAPES:
@@ -148,8 +166,11 @@ def _match(softmax: Node) -> tuple[dict, list[Node], Node]:
     _only_reader(qk, "score matmul")
     chain.append(qk)
     d = _shape(qk.args[0])[-1]
-    q = _operand(qk.args[0], (b, h, lq, d), chain)
-    kt = _operand(qk.args[1], (b, h, d, lk), chain)
+    q, q_scale = _operand(qk.args[0], (b, h, lq, d), chain)
+    kt, k_scale = _operand(qk.args[1], (b, h, d, lk), chain)
+    if q_scale == 0 or k_scale == 0:
+        raise Refused("the queries or keys are scaled by zero")
+    scale *= q_scale * k_scale
     k = _key(kt)
     chain.append(kt)
     # the probabilities' way to the second matmul
@@ -162,7 +183,9 @@ def _match(softmax: Node) -> tuple[dict, list[Node], Node]:
         raise Refused("the probabilities do not feed a batched matmul with the values")
     chain.append(pv)
     dv = _shape(pv)[-1]
-    v = _operand(pv.args[1], (b, h, lk, dv), chain)
+    v, v_scale = _operand(pv.args[1], (b, h, lk, dv), chain)
+    if v_scale != 1.0:
+        raise Refused("the values are scaled inside the chain")
     out = _only_reader(pv, "attention output")
     if out.target not in _RESHAPES or not same_sizes(_shape(out), (b, h, lq, dv)):
         raise Refused("the output matmul is not reshaped back to [batch, heads, queries, dim]")

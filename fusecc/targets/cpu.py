@@ -4,7 +4,6 @@ cached on disk, and called in-process."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 
 import torch
@@ -20,7 +19,7 @@ from ..errors import KeepUnfused, UnsupportedError, UseLibrary
 from ..tuner.database import canonical
 from . import Target
 from .evict import evictor
-from .toolchain import Toolchain, cpu_model, host_dialect_and_flags
+from .toolchain import Toolchain, build_in_parallel, cpu_model, host_dialect_and_flags
 
 
 class HostCTarget(Target):
@@ -70,20 +69,13 @@ class HostCTarget(Target):
                 prepared.append(e)
 
         def build(entry):
-            if isinstance(entry, Exception):
-                return entry
             group, constants, spec, source, tuning = entry
-            try:
-                kernel = self._build(spec, source, constants, cache, nthreads)
-                if tuning:
-                    kernel.info["tuning"] = tuning
-                return kernel
-            except Exception as e:  # noqa: BLE001
-                return e
+            kernel = self._build(spec, source, constants, cache, nthreads)
+            if tuning:
+                kernel.info["tuning"] = tuning
+            return kernel
 
-        workers = max(1, min(len(prepared), os.cpu_count() or 1))
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            built = list(pool.map(build, prepared))
+        built = build_in_parallel(build, prepared)
         move_constants([k for k in built if isinstance(k, CompiledKernel)])
         if options.profile:
             self._profile(prepared, built, cache, nthreads)

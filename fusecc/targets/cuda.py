@@ -22,7 +22,7 @@ from ..kernels.lower import lower_group
 from ..kernels.spec import KernelSpec
 from ..runtime.cache import CompileCache
 from . import Target
-from .toolchain import Toolchain
+from .toolchain import Toolchain, build_in_parallel
 
 ARCHS = ("80", "90")
 
@@ -47,18 +47,53 @@ def build_cuda(toolchain: Toolchain, source_path, output_path) -> dict:
 def _driver():
     name = ctypes.util.find_library("cuda") or "libcuda.so.1"
     lib = ctypes.CDLL(name)
-    lib.cuModuleLoadData.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
-    lib.cuModuleGetFunction.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_char_p]
+    ptr = ctypes.POINTER(ctypes.c_void_p)
+    lib.cuModuleLoadData.argtypes = [ptr, ctypes.c_void_p]
+    lib.cuModuleGetFunction.argtypes = [ptr, ctypes.c_void_p, ctypes.c_char_p]
     lib.cuLaunchKernel.argtypes = [
         ctypes.c_void_p, *[ctypes.c_uint] * 6, ctypes.c_uint, ctypes.c_void_p,
         ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p,
     ]  # fmt: skip
+    lib.cuGetErrorName.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
+    lib.cuCtxGetCurrent.argtypes = [ptr]
+    lib.cuDeviceGet.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+    lib.cuDevicePrimaryCtxRetain.argtypes = [ptr, ctypes.c_int]
+    lib.cuCtxSetCurrent.argtypes = [ctypes.c_void_p]
     return lib
+
+
+CUDA_ERROR_INVALID_CONTEXT = 201
 
 
 def _check(result: int, what: str) -> None:
     if result != 0:
-        raise RuntimeError(f"CUDA driver call {what} failed with error {result}")
+        name = ctypes.c_char_p()
+        _driver().cuGetErrorName(result, ctypes.byref(name))
+        raise RuntimeError(f"CUDA driver call {what} failed: {(name.value or b'?').decode()} ({result})")
+
+
+def _make_context_current(device: int) -> None:
+    """Make ``device``'s primary context (the one PyTorch uses) current on
+    this thread. The driver API needs a current context, and PyTorch makes
+    it current only on threads that have made runtime calls: a kernel loaded
+    or launched from another thread would find none."""
+    lib = _driver()
+    ctx = ctypes.c_void_p()
+    _check(lib.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
+    if ctx.value:
+        return
+    handle = ctypes.c_int()
+    _check(lib.cuDeviceGet(ctypes.byref(handle), device), "cuDeviceGet")
+    _check(lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), handle), "cuDevicePrimaryCtxRetain")
+    _check(lib.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+
+
+_DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "bool": torch.bool}
+
+
+def _layout(shape, strides) -> tuple[int, ...]:
+    """Strides that matter: those of dims longer than one."""
+    return tuple(st for size, st in zip(shape, strides) if size != 1)
 
 
 class CudaKernel(torch.nn.Module):
@@ -68,31 +103,73 @@ class CudaKernel(torch.nn.Module):
         super().__init__()
         self.spec, self.source, self.info = spec, source, info
         torch.cuda.init()
+        self._device = torch.cuda.current_device()
+        _make_context_current(self._device)
         lib = _driver()
         self._binary = ctypes.create_string_buffer(binary)
         module, fn = ctypes.c_void_p(), ctypes.c_void_p()
         _check(lib.cuModuleLoadData(ctypes.byref(module), self._binary), "cuModuleLoadData")
         _check(lib.cuModuleGetFunction(ctypes.byref(fn), module, source.symbol.encode()), "cuModuleGetFunction")
         self._module, self._fn = module, fn
-        self._consts = {i: t.cuda() for i, t in prepared.items()}
-        self._dtypes = {"f32": torch.float32, "bf16": torch.bfloat16, "bool": torch.bool}
+        self._consts = {i: t.to(f"cuda:{self._device}") for i, t in prepared.items()}
+        self._layouts = [_layout(o.shape, o.strides) for o in spec.operands]
+        self.relayouts = 0  # inputs that arrived in another layout than compiled for
 
     def run(self, *args: torch.Tensor):
         ops = self.spec.operands
-        values = [self._consts[i] if o.constant else args[o.arg_index] for i, o in enumerate(ops)]
+        return self.launch([self._consts[i] if o.constant else args[o.arg_index] for i, o in enumerate(ops)])
+
+    forward = run
+
+    def launch(self, values: list[torch.Tensor]):
+        """Run on one CUDA tensor per operand (constants included) on the
+        current stream; returns the new outputs."""
+        values = list(values)
+        for i, v in enumerate(values):
+            if v.device.type != "cuda":
+                raise ValueError(f"{self.source.symbol}: an operand is on {v.device}; the cuda target needs CUDA tensors")
+            if _layout(v.shape, v.stride()) != self._layouts[i]:
+                # the kernel indexes with the strides the graph's metadata
+                # promised; a GPU op that returned another layout gets copied
+                operand = self.spec.operands[i]
+                values[i] = torch.empty_strided(operand.shape, operand.strides, dtype=v.dtype, device=v.device)
+                values[i].copy_(v)
+                self.relayouts += 1
         outs = [
             torch.empty_strided(o.shape, o.strides or torch.empty(o.shape, device="meta").stride(),
-                                dtype=self._dtypes[o.dtype], device=values[0].device)
+                                dtype=_DTYPES[o.dtype], device=values[0].device)
             for o in self.spec.outputs
         ]  # fmt: skip
         holders = [ctypes.c_void_p(t.data_ptr()) for t in values + outs] + [ctypes.c_void_p(0)]
         params = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
         stream = torch.cuda.current_stream().cuda_stream
         (gx, gy, gz), (bx, by, bz) = self.source.grid, self.source.block
-        _check(_driver().cuLaunchKernel(self._fn, gx, gy, gz, bx, by, bz, 0, stream, params, None), "cuLaunchKernel")
+        lib = _driver()
+        result = lib.cuLaunchKernel(self._fn, gx, gy, gz, bx, by, bz, 0, stream, params, None)
+        if result == CUDA_ERROR_INVALID_CONTEXT:  # a thread that has not touched CUDA yet
+            _make_context_current(self._device)
+            result = lib.cuLaunchKernel(self._fn, gx, gy, gz, bx, by, bz, 0, stream, params, None)
+        _check(result, f"cuLaunchKernel({self.source.symbol}, grid {self.source.grid}, block {self.source.block})")
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-    forward = run
+
+def run_on_gpu(spec: KernelSpec, source: CudaSource, inputs: list[torch.Tensor], cache_dir: str | None = None):
+    """The kernel's outputs (on the CPU) for ``inputs``, one tensor per spec
+    operand: built with nvcc (or found in the cache), loaded and launched
+    once on the current CUDA device. `emulate.run`'s counterpart on a GPU."""
+    binary = CudaTarget().build(spec, source, CompileCache(cache_dir))
+    kernel = CudaKernel(spec, source, binary[0], {}, {})
+    out = kernel.launch([t.cuda() for t in inputs])
+    torch.cuda.synchronize()
+    return tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu()
+
+
+# Block patterns run as one kernel by default. Measured on an H100 (fp32,
+# docs/benchmarks.md, session 19): the memory-bound inverted residual won
+# (24-144-24 @56: 2.07x eager at batch 1, 1.00x at 8), while the block
+# kernels with dense 3x3 or 7x7 layers lost 7-130x to their own layers run
+# one by one; those stay unfused until a CUDA tuner can say otherwise.
+FUSED_BY_DEFAULT = frozenset({"inverted_residual"})
 
 
 class CudaTarget(Target):
@@ -100,6 +177,7 @@ class CudaTarget(Target):
     description = "generated CUDA kernels (nvcc, sm_80/sm_90 + PTX), launched on the current stream"
     group_kinds = frozenset({"pointwise", "reduction", "gemm", "conv", "block", "attention"})  # no pooling yet
     sparse_attention = True
+    fused_blocks: frozenset[str] | None = FUSED_BY_DEFAULT  # None: every pattern
 
     def __init__(self):
         self.toolchain = nvcc_toolchain()
@@ -113,28 +191,49 @@ class CudaTarget(Target):
         return None
 
     def compile_groups(self, items: list[tuple[FusedGroup, dict]], options) -> list:
+        """Lower and render every group, build them with nvcc in parallel,
+        then load them on this thread (the one holding PyTorch's context)."""
         if (why := self.unavailable()) is not None:
             return [UnsupportedError(why)] * len(items)
         cache = CompileCache(options.cache_dir)
-        results = []
+        rendered = []
         for group, constants in items:
             try:
                 spec = lower_group(group)
+                pattern = spec.attrs.get("pattern")
+                if spec.kind == "block" and self.fused_blocks is not None and pattern not in self.fused_blocks:
+                    raise KeepUnfused(f"{pattern} blocks measured slower as one CUDA kernel than as their layers")
                 source = render(spec)
                 by_operand = {i: constants[o.arg_index] for i, o in enumerate(spec.operands) if o.constant}
-                results.append(self._load(spec, source, by_operand, cache))
+                rendered.append((spec, source, by_operand))
             except NotImplementedError as e:
                 # a block pattern with no CUDA kernel: its layers are compiled instead
-                results.append(KeepUnfused(str(e)) if group.kind == "block" else e)
+                rendered.append(KeepUnfused(str(e)) if group.kind == "block" else e)
+            except Exception as e:  # noqa: BLE001 - that group's fallback
+                rendered.append(e)
+        built = build_in_parallel(lambda entry: self.build(entry[0], entry[1], cache), rendered)
+        results = []
+        for entry, binary in zip(rendered, built):
+            if isinstance(binary, Exception):
+                results.append(binary)
+                continue
+            try:
+                results.append(self._load(*entry, binary, cache))
             except Exception as e:  # noqa: BLE001 - that group's fallback
                 results.append(e)
         return results
 
-    def _load(self, spec: KernelSpec, source: CudaSource, constants: dict, cache: CompileCache) -> torch.nn.Module:
+    def build(self, spec: KernelSpec, source: CudaSource, cache: CompileCache) -> tuple[bytes, bool, dict]:
+        """The kernel's fat binary (built or from the cache), whether it was
+        cached, and how it was built."""
         path, cached, details = cache.get_or_build(
             source.text, self.toolchain.fingerprint(), functools.partial(build_cuda, self.toolchain)
         )
-        return CudaKernel(spec, source, path.read_bytes(), constants, _info(spec, source, "cuda", cached, details))
+        return path.read_bytes(), cached, details
+
+    def _load(self, spec: KernelSpec, source: CudaSource, constants: dict, built, cache) -> torch.nn.Module:
+        binary, cached, details = built
+        return CudaKernel(spec, source, binary, constants, _info(spec, source, "cuda", cached, details))
 
 
 def _info(spec: KernelSpec, source: CudaSource, dialect: str, cached: bool, details: dict) -> dict:
@@ -169,10 +268,14 @@ class EmulatedCudaTarget(CudaTarget):
 
     name = "cuda-emulated"
     description = "the cuda target's kernels run on the CPU by an emulator (slow; checks numerics without a GPU)"
+    fused_blocks = None  # numerics of every kernel the renderer makes, not speed
 
     def unavailable(self) -> str | None:
         return None
 
-    def _load(self, spec: KernelSpec, source: CudaSource, constants: dict, cache: CompileCache) -> torch.nn.Module:
+    def build(self, spec: KernelSpec, source: CudaSource, cache: CompileCache):
+        return None  # the emulator builds its own host library when the kernel loads
+
+    def _load(self, spec: KernelSpec, source: CudaSource, constants: dict, built, cache) -> torch.nn.Module:
         info = _info(spec, source, "cuda-emulated", False, {})
         return EmulatedCudaKernel(spec, source, constants, info, str(cache.root / "cuda-emulated"))

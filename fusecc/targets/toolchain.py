@@ -3,12 +3,15 @@ fingerprint that goes into every cache key."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import os
 import platform
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UnsupportedError
@@ -53,6 +56,24 @@ class Toolchain:
                 f"{Path(cmd[0]).name} failed: {first.strip()}\ncommand: {' '.join(cmd)}\n{result.stderr[-4000:]}"
             )
         return {"command": " ".join(cmd), "seconds": round(seconds, 4)}
+
+
+def build_in_parallel(build: Callable, entries: list) -> list:
+    """``build`` over ``entries`` on one thread per core (compilers are
+    separate processes); an entry that is already an exception passes
+    through, and a build's exception becomes that entry's result."""
+
+    def one(entry):
+        if isinstance(entry, Exception):
+            return entry
+        try:
+            return build(entry)
+        except Exception as e:  # noqa: BLE001 - that entry's result
+            return e
+
+    workers = max(1, min(len(entries), os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, entries))
 
 
 def cpu_flags() -> set[str]:
