@@ -224,8 +224,29 @@ def is_layout(node: object) -> bool:
     return isinstance(node, Node) and node.op == "call_function" and node.target in LAYOUT_OPS
 
 
-# ATen's CPU flash attention: what `F.scaled_dot_product_attention` lowers to on CPU
+# ATen's CPU flash attention: what `F.scaled_dot_product_attention` lowers to
+# on CPU, and the op `attention_capture` writes on any device
 SDPA_CPU = aten._scaled_dot_product_flash_attention_for_cpu.default
+
+
+def sdpa_any_device(query, key, value, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
+    """`SDPA_CPU` on any device, as ``(output,)``: what a captured attention
+    op calls when it runs as ATen off the CPU (the CPU op has no CUDA kernel)."""
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+    )
+    return (out,)
+
+
+_BY_OP[sdpa_any_device] = OpCategory.ATTENTION
+
+
+def runs_off_cpu_as_sdpa(node: Node) -> bool:
+    """An `SDPA_CPU` node whose tensors are not on the CPU: as ATen it must
+    call `sdpa_any_device` instead."""
+    val = node.meta.get("val")
+    first = val[0] if isinstance(val, (tuple, list)) else val
+    return node.target is SDPA_CPU and isinstance(first, torch.Tensor) and first.device.type != "cpu"
 
 
 def kv_repeat(node: object) -> tuple[Node, list[Node], int] | None:

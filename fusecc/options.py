@@ -54,6 +54,11 @@ class Options:
         "call runs of kernels between planned buffers with one foreign call (False: one graph call per kernel, "
         "e.g. to time each kernel in the model)",
     )
+    library_check: bool = _field(
+        True,
+        "cuda target: time each generated kernel against PyTorch's own kernels for its group (cuDNN, cuBLAS) "
+        "while compiling and run the faster (False: always the generated kernel)",
+    )
     profile: bool = _field(
         False,
         "time every generated kernel after compiling and record achieved GFLOP/s and GB/s against this "

@@ -236,3 +236,46 @@ def test_attention_that_is_not_safe_to_capture_is_refused_with_the_reason(varian
     assert decisions and not any(d.accepted for d in decisions)
     assert any(reason in d.message for d in decisions), [d.message for d in decisions]
     assert "attention" not in [k["kind"] for r in reports for k in r.kernels]
+
+
+def test_uncaptured_attention_with_a_per_image_mask_still_runs_as_kernels():
+    """Refused attention leaves bmm -> view [B, H, L, L] -> + mask [B, 1, L, L]:
+    the GEMM kernel cannot read the mask over its merged batch x heads
+    dimension, so the epilogue is split off into a pointwise kernel of its
+    own instead of the whole group falling back to ATen."""
+    q, k, v = _qkv(2, 3, 24, 24, 8)
+    with collect_reports() as reports:
+        check_against_eager(WrittenOut("probabilities_read"), q, k, v, torch.randn(2, 1, 24, 24), target="c")
+    decisions = [d.message for r in reports for d in r.decisions if d.pass_name == "lower"]
+    assert any("epilogue split off the GEMM" in m and "not expressible as strides" in m for m in decisions), decisions
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_captured_attention_run_as_aten_off_the_cpu_calls_a_device_neutral_op(device):
+    """`attention_capture` writes ATen's CPU attention op on any device; an
+    attention group inlined back to ATen off the CPU (a target that could
+    not compile it, or the aten target) must not call that CPU-only op."""
+    import operator
+
+    from torch.fx import Graph, GraphModule
+
+    from fusecc.graph.fused_group import fuse_nodes, inline_group
+    from fusecc.ops import SDPA_CPU, sdpa_any_device
+
+    q, k, v = _qkv(1, 2, 8, 8, 4)
+    mask = torch.randn(8, 8)
+    graph = Graph()
+    inputs = [graph.placeholder(n) for n in "qkvm"]
+    sdpa = graph.call_function(SDPA_CPU, (*inputs[:3], 0.0, False), {"attn_mask": inputs[3], "scale": 0.3})
+    out = graph.call_function(operator.getitem, (sdpa, 0))
+    graph.output(out)
+    for node, value in zip(inputs, (q, k, v, mask)):
+        node.meta["val"] = value.to(device)
+    sdpa.meta["val"] = tuple(t.to(device) for t in SDPA_CPU(q, k, v, 0.0, False, attn_mask=mask, scale=0.3))
+    out.meta["val"] = sdpa.meta["val"][0]
+    gm = GraphModule(torch.nn.Module(), graph)
+    inline_group(gm, fuse_nodes(gm, [sdpa, out], "attention"))
+    (call,) = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is not operator.getitem]
+    assert call.target is (SDPA_CPU if device == "cpu" else sdpa_any_device)
+    gm.recompile()
+    assert_close(gm(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3), 1e-5)

@@ -19,6 +19,7 @@ from fusecc.codegen.c.common import DEPTHWISE_PIXELS
 from fusecc.kernels import winograd
 from fusecc.kernels.lower import lower_group
 from fusecc.kernels.spec import conv_geometry
+from fusecc.runtime.kernel import kernel_nodes, kernel_of
 from fusecc.targets.cpu import HostCTarget
 
 
@@ -283,6 +284,6 @@ def test_light_epilogues_finish_in_registers_heavy_ones_through_the_buffer(act, 
     with torch.no_grad():
         compiled = compile_exported(torch.export.export(model, (x,)), {"target": "c"})
         assert_close(compiled(x), model(x), 1e-4)
-    (kernel,) = [n.target.kernel for n in compiled.gm.graph.nodes if getattr(n.target, "kernel", None)]
+    (kernel,) = [kernel_of(n) for n in kernel_nodes(compiled.gm)]
     assert kernel.info["params"]["algo"] == "nhwc_indirect"
     assert ("  if (finish) {" in kernel.info["source"]) == in_registers

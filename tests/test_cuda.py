@@ -247,7 +247,9 @@ def test_cuda_target_matches_eager(name, target):
     with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         ref = model(x)
     with torch.no_grad(), collect_reports() as reports:
-        out = torch.compile(model, backend="fusecc", options={"target": target, "fallback": "error"})(x)
+        # every group as fusecc's kernel, none left to PyTorch's faster ones
+        options = {"target": target, "fallback": "error", "library_check": False}
+        out = torch.compile(model, backend="fusecc", options=options)(x)
     assert_close(out.cpu(), ref.cpu(), 1e-4 if target == "cuda-emulated" else 1e-3)
     kinds = {k["kind"] for r in reports for k in r.kernels}
     assert kinds and all(k["dialect"] == target for r in reports for k in r.kernels)
@@ -308,3 +310,80 @@ def test_cuda_target_fuses_only_the_block_patterns_measured_to_win(tmp_path):
             assert isinstance(result, torch.nn.Module), result
         else:
             assert isinstance(result, KeepUnfused) and pattern in str(result), result
+
+
+class _TimedEmulation:
+    """The emulated cuda target with made-up times: PyTorch's kernels take
+    ``aten_us`` and a generated one ``kernel_us[kind]``, so the choice between
+    them runs without a GPU."""
+
+    def __init__(self, kernel_us: dict, aten_us: float):
+        from fusecc import targets
+        from fusecc.targets.cuda import EmulatedCudaTarget
+
+        class Timed(EmulatedCudaTarget):
+            name = "test-cuda-timed"
+            weighs_against_library = True
+
+            def device(self):
+                return torch.device("cpu")
+
+            def _weigh(inner, group, constants, kernel):
+                inner._kind = kernel.spec.kind
+                return super()._weigh(group, constants, kernel)
+
+            def time_us(inner, fn):
+                fn()  # both callables must run on the arguments made for them
+                inner._calls = getattr(inner, "_calls", 0) + 1
+                return kernel_us[inner._kind] if inner._calls % 2 else aten_us
+
+        self.target = Timed()
+        targets.register(self.target)
+
+
+@pytest.mark.parametrize("kernel_us, chosen", [(1.0, "kernels"), (100.0, "aten")])
+def test_cuda_target_runs_pytorchs_kernels_where_they_measure_faster(kernel_us, chosen):
+    """With `library_check`, each generated kernel is timed against its
+    group's ATen ops while compiling; the slower one is dropped, a block
+    that loses is unfused into layers (each weighed in turn), and the result
+    matches eager either way."""
+    from fusecc.bench import zoo
+    from fusecc.compiler import collect_reports
+
+    timed = _TimedEmulation({"block": kernel_us, "conv2d": kernel_us, "gemm": kernel_us, "reduction": kernel_us,
+                             "elementwise": kernel_us}, aten_us=10.0)  # fmt: skip
+    entry = zoo.get("mobilenet_v2")
+    model, x = entry.model("tiny"), entry.example_input("tiny", 1)
+    torch._dynamo.reset()
+    with torch.no_grad(), collect_reports() as reports:
+        ref = model(x)
+        out = torch.compile(model, backend="fusecc", options={"target": timed.target.name, "fallback": "error"})(x)
+    assert_close(out, ref, 1e-4)
+    kernels = [k for r in reports for k in r.kernels]
+    decisions = [d.message for r in reports for d in r.decisions if d.pass_name == "lower"]
+    if chosen == "kernels":
+        assert kernels and all(k["library_check"] == {"kernel_us": 1.0, "aten_us": 10.0} for k in kernels)
+        assert "block" in {k["kind"] for k in kernels}
+    else:
+        assert not kernels
+        assert any("block kernel on" in m and "measured faster on this GPU" in m for m in decisions), decisions
+        assert any(m.startswith("runs as ATen: PyTorch's own kernels measured faster") for m in decisions), decisions
+
+
+@needs_gpu
+@needs_nvcc
+def test_cuda_target_with_default_options_matches_eager_on_gpu():
+    """Default options: each kernel weighed against PyTorch's on the GPU
+    (`library_check`); whichever runs, the model matches eager."""
+    from fusecc.bench import zoo
+    from fusecc.compiler import collect_reports
+
+    entry = zoo.get("mobilenet_v2")
+    model, x = entry.model("tiny").cuda(), entry.example_input("tiny", 2).cuda()
+    torch._dynamo.reset()
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        ref = model(x)
+        with collect_reports() as reports:
+            out = torch.compile(model, backend="fusecc", options={"target": "cuda"})(x)
+    assert_close(out.cpu(), ref.cpu(), 1e-3)
+    assert all("library_check" in k for r in reports for k in r.kernels)

@@ -14,6 +14,7 @@ from torch import nn
 from conftest import assert_close
 from fusecc.compiler import collect_reports
 from fusecc.runtime import memory
+from fusecc.runtime.kernel import kernel_nodes, kernel_of
 from fusecc.runtime.memory_plan import _Allocator, plan_memory
 
 
@@ -122,7 +123,7 @@ def test_kernels_between_planned_tensors_build_their_pointers_once():
     model, x = ConvStack().eval(), torch.randn(1, 8, 10, 10)
     compiled = compile_exported(torch.export.export(model, (x,)), {"target": "c", "chain_kernels": False})
     gm = compiled.gm
-    calls = [n for n in gm.graph.nodes if n.op == "call_function" and getattr(n.target, "kernel", None) is not None]
+    calls = kernel_nodes(gm)
     fixed = [n for n in calls if all(isinstance(a, torch.fx.Node) and "memory_slot" in a.meta for a in n.args)]
     assert fixed and "memory_slot" in fixed[0].meta  # b reads a's planned output into a planned slot
     assert not [n for n in gm.graph.nodes if n.op == "get_attr" and not n.users]
@@ -263,9 +264,7 @@ def test_kernels_share_one_scratch_buffer_and_survive_its_growth():
     x, ref, chained, unchained, reports = _skip_stack_programs()
     (decision,) = [d.message for d in reports[0].decisions if d.pass_name == "scratch"]
     assert "kernels share one scratch buffer per thread" in decision
-    kernels = [
-        n.target.kernel for n in unchained.gm.graph.nodes if n.op == "call_function" and hasattr(n.target, "kernel")
-    ]
+    kernels = [kernel_of(n) for n in kernel_nodes(unchained.gm)]
     users = [k for k in kernels if k.workspace]
     assert len(users) >= 2, "the test needs two kernels with scratch"
     assert len({k._workspace_ptr() for k in users}) == 1

@@ -37,6 +37,7 @@ from rich.table import Table
 
 from ..export import compile_exported
 from ..runtime.compiled_graph import CompiledGraph
+from ..runtime.kernel import kernel_nodes
 from . import zoo
 from .harness import machine_info, rel_error
 
@@ -128,7 +129,7 @@ def measure(model: torch.nn.Module, x: torch.Tensor, exported, calls: int, guard
 def kernel_times(exported, x: torch.Tensor, calls: int, hot_calls: int = 50) -> list[dict]:
     """Median microseconds of each generated kernel of a `compile_exported`
     program, inside the model and alone (hot), in graph order."""
-    nodes = [n for n in exported.gm.graph.nodes if n.op == "call_function" and getattr(n.target, "kernel", None)]
+    nodes = kernel_nodes(exported.gm)
     originals = {n: n.target for n in nodes}
     inside: dict[str, list[float]] = {n.target.__name__: [] for n in nodes}
     last_args: dict[str, tuple] = {}

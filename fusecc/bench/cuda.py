@@ -22,7 +22,14 @@ from .blocks import BLOCKS, _case
 from .harness import machine_info, rel_error
 from .peers import _first_call
 
-PEERS = ("eager", "inductor", "fusecc", "fusecc_unfused")
+# fusecc: default options (each kernel weighed against PyTorch's, `library_check`);
+# fusecc_kernels: every group as fusecc's kernel; fusecc_unfused: that, without block fusion
+PEERS = ("eager", "inductor", "fusecc", "fusecc_kernels", "fusecc_unfused")
+_OPTIONS = {
+    "fusecc": {},
+    "fusecc_kernels": {"library_check": False},
+    "fusecc_unfused": {"library_check": False, "passes": {"block_fusion": False}},
+}
 
 
 def _peer(name: str, model: torch.nn.Module, x: torch.Tensor):
@@ -30,10 +37,7 @@ def _peer(name: str, model: torch.nn.Module, x: torch.Tensor):
         return _first_call(model, x)
     if name == "inductor":
         return _first_call(torch.compile(model), x)
-    options = {"target": "cuda"}
-    if name == "fusecc_unfused":
-        options["passes"] = {"block_fusion": False}
-    return _first_call(torch.compile(model, backend="fusecc", options=options), x)
+    return _first_call(torch.compile(model, backend="fusecc", options={"target": "cuda", **_OPTIONS[name]}), x)
 
 
 def time_on_gpu(runners: dict, rounds: int, calls: int) -> dict[str, list[float]]:

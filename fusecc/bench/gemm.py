@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from ..runtime.kernel import kernel_nodes, kernel_of
 from .harness import machine_info
 from .timing import interleaved
 
@@ -43,7 +44,7 @@ def _fusecc_kernel(weight_t: torch.Tensor, m: int):
         torch.export.export(MatMul().eval(), (x,)),
         {"target": "c", "fallback": "error", "tune": "off", "profile": False},
     )
-    kernels = [n.target.kernel for n in compiled.gm.graph.nodes if hasattr(n.target, "kernel")]
+    kernels = [kernel_of(n) for n in kernel_nodes(compiled.gm)]
     (kernel,) = kernels
     w_arg = torch.empty(0)  # the constant argument is ignored: the kernel holds the packed weight
     return lambda a: kernel.run(a, w_arg), kernel.info["params"]

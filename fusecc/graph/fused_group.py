@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.fx import Graph, GraphModule, Node
 
-from ..ops import op_name
+from ..ops import op_name, runs_off_cpu_as_sdpa, sdpa_any_device
 
 
 class FusedGroup(GraphModule):
@@ -243,6 +243,8 @@ def inline_group(gm: GraphModule, call: Node) -> list[Node]:
                 result = torch.fx.node.map_arg(n.args[0], env.__getitem__)
                 continue
             env[n] = gm.graph.node_copy(n, env.__getitem__)
+            if runs_off_cpu_as_sdpa(n):
+                env[n].target = sdpa_any_device
             copied.append(env[n])
     if isinstance(result, (tuple, list)):
         for user in list(call.users):

@@ -209,3 +209,14 @@ class CompiledKernel(torch.nn.Module):
 
         call.fixed_state = state  # `chain.py` calls runs of these kernels from C
         return self._named(call)
+
+
+def kernel_of(node) -> CompiledKernel | None:
+    """The compiled C kernel a node of a lowered graph calls (its target is
+    `CompiledKernel.fixed_function` or `.function`), or None."""
+    return getattr(node.target, "kernel", None) if node.op == "call_function" else None
+
+
+def kernel_nodes(gm) -> list:
+    """The nodes of a lowered graph that call compiled C kernels, in order."""
+    return [n for n in gm.graph.nodes if kernel_of(n) is not None]

@@ -19,7 +19,8 @@ from torch.fx import GraphModule, Node
 
 from ..errors import FallbackWarning, KeepUnfused, UnsupportedError, UseLibrary
 from ..graph.constants import constant_value
-from ..graph.fused_group import groups, inline_group, nested_groups
+from ..graph.fused_group import fuse_nodes, groups, inline_group, nested_groups
+from ..kernels.lower import NotLowerable
 from ..ops import OpCategory, node_category, op_name
 from ..options import Options
 from ..passes import pool_fusion
@@ -27,6 +28,7 @@ from ..report import Fallback, GraphReport
 from ..targets import Target
 from . import scratch
 from .chain import chain_kernels
+from .kernel import kernel_nodes, kernel_of
 from .memory_plan import plan_memory
 
 
@@ -84,11 +86,7 @@ def lower(gm: GraphModule, target: Target, report: GraphReport, options: Options
 def _reserve_scratch(gm: GraphModule, report: GraphReport) -> None:
     """Size this thread's shared scratch (`scratch`) for the graph's largest
     need now, so no kernel's pointer array is built against a smaller one."""
-    needs = {
-        n.target.__name__: n.target.kernel.workspace
-        for n in gm.graph.nodes
-        if n.op == "call_function" and getattr(n.target, "kernel", None) is not None and n.target.kernel.workspace
-    }
+    needs = {n.target.__name__: kernel_of(n).workspace for n in kernel_nodes(gm) if kernel_of(n).workspace}
     if not needs:
         return
     largest = max(needs, key=needs.get)
@@ -163,6 +161,15 @@ def _lower_groups(gm, found, target: Target, report: GraphReport, options: Optio
             inline_group(gm, node)
             again.extend((n, g) for n, g in groups(gm) if n.target in names)
             continue
+        if isinstance(compiled, NotLowerable) and group.kind == "gemm" and group.attrs.get("epilogue"):
+            split = _split_off_epilogue(gm, node)
+            if split:
+                report.decide(
+                    "lower", group.group_name,
+                    f"epilogue split off the GEMM into its own group: {_first_line(compiled)}", False,
+                )  # fmt: skip
+                again.extend(split)
+                continue
         if isinstance(compiled, UseLibrary):
             report.decide("lower", group.group_name, f"runs as ATen: {_first_line(compiled)}", False)
             inline_group(gm, node)
@@ -198,6 +205,27 @@ def _lower_groups(gm, found, target: Target, report: GraphReport, options: Optio
     return again
 
 
+def _split_off_epilogue(gm: GraphModule, node: Node) -> list:
+    """A GEMM group whose epilogue its kernel cannot express (e.g. a mask
+    broadcast over heads, read across the merged batch x heads dimension of
+    a bmm): the matrix product and the epilogue become groups of their own,
+    both still compiled. Returns them, or [] (then the group runs as ATen)."""
+    group = gm.get_submodule(node.target)
+    members = [n for n in group.graph.nodes if n.op == "call_function"]
+    anchors = [n for n in members if node_category(n) is OpCategory.GEMM]
+    rest = [n for n in members if n not in anchors]
+    if len(anchors) != 1 or not rest or any(node_category(n) not in _EPILOGUE for n in rest):
+        return []
+    copied = inline_group(gm, node)
+    anchor, rest = copied[members.index(anchors[0])], [c for c, m in zip(copied, members) if m in rest]
+    split = [fuse_nodes(gm, [anchor], "gemm", {"anchor": op_name(anchor.target), "epilogue": [], "single": True})]
+    split.append(fuse_nodes(gm, rest, "pointwise", {"ops": len(rest)}))
+    return [(n, gm.get_submodule(n.target)) for n in split]
+
+
+_EPILOGUE = (OpCategory.POINTWISE, OpCategory.VIEW)
+
+
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -207,7 +235,7 @@ def _report_unknown_ops(gm: GraphModule, report: GraphReport, options: Options) 
     unknown = Counter(
         op_name(n.target)
         for n in gm.graph.nodes
-        if node_category(n) is OpCategory.UNKNOWN and not hasattr(n.target, "kernel") and "chain" not in n.meta
+        if node_category(n) is OpCategory.UNKNOWN and kernel_of(n) is None and "chain" not in n.meta
     )
     for name, count in sorted(unknown.items()):
         report.fallbacks.append(Fallback(name, "fusecc has no lowering for this op", count))

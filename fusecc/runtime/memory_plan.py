@@ -29,6 +29,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from ..targets.harness import storage_span
+from .kernel import kernel_of
 from .memory import ALIGN, aligned
 
 
@@ -99,20 +100,16 @@ class _Allocator:
         self.free = merged
 
 
-def _kernel_of(node: Node):
-    return getattr(node.target, "kernel", None) if node.op == "call_function" else None
-
-
 def plan_memory(gm: GraphModule) -> MemoryPlan | None:
     """Give planned outputs to the kernel calls of ``gm`` (rewritten in
     place); returns the plan, or None when no output qualifies."""
     nodes = list(gm.graph.nodes)
     index = {n: i for i, n in enumerate(nodes)}
-    kernels = {n for n in nodes if _kernel_of(n) is not None}
+    kernels = {n for n in nodes if kernel_of(n) is not None}
     planned = [
         n
         for n in nodes
-        if n in kernels and len(_kernel_of(n).spec.outputs) == 1 and n.users and set(n.users) <= kernels
+        if n in kernels and len(kernel_of(n).spec.outputs) == 1 and n.users and set(n.users) <= kernels
     ]
     if not planned:
         return None
@@ -124,7 +121,7 @@ def plan_memory(gm: GraphModule) -> MemoryPlan | None:
     slots: dict[Node, Slot] = {}
     for i, n in enumerate(nodes):
         if n in last_use:
-            shape, strides, dtype = _kernel_of(n).output_layouts()[0]
+            shape, strides, dtype = kernel_of(n).output_layouts()[0]
             nbytes = storage_span(shape, strides) * dtype.itemsize
             slots[n] = Slot(alloc.allocate(aligned(nbytes)), nbytes, shape, strides, dtype)
         for d in dying.get(i, ()):
@@ -132,7 +129,7 @@ def plan_memory(gm: GraphModule) -> MemoryPlan | None:
     plan = MemoryPlan(list(slots.values()), alloc.top)
     slot_of = {n: j for j, n in enumerate(slots)}
     for n, j in slot_of.items():
-        kernel = _kernel_of(n)
+        kernel = kernel_of(n)
         n.meta["memory_slot"] = j  # dumps and tests read the assignment
         inputs = {i: slot_of.get(n.args[i]) for i in kernel._runtime}
         fixed = kernel.fixed_function(plan, j, inputs) if None not in inputs.values() else None

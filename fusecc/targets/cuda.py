@@ -12,11 +12,12 @@ import ctypes.util
 import functools
 import os
 import shutil
+import statistics
 
 import torch
 
 from ..codegen.cuda import CudaSource, emulate, render
-from ..errors import KeepUnfused, UnsupportedError
+from ..errors import KeepUnfused, UnsupportedError, UseLibrary
 from ..graph.fused_group import FusedGroup
 from ..kernels.lower import lower_group
 from ..kernels.spec import KernelSpec
@@ -178,6 +179,7 @@ class CudaTarget(Target):
     group_kinds = frozenset({"pointwise", "reduction", "gemm", "conv", "block", "attention"})  # no pooling yet
     sparse_attention = True
     fused_blocks: frozenset[str] | None = FUSED_BY_DEFAULT  # None: every pattern
+    weighs_against_library = True  # options.library_check applies
 
     def __init__(self):
         self.toolchain = nvcc_toolchain()
@@ -213,15 +215,52 @@ class CudaTarget(Target):
                 rendered.append(e)
         built = build_in_parallel(lambda entry: self.build(entry[0], entry[1], cache), rendered)
         results = []
-        for entry, binary in zip(rendered, built):
+        for (group, constants), entry, binary in zip(items, rendered, built):
             if isinstance(binary, Exception):
                 results.append(binary)
                 continue
             try:
-                results.append(self._load(*entry, binary, cache))
+                kernel = self._load(*entry, binary, cache)
+                weigh = options.library_check and self.weighs_against_library
+                results.append(self._weigh(group, constants, kernel) if weigh else kernel)
             except Exception as e:  # noqa: BLE001 - that group's fallback
                 results.append(e)
         return results
+
+    def _weigh(self, group: FusedGroup, constants: dict, kernel) -> object:
+        """The kernel, or - where PyTorch's own kernels for the group (its
+        ATen ops: cuDNN, cuBLAS) measure faster on this GPU - the reason to
+        run those instead (a block: its layers, each weighed in turn)."""
+        args = _group_args(group, constants, self.device())
+        ours, theirs = self.time_us(lambda: kernel.run(*args)), self.time_us(lambda: group(*args))
+        kernel.info["library_check"] = {"kernel_us": round(ours, 2), "aten_us": round(theirs, 2)}
+        if theirs * LIBRARY_MARGIN < ours:
+            reason = f"PyTorch's own kernels measured faster on this GPU: {theirs:.1f} us against {ours:.1f} us"
+            return KeepUnfused(reason) if kernel.spec.kind == "block" else UseLibrary(reason)
+        return kernel
+
+    def device(self) -> torch.device:
+        return torch.device("cuda", torch.cuda.current_device())
+
+    def time_us(self, fn) -> float:
+        """Median microseconds of ``fn`` on the current stream (CUDA events;
+        calls per sample sized to about a millisecond)."""
+        fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        calls = max(1, min(50, int(1.0 / max(start.elapsed_time(end), 1e-3))))
+        samples = []
+        for _ in range(5):
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) * 1000.0 / calls)
+        return statistics.median(samples)
 
     def build(self, spec: KernelSpec, source: CudaSource, cache: CompileCache) -> tuple[bytes, bool, dict]:
         """The kernel's fat binary (built or from the cache), whether it was
@@ -234,6 +273,26 @@ class CudaTarget(Target):
     def _load(self, spec: KernelSpec, source: CudaSource, constants: dict, built, cache) -> torch.nn.Module:
         binary, cached, details = built
         return CudaKernel(spec, source, binary, constants, _info(spec, source, "cuda", cached, details))
+
+
+# PyTorch's kernels replace a generated one only when clearly faster: timing
+# noise must not flip the choice from compile to compile
+LIBRARY_MARGIN = 1.1
+
+
+def _group_args(group: FusedGroup, constants: dict, device: torch.device) -> list[torch.Tensor]:
+    """Arguments to call a group and its kernel with: its constants, and
+    random tensors of its inputs' shapes, strides and dtypes."""
+    args = []
+    for i, node in enumerate(group.graph.find_nodes(op="placeholder")):
+        if i in constants:
+            args.append(constants[i].to(device))
+            continue
+        val = node.meta["val"]
+        t = torch.empty_strided(tuple(val.shape), tuple(val.stride()), dtype=val.dtype, device=device)
+        t.copy_(torch.randn(tuple(val.shape)) > 0 if val.dtype is torch.bool else torch.randn(tuple(val.shape)))
+        args.append(t)
+    return args
 
 
 def _info(spec: KernelSpec, source: CudaSource, dialect: str, cached: bool, details: dict) -> dict:
@@ -269,6 +328,7 @@ class EmulatedCudaTarget(CudaTarget):
     name = "cuda-emulated"
     description = "the cuda target's kernels run on the CPU by an emulator (slow; checks numerics without a GPU)"
     fused_blocks = None  # numerics of every kernel the renderer makes, not speed
+    weighs_against_library = False  # the emulator's times mean nothing
 
     def unavailable(self) -> str | None:
         return None
