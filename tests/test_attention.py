@@ -259,7 +259,7 @@ def test_captured_attention_run_as_aten_off_the_cpu_calls_a_device_neutral_op(de
 
     from torch.fx import Graph, GraphModule
 
-    from fusecc.graph.fused_group import fuse_nodes, inline_group
+    from fusecc.graph.fused_group import fuse_nodes, inline_group, runnable_as_aten
     from fusecc.ops import SDPA_CPU, sdpa_any_device
 
     q, k, v = _qkv(1, 2, 8, 8, 4)
@@ -274,8 +274,14 @@ def test_captured_attention_run_as_aten_off_the_cpu_calls_a_device_neutral_op(de
     sdpa.meta["val"] = tuple(t.to(device) for t in SDPA_CPU(q, k, v, 0.0, False, attn_mask=mask, scale=0.3))
     out.meta["val"] = sdpa.meta["val"][0]
     gm = GraphModule(torch.nn.Module(), graph)
-    inline_group(gm, fuse_nodes(gm, [sdpa, out], "attention"))
+    call = fuse_nodes(gm, [sdpa, out], "attention")
+    # the group as ATen as it stands (the cuda target times it against its kernel)
+    runnable = runnable_as_aten(gm.get_submodule(call.target))
+    assert {n.target for n in runnable.graph.nodes} >= {SDPA_CPU if device == "cpu" else sdpa_any_device}
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+    assert_close(runnable(q, k, v, mask), expected, 1e-5)
+    inline_group(gm, call)
     (call,) = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is not operator.getitem]
     assert call.target is (SDPA_CPU if device == "cpu" else sdpa_any_device)
     gm.recompile()
-    assert_close(gm(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3), 1e-5)
+    assert_close(gm(q, k, v, mask), expected, 1e-5)

@@ -223,6 +223,22 @@ def _is_topologically_ordered(graph: Graph) -> bool:
     return True
 
 
+def runnable_as_aten(group: GraphModule) -> GraphModule:
+    """``group`` as a module that runs its ATen ops on its own device: a
+    copy whose captured attention ops off the CPU call `sdpa_any_device`
+    (``group`` itself where there are none)."""
+    if not any(runs_off_cpu_as_sdpa(n) for n in group.graph.nodes):
+        return group
+    graph = Graph()
+    graph.output(graph.graph_copy(group.graph, {}))
+    copy = GraphModule(group, graph)
+    for node in copy.graph.nodes:
+        if runs_off_cpu_as_sdpa(node):
+            node.target = sdpa_any_device
+    copy.recompile()
+    return copy
+
+
 def inline_group(gm: GraphModule, call: Node) -> list[Node]:
     """Replace a FusedGroup call by the group's own nodes (the inverse of
     `fuse_nodes`); used to run a group as plain ATen with no call overhead.

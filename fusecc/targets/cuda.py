@@ -18,7 +18,7 @@ import torch
 
 from ..codegen.cuda import CudaSource, emulate, render
 from ..errors import KeepUnfused, UnsupportedError, UseLibrary
-from ..graph.fused_group import FusedGroup
+from ..graph.fused_group import FusedGroup, runnable_as_aten
 from ..kernels.lower import lower_group
 from ..kernels.spec import KernelSpec
 from ..runtime.cache import CompileCache
@@ -231,8 +231,13 @@ class CudaTarget(Target):
         """The kernel, or - where PyTorch's own kernels for the group (its
         ATen ops: cuDNN, cuBLAS) measure faster on this GPU - the reason to
         run those instead (a block: its layers, each weighed in turn)."""
-        args = _group_args(group, constants, self.device())
-        ours, theirs = self.time_us(lambda: kernel.run(*args)), self.time_us(lambda: group(*args))
+        try:
+            args = _group_args(group, constants, self.device())
+            aten = runnable_as_aten(group)
+            ours, theirs = self.time_us(lambda: kernel.run(*args)), self.time_us(lambda: aten(*args))
+        except Exception as e:  # noqa: BLE001 - nothing to weigh against: keep the kernel
+            kernel.info["library_check"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            return kernel
         kernel.info["library_check"] = {"kernel_us": round(ours, 2), "aten_us": round(theirs, 2)}
         if theirs * LIBRARY_MARGIN < ours:
             reason = f"PyTorch's own kernels measured faster on this GPU: {theirs:.1f} us against {ours:.1f} us"
