@@ -394,3 +394,19 @@ def test_block_gemm_tiles_fit_the_registers_and_pad_least(dialect):
         assert panel_tile(576, d) == (4, 3) and panel_tile(320, d) == (6, 2)
     if d.vector_registers == 32:
         assert panel_tile(576, d) == (6, 4)
+
+
+def test_convnext_budget_is_this_machines_l2(tmp_path):
+    """The ConvNeXt kernel sizes its bands to one core's L2 as sysfs reports
+    it (skipping L1 and instruction caches), 1 MB where nothing is reported."""
+    from fusecc.codegen.c.block.convnext import l2_bytes
+
+    for name, level, kind, size in [("index0", 1, "Data", "32K"), ("index1", 1, "Instruction", "32K"),
+                                    ("index2", 2, "Unified", "512K"), ("index3", 3, "Unified", "8192K")]:  # fmt: skip
+        (tmp_path / name).mkdir()
+        for field, value in (("level", level), ("type", kind), ("size", size)):
+            (tmp_path / name / field).write_text(f"{value}\n")
+    assert l2_bytes(cpu=tmp_path) == 512 * 1024
+    (tmp_path / "index2" / "size").write_text("2M\n")
+    assert l2_bytes(cpu=tmp_path) == 2 * 1024 * 1024
+    assert l2_bytes(cpu=tmp_path / "absent") == 1024 * 1024
