@@ -5,9 +5,10 @@ target), and on the GPU where one is present (the "cuda" target)."""
 
 import dataclasses
 import shutil
-import threading
 import subprocess
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -342,7 +343,7 @@ class _TimedEmulation:
 
 
 @pytest.mark.parametrize("kernel_us, chosen", [(1.0, "kernels"), (100.0, "aten")])
-def test_cuda_target_runs_pytorchs_kernels_where_they_measure_faster(kernel_us, chosen):
+def test_cuda_target_runs_pytorchs_kernels_where_they_measure_faster(kernel_us, chosen, tmp_path, capsys):
     """With `library_check`, each generated kernel is timed against its
     group's ATen ops while compiling; the slower one is dropped, a block
     that loses is unfused into layers (each weighed in turn), and the result
@@ -357,13 +358,20 @@ def test_cuda_target_runs_pytorchs_kernels_where_they_measure_faster(kernel_us, 
     torch._dynamo.reset()
     with torch.no_grad(), collect_reports() as reports:
         ref = model(x)
-        out = torch.compile(model, backend="fusecc", options={"target": timed.target.name, "fallback": "error"})(x)
+        options = {"target": timed.target.name, "fallback": "error", "dump_dir": str(tmp_path)}
+        out = torch.compile(model, backend="fusecc", options=options)(x)
     assert_close(out, ref, 1e-4)
     kernels = [k for r in reports for k in r.kernels]
     decisions = [d.message for r in reports for d in r.decisions if d.pass_name == "lower"]
     if chosen == "kernels":
         assert kernels and all(k["library_check"] == {"kernel_us": 1.0, "aten_us": 10.0} for k in kernels)
         assert "block" in {k["kind"] for k in kernels}
+        from rich.console import Console
+
+        from fusecc.inspect import inspect_dump
+
+        inspect_dump(tmp_path, console=Console(width=250, file=sys.stdout))
+        assert "vs ATen" in capsys.readouterr().out  # `fusecc inspect` shows what the check measured
     else:
         assert not kernels
         assert any("block kernel on" in m and "measured faster on this GPU" in m for m in decisions), decisions

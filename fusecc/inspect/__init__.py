@@ -76,7 +76,10 @@ def _graph_section(console: Console, folder: Path, report: GraphReport, show_all
 
     if report.kernels:
         table = Table(title=f"generated kernels ({report.kernels[0].get('dialect', '')})", title_justify="left")
-        for col in ("group", "kind", "space", "parameters", "build s", "cache", "source"):
+        # the cuda target's library_check: the kernel's speed against its group's ATen ops
+        weighed = any("library_check" in k for k in report.kernels)
+        for col in ("group", "kind", "space", "parameters", "build s", "cache", *(["vs ATen"] if weighed else []),
+                    "source"):  # fmt: skip
             table.add_column(col)
         shown = report.kernels if show_all else report.kernels[:30]
         for kern in shown:
@@ -88,6 +91,7 @@ def _graph_section(console: Console, folder: Path, report: GraphReport, show_all
                 ", ".join(f"{k}={v}" for k, v in params.items()),
                 f"{kern.get('seconds', 0):.2f}",
                 "hit" if kern.get("cached") else "built",
+                *([_versus_aten(kern.get("library_check"))] if weighed else []),
                 kern.get("source_file", ""),
             )
         console.print(table)
@@ -118,6 +122,15 @@ def _graph_section(console: Console, folder: Path, report: GraphReport, show_all
         console.print(f"[bold]refused candidates[/] ({len(refused)})")
         for d in refused if show_all else refused[:10]:
             console.print(escape(f"  [{d.pass_name}] {d.subject}: {d.message}"))
+
+
+def _versus_aten(check: dict | None) -> str:
+    """``1.8x (12.0 / 21.6 us)``: how much faster the kernel ran than its group's ATen ops."""
+    if not check:
+        return ""
+    if "error" in check:
+        return f"not weighed: {check['error'][:40]}"
+    return f"{check['aten_us'] / check['kernel_us']:.2f}x ({check['kernel_us']:.1f} / {check['aten_us']:.1f} us)"
 
 
 def _efficiency_table(console: Console, kernels: list[dict], show_all: bool) -> None:
