@@ -339,7 +339,9 @@ class EmulatedCudaTarget(CudaTarget):
         return None
 
     def build(self, spec: KernelSpec, source: CudaSource, cache: CompileCache):
-        return None  # the emulator builds its own host library when the kernel loads
+        """The kernel as a host library for the emulator (built in parallel
+        with the graph's others; loading finds it in the same folder)."""
+        return emulate.build(spec, source, str(cache.root / "cuda-emulated"))
 
     def _load(self, spec: KernelSpec, source: CudaSource, constants: dict, built, cache) -> torch.nn.Module:
         info = _info(spec, source, "cuda-emulated", False, {})

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import math
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -126,14 +127,15 @@ def build(spec: KernelSpec, source: CudaSource, directory: str | None = None) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     lib = out_dir / f"{source.symbol}_{key}.so"
     if not lib.exists():
-        src = out_dir / f"{source.symbol}_{key}.cpp"
-        src.write_text(text)
-        tmp = lib.with_suffix(".tmp.so")
-        cmd = ["g++", "-O1", "-std=c++17", "-shared", "-fPIC", "-w", str(src), "-o", str(tmp), "-lm"]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"emulated CUDA kernel {source.symbol} did not compile:\n{result.stderr[-3000:]}")
-        tmp.rename(lib)
+        # a private folder per build: the same kernel may be built by two threads at once
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
+            src, out = Path(tmp) / f"{source.symbol}.cpp", Path(tmp) / "out.so"
+            src.write_text(text)
+            cmd = ["g++", "-O1", "-std=c++17", "-shared", "-fPIC", "-w", str(src), "-o", str(out), "-lm"]
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+            if result.returncode != 0:
+                raise RuntimeError(f"emulated CUDA kernel {source.symbol} did not compile:\n{result.stderr[-3000:]}")
+            os.replace(out, lib)
     return lib
 
 
