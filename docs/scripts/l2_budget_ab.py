@@ -16,6 +16,7 @@ import torch
 import fusecc
 from fusecc.bench import zoo
 from fusecc.bench.blocks import ConvNeXtBlock
+from fusecc.bench.timing import alternated_rounds, paired_ratio
 from fusecc.codegen.c.block import convnext
 
 
@@ -38,19 +39,13 @@ def main() -> None:
         ref = model(x)
         for program in programs.values():
             torch.testing.assert_close(program(x), ref, rtol=1e-3, atol=1e-3)
-        first = next(iter(programs.values()))
+        (base, first), (alt, second) = programs.items()
         calls = max(3, int(0.3 / _time(first, x)))
-        times = {b: [] for b in programs}
-        for _ in range(rounds):
-            for budget, program in programs.items():
-                times[budget].append(statistics.median(_time(program, x) for _ in range(calls)))
-    base, alt = list(programs)
-    ratios = sorted(a / b for a, b in zip(times[alt], times[base]))
-    q = statistics.quantiles(ratios, n=4)
+        times = alternated_rounds({base: lambda: first(x), alt: lambda: second(x)}, rounds, calls)
+    ratio, q1, q3 = paired_ratio(times[alt], times[base])
     for budget in programs:
         print(f"budget {budget // 1024} KB: median {statistics.median(times[budget]) * 1e3:.3f} ms")
-    print(f"{alt // 1024} KB / {base // 1024} KB per round: {statistics.median(ratios):.3f} "
-          f"(quartiles {q[0]:.3f}-{q[2]:.3f}), {rounds} rounds")  # fmt: skip
+    print(f"{alt // 1024} KB / {base // 1024} KB per round: {ratio:.3f} (quartiles {q1:.3f}-{q3:.3f}), {rounds} rounds")
 
 
 def _time(program, x) -> float:

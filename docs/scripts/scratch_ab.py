@@ -15,6 +15,7 @@ import torch
 
 import fusecc
 from fusecc.bench import zoo
+from fusecc.bench.timing import alternated_rounds, paired_ratio
 
 
 def own_buffers(program) -> int:
@@ -43,14 +44,10 @@ def main() -> None:
         for program in (shared, own):
             torch.testing.assert_close(program(x), ref, rtol=1e-3, atol=1e-3)
         calls = max(3, int(0.3 / _time(shared, x)))
-        times = {"shared": [], "own": []}
-        for _ in range(rounds):
-            for label, program in (("shared", shared), ("own", own)):
-                times[label].append(statistics.median(_time(program, x) for _ in range(calls)))
-    ratios = sorted(o / s for o, s in zip(times["own"], times["shared"]))
-    q = statistics.quantiles(ratios, n=4)
+        times = alternated_rounds({"shared": lambda: shared(x), "own": lambda: own(x)}, rounds, calls)
+    ratio, q1, q3 = paired_ratio(times["own"], times["shared"])
     print(f"median ms: shared {statistics.median(times['shared']) * 1e3:.3f}, own {statistics.median(times['own']) * 1e3:.3f}")
-    print(f"own / shared per round: median {statistics.median(ratios):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}), {rounds} rounds")
+    print(f"own / shared per round: median {ratio:.3f} (quartiles {q1:.3f}-{q3:.3f}), {rounds} rounds")
 
 
 def _time(program, x) -> float:

@@ -93,13 +93,12 @@ def _operand(node: Node, want: tuple, chain: list[Node]) -> tuple[Node, float]:
             cur = cur.args[0]
         elif factor == 1.0 and cur.target in _SCALES and isinstance(cur.args[0], Node) and _scalar(cur.args[1]):
             if len(_readers(cur)) != 1 or not same_sizes(_shape(cur.args[0]), want):
-                break
+                return cur, factor
             factor = _scalar(cur.args[1])
             chain.append(cur)
             cur = cur.args[0]
         else:
             return cur, factor
-    return cur, factor
 
 
 def _key(kt: Node) -> Node:

@@ -215,10 +215,10 @@ class HostCTarget(Target):
     def _kernel_or_library(self, group, spec, constants, chosen: _Weighing, cold) -> None:
         """Implementation choice: the generated kernel, or the group's own
         ATen ops (oneDNN / MKL underneath), whichever measured faster."""
-        from .tuning import LIBRARY, random_runtime_args
+        from .tuning import LIBRARY, group_call_args
 
         def library_call():
-            args = [constants.get(i, a) for i, a in enumerate(random_runtime_args(spec, constants))]
+            args = group_call_args(spec, constants)
 
             def run():
                 with torch.no_grad():

@@ -24,6 +24,7 @@ from ..kernels.spec import KernelSpec
 from ..runtime.cache import CompileCache
 from . import Target
 from .toolchain import Toolchain, build_in_parallel
+from .tuning import group_call_args
 
 ARCHS = ("80", "90")
 
@@ -232,9 +233,10 @@ class CudaTarget(Target):
         ATen ops: cuDNN, cuBLAS) measure faster on this GPU - the reason to
         run those instead (a block: its layers, each weighed in turn)."""
         try:
-            args = _group_args(group, constants, self.device())
+            args = [a.to(self.device()) for a in group_call_args(kernel.spec, constants)]
             aten = runnable_as_aten(group)
-            ours, theirs = self.time_us(lambda: kernel.run(*args)), self.time_us(lambda: aten(*args))
+            with torch.no_grad():
+                ours, theirs = self.time_us(lambda: kernel.run(*args)), self.time_us(lambda: aten(*args))
         except Exception as e:  # noqa: BLE001 - nothing to weigh against: keep the kernel
             kernel.info["library_check"] = {"error": f"{type(e).__name__}: {e}"[:300]}
             return kernel
@@ -283,21 +285,6 @@ class CudaTarget(Target):
 # PyTorch's kernels replace a generated one only when clearly faster: timing
 # noise must not flip the choice from compile to compile
 LIBRARY_MARGIN = 1.1
-
-
-def _group_args(group: FusedGroup, constants: dict, device: torch.device) -> list[torch.Tensor]:
-    """Arguments to call a group and its kernel with: its constants, and
-    random tensors of its inputs' shapes, strides and dtypes."""
-    args = []
-    for i, node in enumerate(group.graph.find_nodes(op="placeholder")):
-        if i in constants:
-            args.append(constants[i].to(device))
-            continue
-        val = node.meta["val"]
-        t = torch.empty_strided(tuple(val.shape), tuple(val.stride()), dtype=val.dtype, device=device)
-        t.copy_(torch.randn(tuple(val.shape)) > 0 if val.dtype is torch.bool else torch.randn(tuple(val.shape)))
-        args.append(t)
-    return args
 
 
 def _info(spec: KernelSpec, source: CudaSource, dialect: str, cached: bool, details: dict) -> dict:

@@ -36,6 +36,12 @@ def random_runtime_args(spec: KernelSpec, constants: dict[int, torch.Tensor]) ->
     return args
 
 
+def group_call_args(spec: KernelSpec, constants: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+    """`random_runtime_args` with the constants in their slots: arguments to
+    call the group itself (its ATen ops) as well as its kernel."""
+    return [constants.get(i, a) for i, a in enumerate(random_runtime_args(spec, constants))]
+
+
 class TuningProgress(Progress):
     """One line per measured candidate and per paired confirmation (stderr)."""
 
