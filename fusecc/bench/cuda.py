@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from ..targets.cuda import events_ms
 from . import zoo
 from .blocks import BLOCKS, _case
 from .harness import machine_info, rel_error
@@ -44,16 +45,10 @@ def time_on_gpu(runners: dict, rounds: int, calls: int) -> dict[str, list[float]
     """Per-call milliseconds of each runner, one sample per round; runners
     alternate within a round so drifting clocks hit them all alike."""
     samples = {name: [] for name in runners}
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     for _ in range(rounds):
         for name, run in runners.items():
             run()  # warm after the other peers ran
-            start.record()
-            for _ in range(calls):
-                run()
-            end.record()
-            end.synchronize()
-            samples[name].append(start.elapsed_time(end) / calls)
+            samples[name].append(events_ms(run, calls))
     return samples
 
 

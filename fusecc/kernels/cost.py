@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import math
 
-from .spec import KernelSpec, conv_geometry
-
-_BYTES = {"f32": 4, "bf16": 2, "bool": 1}
+from .spec import TORCH_DTYPES, KernelSpec, conv_geometry
 
 
 def _conv_flops(spec: KernelSpec) -> int:
@@ -51,6 +49,6 @@ def executed_flops(spec: KernelSpec, params: dict | None) -> int:
 
 
 def bytes_moved(spec: KernelSpec) -> int:
-    reads = sum(math.prod(o.shape) * _BYTES[o.dtype] for o in spec.operands)
-    writes = sum(math.prod(o.shape) * _BYTES[o.dtype] for o in spec.outputs)
+    reads = sum(math.prod(o.shape) * TORCH_DTYPES[o.dtype].itemsize for o in spec.operands)
+    writes = sum(math.prod(o.shape) * TORCH_DTYPES[o.dtype].itemsize for o in spec.outputs)
     return reads + writes

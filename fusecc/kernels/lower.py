@@ -24,7 +24,7 @@ from torch.fx import Node
 from ..graph.fused_group import FusedGroup
 from ..ops import GENERATED_POOLS, RESHAPE_OPS, SDPA_CPU, OpCategory, category, is_layout, kv_repeat, sdpa_options
 from .expr import Acc, Const, Expr, Load, Stat, op
-from .spec import Access, KernelSpec, Operand, Output
+from .spec import TORCH_DTYPES, Access, KernelSpec, Operand, Output
 
 aten = torch.ops.aten
 
@@ -35,7 +35,7 @@ class NotLowerable(Exception):
     """The group cannot become a kernel; the message says why."""
 
 
-_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.bool: "bool"}
+_DTYPES = {t: name for name, t in TORCH_DTYPES.items()}
 
 
 def _val(node: Node) -> torch.Tensor:

@@ -26,9 +26,13 @@ import dataclasses
 import hashlib
 from typing import Any
 
+import torch
+
 from .expr import Expr, walk
 
-DTYPES = ("f32", "bf16", "bool")
+# The element types a spec names, and the torch dtypes they stand for.
+TORCH_DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "bool": torch.bool}
+DTYPES = tuple(TORCH_DTYPES)
 
 
 @dataclasses.dataclass(frozen=True)

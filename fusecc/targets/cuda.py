@@ -20,7 +20,7 @@ from ..codegen.cuda import CudaSource, emulate, render
 from ..errors import KeepUnfused, UnsupportedError, UseLibrary
 from ..graph.fused_group import FusedGroup, runnable_as_aten
 from ..kernels.lower import lower_group
-from ..kernels.spec import KernelSpec
+from ..kernels.spec import TORCH_DTYPES, KernelSpec
 from ..runtime.cache import CompileCache
 from . import Target
 from .toolchain import Toolchain, build_in_parallel
@@ -90,7 +90,16 @@ def _make_context_current(device: int) -> None:
     _check(lib.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
 
 
-_DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "bool": torch.bool}
+def events_ms(fn, calls: int) -> float:
+    """Milliseconds per call of ``calls`` back-to-back calls of ``fn`` on
+    the current stream, timed by CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / calls
 
 
 def _layout(shape, strides) -> tuple[int, ...]:
@@ -139,7 +148,7 @@ class CudaKernel(torch.nn.Module):
                 self.relayouts += 1
         outs = [
             torch.empty_strided(o.shape, o.strides or torch.empty(o.shape, device="meta").stride(),
-                                dtype=_DTYPES[o.dtype], device=values[0].device)
+                                dtype=TORCH_DTYPES[o.dtype], device=values[0].device)
             for o in self.spec.outputs
         ]  # fmt: skip
         holders = [ctypes.c_void_p(t.data_ptr()) for t in values + outs] + [ctypes.c_void_p(0)]
@@ -253,21 +262,8 @@ class CudaTarget(Target):
         """Median microseconds of ``fn`` on the current stream (CUDA events;
         calls per sample sized to about a millisecond)."""
         fn()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        calls = max(1, min(50, int(1.0 / max(start.elapsed_time(end), 1e-3))))
-        samples = []
-        for _ in range(5):
-            start.record()
-            for _ in range(calls):
-                fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) * 1000.0 / calls)
-        return statistics.median(samples)
+        calls = max(1, min(50, int(1.0 / max(events_ms(fn, 1), 1e-3))))
+        return statistics.median(events_ms(fn, calls) * 1000.0 for _ in range(5))
 
     def build(self, spec: KernelSpec, source: CudaSource, cache: CompileCache) -> tuple[bytes, bool, dict]:
         """The kernel's fat binary (built or from the cache), whether it was

@@ -7,15 +7,13 @@ import sys
 
 import torch
 
-from ..kernels.spec import KernelSpec
+from ..kernels.spec import TORCH_DTYPES, KernelSpec
 from ..tuner import Progress
 
 # tuning records of the other implementations a kernel is weighed against:
 # a block run as its layers, a group run as its ATen ops (vendor libraries)
 LAYERS = {"impl": "layers"}
 LIBRARY = {"impl": "library"}
-
-_DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "bool": torch.bool}
 
 
 def random_runtime_args(spec: KernelSpec, constants: dict[int, torch.Tensor]) -> list[torch.Tensor]:
@@ -28,7 +26,7 @@ def random_runtime_args(spec: KernelSpec, constants: dict[int, torch.Tensor]) ->
     for o in spec.operands:
         if o.constant:
             continue
-        dtype = _DTYPES[o.dtype]
+        dtype = TORCH_DTYPES[o.dtype]
         t = torch.empty_strided(o.shape, o.strides, dtype=dtype)
         values = torch.randn(o.shape, generator=gen)
         t.copy_(values > 0 if dtype is torch.bool else values)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ...kernels.spec import KernelSpec
+from ...kernels.spec import TORCH_DTYPES, KernelSpec
 from .common import CTYPE, CudaSource
 
 _HEADER = r"""
@@ -108,8 +108,6 @@ extern "C" int fc_emulate(void** args, unsigned gx, unsigned gy, unsigned gz, un
 }
 """
 
-_DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "bool": torch.bool}
-
 
 def _call(spec: KernelSpec, symbol: str) -> str:
     args = [f"(const {CTYPE[o.dtype]}*)fc_args[{i}]" for i, o in enumerate(spec.operands)]
@@ -152,7 +150,7 @@ def launcher(spec: KernelSpec, source: CudaSource, directory: str | None = None)
     def launch(inputs: list[torch.Tensor]):
         outs = [
             torch.empty_strided(o.shape, o.strides or torch.empty(o.shape, device="meta").stride(),
-                                dtype=_DTYPES[o.dtype])
+                                dtype=TORCH_DTYPES[o.dtype])
             for o in spec.outputs
         ]  # fmt: skip
         tensors = [t.contiguous() if t.dim() == 0 else t for t in inputs] + outs
