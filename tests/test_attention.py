@@ -250,6 +250,71 @@ def test_uncaptured_attention_with_a_per_image_mask_still_runs_as_kernels():
     assert any("epilogue split off the GEMM" in m and "not expressible as strides" in m for m in decisions), decisions
 
 
+class PaddedAttention(torch.nn.Module):
+    """Attention under a key-padding mask built as Hugging Face builds it:
+    per-key validity broadcast against the query positions and materialized
+    as an additive [B, 1, L, L] mask. ``q_idx >= 0`` (the padding-only mask
+    function: true on every row) or, with ``causal``, ``kv_idx <= q_idx``."""
+
+    def __init__(self, causal: bool):
+        super().__init__()
+        self.causal = causal
+
+    def forward(self, q, k, v, keep):
+        length = q.shape[2]
+        q_idx = torch.arange(length)[None, None, :, None]
+        kv_idx = torch.arange(length)[None, None, None, :]
+        allowed = keep[:, None, None, :].bool() & (kv_idx <= q_idx if self.causal else q_idx >= 0)
+        mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _mask_strides(reports) -> list:
+    return [k["spec"]["attrs"]["mask_strides"] for r in reports for k in r.kernels if k["kind"] == "attention"]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_mask_with_equal_query_rows_is_read_as_one_row(causal):
+    """`mask_rows`: a padding mask's query rows are all the same (its row
+    test folds to an all-true constant), so the kernel reads one row with
+    stride 0 over the rows; a causal mask's rows differ, so it is read in
+    full and the dump says why. Both match eager, padded keys included."""
+    q, k, v = _qkv(2, 3, 40, 40, 16)
+    keep = torch.ones(2, 40, dtype=torch.long)
+    keep[1, 29:] = 0  # the second sequence is padded
+    with collect_reports() as reports:
+        check_against_eager(PaddedAttention(causal), q, k, v, keep, target="c")
+    (decision,) = [d for r in reports for d in r.decisions if d.pass_name == "mask_rows"]
+    assert decision.accepted is not causal, decision.message
+    assert ("may differ" if causal else "the same") in decision.message
+    assert [s[2] for s in _mask_strides(reports)] == [40 if causal else 0]
+
+
+def test_a_padded_batch_through_bert_reads_its_mask_as_one_row():
+    """Hugging Face's own mask builder (BERT, SDPA attention, a padded
+    batch): every layer's attention reads the padding mask's one row."""
+    from fusecc.bench import zoo
+
+    class Padded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = zoo.get("bert_base").model("tiny").model
+
+        def forward(self, ids, keep):
+            return self.bert(ids, attention_mask=keep).last_hidden_state
+
+    ids = torch.randint(0, 100, (2, 48))
+    keep = torch.ones(2, 48, dtype=torch.long)
+    keep[0, 40:] = 0
+    with collect_reports() as reports:
+        out = check_against_eager(Padded().eval(), ids, keep, target="c", tol=1e-3)
+    assert torch.isfinite(out).all()
+    decisions = [d for r in reports for d in r.decisions if d.pass_name == "mask_rows"]
+    assert decisions and all(d.accepted for d in decisions), [d.message for d in decisions]
+    strides = _mask_strides(reports)
+    assert len(strides) == 2 and all(s[2] == 0 for s in strides), strides
+
+
 @pytest.mark.parametrize("device", ["cpu", "meta"])
 def test_captured_attention_run_as_aten_off_the_cpu_calls_a_device_neutral_op(device):
     """`attention_capture` writes ATen's CPU attention op on any device; an

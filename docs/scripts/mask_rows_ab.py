@@ -1,0 +1,41 @@
+"""Pass `mask_rows` on and off, paired in one process: the pretrained
+MiniLM-L6 at TOKENS tokens of real text (positions copied out as in
+minilm_long_context.py), whose key-padding mask Hugging Face materializes
+as [1, 1, TOKENS, TOKENS].
+
+    python docs/scripts/mask_rows_ab.py 4096 5    # tokens, rounds
+"""
+
+import statistics
+import sys
+
+import torch
+from minilm_long_context import TEXT, long_context
+
+from fusecc.bench.timing import alternated_rounds, paired_ratio
+from fusecc.sparsity import minilm
+
+
+def main() -> None:
+    tokens, rounds = int(sys.argv[1]), int(sys.argv[2])
+    torch.set_num_threads(2)
+    model, tokenizer = minilm.load()
+    long_context(model, tokens)
+    enc = tokenizer(TEXT.read_text(), truncation=True, max_length=tokens, return_tensors="pt")
+    inputs = (enc["input_ids"], enc["attention_mask"])
+    runs = {}
+    with torch.no_grad():
+        reference = model(*inputs)
+        for label, on in (("mask_rows", True), ("full_mask", False)):
+            torch._dynamo.reset()
+            compiled = torch.compile(model, backend="fusecc", options={"passes": {"mask_rows": on}})
+            print(f"{label}: max abs error to eager {(compiled(*inputs) - reference).abs().max().item():.2e}")
+            runs[label] = lambda c=compiled: c(*inputs)
+        times = alternated_rounds(runs, rounds, calls=1)
+    median, q1, q3 = paired_ratio(times["full_mask"], times["mask_rows"])
+    ms = {label: round(statistics.median(t) * 1e3) for label, t in times.items()}
+    print(f"{ms} ms; full_mask / mask_rows {median:.3f}x (quartiles {q1:.3f}-{q3:.3f})")
+
+
+if __name__ == "__main__":
+    main()
