@@ -10,19 +10,15 @@ import statistics
 import sys
 
 import torch
-from minilm_long_context import TEXT, long_context
+from minilm_long_context import model_and_text
 
 from fusecc.bench.timing import alternated_rounds, paired_ratio
-from fusecc.sparsity import minilm
 
 
 def main() -> None:
     tokens, rounds = int(sys.argv[1]), int(sys.argv[2])
     torch.set_num_threads(2)
-    model, tokenizer = minilm.load()
-    long_context(model, tokens)
-    enc = tokenizer(TEXT.read_text(), truncation=True, max_length=tokens, return_tensors="pt")
-    inputs = (enc["input_ids"], enc["attention_mask"])
+    model, inputs = model_and_text(tokens)
     runs = {}
     with torch.no_grad():
         reference = model(*inputs)

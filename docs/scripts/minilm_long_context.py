@@ -31,15 +31,20 @@ def long_context(model: minilm.SentenceEncoder, tokens: int) -> None:
     model.model.config.max_position_embeddings = tokens
 
 
-def main() -> None:
-    tokens, rounds = int(sys.argv[1]), int(sys.argv[2])
-    torch.set_num_threads(2)
+def model_and_text(tokens: int) -> tuple[minilm.SentenceEncoder, tuple[torch.Tensor, torch.Tensor]]:
+    """MiniLM stretched to ``tokens`` positions, and that many tokens of the text (ids, attention mask)."""
     model, tokenizer = minilm.load()
     long_context(model, tokens)
     enc = tokenizer(TEXT.read_text(), truncation=True, max_length=tokens, return_tensors="pt")
     if enc["input_ids"].shape[1] < tokens:
         raise SystemExit(f"{TEXT} has fewer than {tokens} tokens")
-    inputs = (enc["input_ids"], enc["attention_mask"])
+    return model, (enc["input_ids"], enc["attention_mask"])
+
+
+def main() -> None:
+    tokens, rounds = int(sys.argv[1]), int(sys.argv[2])
+    torch.set_num_threads(2)
+    model, inputs = model_and_text(tokens)
     start = time.perf_counter()
     plan = fusecc.calibrate(model, inputs, budget=0.95, block=64, measure=True, skip=False)
     kept = [h["kept"] for layer in plan.layers for h in layer]
