@@ -307,3 +307,23 @@ def test_debug_mode_catches_invalid_graphs():
     gm = capture(nn.Linear(4, 3), torch.randn(2, 4))
     with pytest.raises(PassError, match=r"pass 'swap_operands' broke the graph"):
         PassManager([constant_fold, broken], [DebugVerifier()]).run(gm, pass_context(debug=True))
+
+
+def test_debug_mode_compiles_the_same_kernels():
+    """The verifier checks and changes nothing: re-propagated values once
+    gave a horizontally fused Q/K/V GEMM's outputs the strides of views of
+    one [B, L, 3 D] tensor, so BERT's attention kernels were compiled for a
+    layout they never got (and copied their inputs on every call)."""
+    from fusecc.bench import zoo
+    from fusecc.compiler import collect_reports
+
+    model = zoo.get("bert_base").model("tiny")
+    x = zoo.get("bert_base").example_input("tiny", 2)
+    specs = {}
+    for debug in (False, True):
+        torch._dynamo.reset()
+        with torch.no_grad(), collect_reports() as reports:
+            torch.compile(model, backend="fusecc", options={"target": "c", "debug": debug})(x)
+        specs[debug] = [(k["kind"], k["spec"]) for r in reports for k in r.kernels]
+    assert any(kind == "attention" for kind, _ in specs[False])
+    assert specs[True] == specs[False]

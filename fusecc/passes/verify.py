@@ -48,11 +48,21 @@ class DebugVerifier:
             self._expected = output_signature(gm)
 
     def after_pass(self, name: str, gm: GraphModule, ctx: PassContext, record: PassRecord) -> None:
+        # checks only: the recorded values go back afterwards, so debug mode
+        # compiles the same program (re-propagated, a fused group's outputs
+        # can get other strides than its kernel writes)
+        recorded = {node: node.meta.get("val") for node in gm.graph.nodes}
         try:
             gm.graph.lint()
             propagate_shapes(gm)
+            got = output_signature(gm)
         except Exception as e:  # noqa: BLE001 - any failure here means the pass broke the graph
             raise PassError(name, f"{type(e).__name__}: {e}") from e
-        got = output_signature(gm)
+        finally:
+            for node, val in recorded.items():
+                if val is None:
+                    node.meta.pop("val", None)
+                else:
+                    node.meta["val"] = val
         if got != self._expected:
             raise PassError(name, f"graph outputs changed from {self._expected} to {got}")
