@@ -275,7 +275,7 @@ def _mask_strides(reports) -> list:
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_a_mask_with_equal_query_rows_is_read_as_one_row(causal):
-    """`mask_rows`: a padding mask's query rows are all the same (its row
+    """`attention_masks`: a padding mask's query rows are all the same (its row
     test folds to an all-true constant), so the kernel reads one row with
     stride 0 over the rows; a causal mask's rows differ, so it is read in
     full and the dump says why. Both match eager, padded keys included."""
@@ -284,10 +284,28 @@ def test_a_mask_with_equal_query_rows_is_read_as_one_row(causal):
     keep[1, 29:] = 0  # the second sequence is padded
     with collect_reports() as reports:
         check_against_eager(PaddedAttention(causal), q, k, v, keep, target="c")
-    (decision,) = [d for r in reports for d in r.decisions if d.pass_name == "mask_rows"]
+    (decision,) = [d for r in reports for d in r.decisions if d.pass_name == "attention_masks"]
     assert decision.accepted is not causal, decision.message
     assert ("may differ" if causal else "the same") in decision.message
     assert [s[2] for s in _mask_strides(reports)] == [40 if causal else 0]
+
+
+def test_an_exported_vit_drops_its_constant_mask():
+    """Under `torch.export` Hugging Face's ViT builds an all-visible 0 / -inf
+    mask from constants in every layer; it shifts no score, so
+    `attention_masks` drops it (exact) and the kernels read no mask."""
+    import fusecc
+    from fusecc.bench import zoo
+
+    entry = zoo.get("vit_small")
+    model, x = entry.model("tiny").eval(), entry.example_input("tiny", 1)
+    with torch.no_grad(), collect_reports() as reports:
+        compiled = fusecc.compile_exported(torch.export.export(model, (x,)), {"target": "c"})
+        assert_close(compiled(x), model(x), 1e-4)
+    decisions = [d for r in reports for d in r.decisions if d.pass_name == "attention_masks"]
+    assert len(decisions) == 2 and all(d.accepted and "dropped" in d.message for d in decisions), decisions
+    kernels = [k for r in reports for k in r.kernels if k["kind"] == "attention"]
+    assert len(kernels) == 2 and all("mask" not in k["spec"]["attrs"] for k in kernels)
 
 
 def test_a_padded_batch_through_bert_reads_its_mask_as_one_row():
@@ -309,7 +327,7 @@ def test_a_padded_batch_through_bert_reads_its_mask_as_one_row():
     with collect_reports() as reports:
         out = check_against_eager(Padded().eval(), ids, keep, target="c", tol=1e-3)
     assert torch.isfinite(out).all()
-    decisions = [d for r in reports for d in r.decisions if d.pass_name == "mask_rows"]
+    decisions = [d for r in reports for d in r.decisions if d.pass_name == "attention_masks"]
     assert decisions and all(d.accepted for d in decisions), [d.message for d in decisions]
     strides = _mask_strides(reports)
     assert len(strides) == 2 and all(s[2] == 0 for s in strides), strides

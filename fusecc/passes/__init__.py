@@ -8,6 +8,7 @@ produces and when it refuses. Any pass can be switched off
 
 from . import (
     attention_capture,
+    attention_masks,
     attention_sparsity,
     block_fusion,
     channels_last,
@@ -17,7 +18,6 @@ from . import (
     fold_bn,
     head_pruning,
     horizontal_fusion,
-    mask_rows,
     partition,
     pool_fusion,
     remove_noops,
@@ -32,7 +32,7 @@ PIPELINE = [
     fold_bn,
     channels_last,
     attention_capture,
-    mask_rows,
+    attention_masks,
     head_pruning,
     horizontal_fusion,
     vertical_fusion,
