@@ -172,7 +172,9 @@ def test_transformer_attention_runs_as_generated_kernels(name, implementation):
     """BERT and ViT (no mask), GPT-2 and Llama (an additive causal mask, GQA
     heads repeated before the op) run their attention as the kernel, whether
     written as SDPA or (``attn_implementation="eager"``) as matmul, scale,
-    mask add, softmax and matmul."""
+    mask add, softmax and matmul. The decoders' mask is built from constants
+    (the zoo passes an all-ones padding mask), so `attention_masks` turns
+    it into the causal flag: the kernel skips the keys above the diagonal."""
     from fusecc.bench import zoo
 
     entry = zoo.get(name)
@@ -186,7 +188,10 @@ def test_transformer_attention_runs_as_generated_kernels(name, implementation):
     # the attention group says what it is: heads, key heads (GQA), head size, mask
     (attrs,) = {tuple(sorted(g["attrs"].items())) for r in reports for g in r.groups if g["kind"] == "attention"}
     attrs = dict(attrs)
-    assert attrs["mask"] == ("additive" if name in ("gpt2", "llama") else "none")
+    decoder = name in ("gpt2", "llama")
+    assert attrs["mask"] == "none" and attrs["causal"] is decoder
+    masks = [d for r in reports for d in r.decisions if d.pass_name == "attention_masks"]
+    assert bool(masks) is decoder and all("the causal mask" in d.message for d in masks), masks
     spaces = {tuple(k["spec"]["space"]) for r in reports for k in r.kernels if k["kind"] == "attention"}
     assert {(attrs["heads"], attrs["q_len"], attrs["head_dim"])} == {s[1:] for s in spaces}
     assert (attrs["kv_heads"] < attrs["heads"]) == (name == "llama")

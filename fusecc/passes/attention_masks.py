@@ -15,6 +15,12 @@ Matches, for the float mask of a scaled-dot-product attention op:
   [1, 1, L, L] and turned into 0 / -inf, rebuilt by every layer; 16 ms a
   layer at 4097 tokens). Softmax is shift-invariant, so the op drops the
   mask, exactly. The mask is evaluated once at compile time to tell.
+* a constant mask that is the causal mask (0 on and below the diagonal,
+  -inf or float32's minimum above it) - GPT-2's and Llama's, where the
+  padding mask is all ones or absent (``ones_like`` counts as a constant:
+  it reads only its input's shape). The op runs with ``is_causal`` and no
+  mask: the kernel skips the key blocks above the diagonal and computes
+  the rest exactly as before (exp of the masked scores is 0 either way).
 * a mask whose value provably does not change along the query rows (dim
   -2): built by elementwise ops and expands from tensors of one row there,
   or from constants whose rows are all equal - a key-padding mask. The op
@@ -41,6 +47,8 @@ INFERENCE_ONLY = True
 
 aten = torch.ops.aten
 _ROW = -2  # the query rows of a [..., Lq, Lk] mask
+# ops whose result depends on their input's shape and dtype only, not its data
+_LIKE = (aten.ones_like.default, aten.zeros_like.default, aten.full_like.default)
 
 
 def _rows_equal(gm: GraphModule, node: object, dim: int, memo: dict) -> bool:
@@ -81,6 +89,12 @@ def _constant_value(gm: GraphModule, node: object, memo: dict) -> torch.Tensor |
                 torch.Tag.nondeterministic_seeded in target.tags or target._schema.is_mutable
             ):
                 return None
+            like = tensor_meta(node.args[0]) if target in _LIKE else None
+            if like is not None:  # the input's data is not read: any tensor of its layout will do
+                with torch.no_grad():
+                    memo[node] = target(torch.empty_strided(like.shape, like.stride(), dtype=like.dtype),
+                                        *node.args[1:], **node.kwargs)  # fmt: skip
+                return memo[node]
             inputs = [_constant_value(gm, x, memo) for x in node.all_input_nodes]
             if all(x is not None for x in inputs):
                 args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda n: memo[n])
@@ -96,6 +110,23 @@ def _shifts_rows_only(value: torch.Tensor) -> bool:
         and bool(torch.isfinite(value).all())
         and torch.equal(value, value.narrow(-1, 0, 1).expand_as(value))
     )
+
+
+def _is_causal(value: torch.Tensor) -> bool:
+    """A float mask that is 0 on and below the diagonal (row i, keys j <=
+    i: ATen's top-left causal alignment) and far below any score above it
+    (-inf, or Hugging Face's float32 minimum: exp underflows to 0 exactly)."""
+    if not value.is_floating_point():
+        return False
+    lq, lk = value.shape[-2:]
+    above = torch.ones(lq, lk, dtype=torch.bool).triu(1)
+    return bool((value.masked_select(~above.expand_as(value)) == 0).all()) and bool(
+        (value.masked_select(above.expand_as(value)) <= _FAR_BELOW).all()
+    )
+
+
+# masked scores: exp(score + this - max) is 0 in float32 for any score below 1e30
+_FAR_BELOW = -1e30
 
 
 def _drop_dead(gm: GraphModule, node: Node) -> None:
@@ -132,8 +163,11 @@ def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
         if mask not in verdicts:
             verdicts[mask] = _verdict(gm, ctx, mask, val, memo)
         verdict = verdicts[mask]
-        if verdict is _DROP:
+        if verdict is _DROP or verdict is _CAUSAL:
             node.kwargs = {k: v for k, v in node.kwargs.items() if k != "attn_mask"}
+            if verdict is _CAUSAL:  # q, k, v and dropout stay positional; is_causal by name
+                node.args = node.args[:4]
+                node.kwargs = {**node.kwargs, "is_causal": True}
             dropped.append(mask)
         elif verdict is not None:
             node.kwargs = {**node.kwargs, "attn_mask": verdict}
@@ -142,7 +176,7 @@ def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
     return gm
 
 
-_DROP = object()
+_DROP, _CAUSAL = object(), object()
 
 
 def _verdict(gm: GraphModule, ctx: PassContext, mask: Node, val: torch.Tensor, memo: dict):
@@ -154,6 +188,10 @@ def _verdict(gm: GraphModule, ctx: PassContext, mask: Node, val: torch.Tensor, m
         ctx.decide(NAME, mask.name, f"the constant {shape} mask shifts each row's scores by one finite value, "
                    "which softmax ignores: dropped", accepted=True)  # fmt: skip
         return _DROP
+    if isinstance(value, torch.Tensor) and _is_causal(value):
+        ctx.decide(NAME, mask.name, f"the constant {shape} mask is the causal mask: the op runs causal, "
+                   "skipping the keys above the diagonal, and reads no mask", accepted=True)  # fmt: skip
+        return _CAUSAL
     if val.shape[_ROW] == 1 or val.stride()[_ROW] == 0:
         return None  # read as one row already
     if _rows_equal(gm, mask, _ROW, memo):
