@@ -171,7 +171,7 @@ def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
             dropped.append(mask)
         elif verdict is not None:
             node.kwargs = {**node.kwargs, "attn_mask": verdict}
-    for mask in dropped:
+    for mask in dict.fromkeys(dropped):  # a mask shared by several ops: once
         _drop_dead(gm, mask)
     return gm
 
