@@ -7,9 +7,23 @@ import torch
 from torch._guards import detect_fake_mode
 from torch.fx import GraphModule, Node
 
+from ..ops import OpCategory, node_category
+
 
 def is_constant(node: object) -> bool:
     return isinstance(node, Node) and node.op == "get_attr"
+
+
+def computable(node: Node) -> bool:
+    """An op that can run at compile time on constant inputs: a known
+    category, neither random nor mutating."""
+    if node.op != "call_function" or node_category(node) in (None, OpCategory.UNKNOWN):
+        return False
+    target = node.target
+    return not (
+        isinstance(target, torch._ops.OpOverload)
+        and (torch.Tag.nondeterministic_seeded in target.tags or target._schema.is_mutable)
+    )
 
 
 def constant_value(gm: GraphModule, node: Node) -> torch.Tensor:

@@ -38,7 +38,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from ..graph.analysis import tensor_meta
-from ..graph.constants import constant_value, is_constant
+from ..graph.constants import computable, constant_value, is_constant
 from ..ops import SDPA_CPU, OpCategory, node_category
 from .manager import PassContext
 
@@ -83,12 +83,8 @@ def _constant_value(gm: GraphModule, node: object, memo: dict) -> torch.Tensor |
         memo[node] = None
         if is_constant(node):
             memo[node] = constant_value(gm, node)
-        elif node.op == "call_function" and node_category(node) not in (None, OpCategory.UNKNOWN):
+        elif computable(node):
             target = node.target
-            if isinstance(target, torch._ops.OpOverload) and (
-                torch.Tag.nondeterministic_seeded in target.tags or target._schema.is_mutable
-            ):
-                return None
             like = tensor_meta(node.args[0]) if target in _LIKE else None
             if like is not None:  # the input's data is not read: any tensor of its layout will do
                 with torch.no_grad():
@@ -112,6 +108,10 @@ def _shifts_rows_only(value: torch.Tensor) -> bool:
     )
 
 
+# masked scores: exp(score + this - max) is 0 in float32 for any score below 1e30
+_FAR_BELOW = -1e30
+
+
 def _is_causal(value: torch.Tensor) -> bool:
     """A float mask that is 0 on and below the diagonal (row i, keys j <=
     i: ATen's top-left causal alignment) and far below any score above it
@@ -123,10 +123,6 @@ def _is_causal(value: torch.Tensor) -> bool:
     return bool((value.masked_select(~above.expand_as(value)) == 0).all()) and bool(
         (value.masked_select(above.expand_as(value)) <= _FAR_BELOW).all()
     )
-
-
-# masked scores: exp(score + this - max) is 0 in float32 for any score below 1e30
-_FAR_BELOW = -1e30
 
 
 def _drop_dead(gm: GraphModule, node: Node) -> None:
@@ -151,9 +147,13 @@ def _one_row(gm: GraphModule, mask: Node) -> Node:
     return wide
 
 
+# verdicts on a mask besides a one-row view (read that) and None (read the mask as it is)
+_DROP, _CAUSAL = object(), object()
+
+
 def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
     memo: dict = {}
-    verdicts: dict[Node, Node | None] = {}  # each mask: what the ops read instead (None: the mask itself)
+    verdicts: dict[Node, object] = {}  # each mask: _DROP, _CAUSAL, a one-row view or None
     dropped: list[Node] = []
     for node in gm.graph.find_nodes(op="call_function", target=SDPA_CPU):
         mask = node.kwargs.get("attn_mask")
@@ -176,12 +176,10 @@ def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
     return gm
 
 
-_DROP, _CAUSAL = object(), object()
-
-
 def _verdict(gm: GraphModule, ctx: PassContext, mask: Node, val: torch.Tensor, memo: dict):
-    """What attention reads instead of ``mask``: `_DROP` (nothing), a
-    one-row view, or None (the mask as it is)."""
+    """What attention reads instead of ``mask``: `_DROP` (nothing),
+    `_CAUSAL` (nothing, and the op runs causal), a one-row view, or None
+    (the mask as it is)."""
     shape = list(val.shape)
     value = _constant_value(gm, mask, {})  # a fresh memo: the values of one mask at a time
     if isinstance(value, torch.Tensor) and _shifts_rows_only(value):

@@ -16,8 +16,7 @@ import operator
 import torch
 from torch.fx import GraphModule, Node
 
-from ..graph.constants import constant_value, fake_value, is_constant, register_constant
-from ..ops import OpCategory, node_category
+from ..graph.constants import computable, constant_value, fake_value, is_constant, register_constant
 from .manager import PassContext
 
 NAME = "constant_fold"
@@ -28,12 +27,8 @@ _MAX_GROWTH_BYTES = 1 << 16
 
 
 def _foldable(node: Node) -> bool:
-    if node.op != "call_function" or node_category(node) in (None, OpCategory.UNKNOWN):
+    if not computable(node):
         return False
-    target = node.target
-    if isinstance(target, torch._ops.OpOverload):
-        if torch.Tag.nondeterministic_seeded in target.tags or target._schema.is_mutable:
-            return False
     if not isinstance(node.meta.get("val"), (torch.Tensor, tuple, list)):
         return False
     leaves: list[object] = []
