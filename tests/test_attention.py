@@ -257,19 +257,25 @@ def test_uncaptured_attention_with_a_per_image_mask_still_runs_as_kernels():
 
 class PaddedAttention(torch.nn.Module):
     """Attention under a key-padding mask built as Hugging Face builds it:
-    per-key validity broadcast against the query positions and materialized
-    as an additive [B, 1, L, L] mask. ``q_idx >= 0`` (the padding-only mask
-    function: true on every row) or, with ``causal``, ``kv_idx <= q_idx``."""
+    per-key validity ANDed with a pattern over (query, key) positions and
+    materialized as an additive [B, 1, L, L] mask. The pattern: ``q_idx >=
+    0`` (the padding-only mask function: true on every row), ``kv_idx <=
+    q_idx`` (causal) or a causal window of 8 keys."""
 
-    def __init__(self, causal: bool):
+    def __init__(self, pattern: str):
         super().__init__()
-        self.causal = causal
+        self.pattern = pattern
 
     def forward(self, q, k, v, keep):
         length = q.shape[2]
         q_idx = torch.arange(length)[None, None, :, None]
         kv_idx = torch.arange(length)[None, None, None, :]
-        allowed = keep[:, None, None, :].bool() & (kv_idx <= q_idx if self.causal else q_idx >= 0)
+        pattern = {
+            "padding": q_idx >= 0,
+            "causal": kv_idx <= q_idx,
+            "window": (kv_idx <= q_idx) & (kv_idx > q_idx - 8),
+        }[self.pattern]
+        allowed = keep[:, None, None, :].bool() & pattern
         mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
@@ -278,21 +284,75 @@ def _mask_strides(reports) -> list:
     return [k["spec"]["attrs"]["mask_strides"] for r in reports for k in r.kernels if k["kind"] == "attention"]
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_a_mask_with_equal_query_rows_is_read_as_one_row(causal):
+@pytest.mark.parametrize(
+    "pattern, causal, row_stride, message",
+    [
+        ("padding", False, 0, "every query row"),
+        ("causal", True, 0, "the causal mask AND one with equal query rows"),
+        ("window", False, 40, "may differ beyond the causal pattern"),
+    ],
+)
+def test_a_mask_with_equal_query_rows_is_read_as_one_row(pattern, causal, row_stride, message):
     """`attention_masks`: a padding mask's query rows are all the same (its row
     test folds to an all-true constant), so the kernel reads one row with
-    stride 0 over the rows; a causal mask's rows differ, so it is read in
-    full and the dump says why. Both match eager, padded keys included."""
+    stride 0 over the rows; a causal mask AND a padding mask becomes the
+    causal flag and the padding mask's one row; a sliding window's rows
+    differ, so it is read in full and the dump says why. All match eager,
+    padded keys included."""
     q, k, v = _qkv(2, 3, 40, 40, 16)
     keep = torch.ones(2, 40, dtype=torch.long)
     keep[1, 29:] = 0  # the second sequence is padded
     with collect_reports() as reports:
-        check_against_eager(PaddedAttention(causal), q, k, v, keep, target="c")
+        check_against_eager(PaddedAttention(pattern), q, k, v, keep, target="c")
     (decision,) = [d for r in reports for d in r.decisions if d.pass_name == "attention_masks"]
-    assert decision.accepted is not causal, decision.message
-    assert ("may differ" if causal else "the same") in decision.message
-    assert [s[2] for s in _mask_strides(reports)] == [40 if causal else 0]
+    assert decision.accepted is (pattern != "window") and message in decision.message, decision.message
+    kernels = [k["spec"]["attrs"] for r in reports for k in r.kernels if k["kind"] == "attention"]
+    assert [(a["causal"], a["mask_strides"][2]) for a in kernels] == [(causal, row_stride)]
+
+
+def test_query_rows_with_every_key_masked_match_aten():
+    """A query row masked everywhere by -inf outputs zeros, as ATen's kernel
+    does (not 0/0); one masked everywhere by float32's minimum averages its
+    values, as ATen's does (the minimum, times log2(e) in the kernel's base-2
+    softmax, saturates instead of overflowing to -inf). Under the causal
+    flag: `test_a_padded_batch_through_a_decoder...`."""
+    q, k, v = _qkv(2, 2, 24, 24, 16)
+    mask = torch.zeros(2, 1, 24, 24)
+    mask[1, :, :3] = float("-inf")
+    mask[1, :, 3:5] = torch.finfo(torch.float32).min
+    out = check_against_eager(Attention(), q, k, v, mask, target="c")
+    assert torch.isfinite(out).all() and not out[1, :, :3].any()
+    assert_close(out[1, :, 3:5], v[1].mean(dim=1, keepdim=True).expand(2, 2, 16), 1e-5)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_a_padded_batch_through_a_decoder_runs_causal_with_one_mask_row(name, side):
+    """GPT-2 and Llama with the tokenizer's padding mask as an input: Hugging
+    Face's mask is causal AND padding; every layer's attention runs with the
+    causal flag and reads the padding mask's one row. Left padding leaves
+    query rows with no key to see; they match eager too."""
+    from fusecc.bench import zoo
+
+    class Padded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = zoo.get(name).model("tiny").model
+
+        def forward(self, ids, keep):
+            return self.lm(ids, attention_mask=keep).logits
+
+    ids = torch.randint(0, 100, (2, 40))
+    keep = torch.ones(2, 40, dtype=torch.long)
+    keep[1, :11] = 0 if side == "left" else 1
+    keep[1, 29:] = 0 if side == "right" else 1
+    with collect_reports() as reports:
+        out = check_against_eager(Padded().eval(), ids, keep, target="c", tol=1e-3)
+    assert torch.isfinite(out).all()
+    decisions = [d for r in reports for d in r.decisions if d.pass_name == "attention_masks"]
+    assert decisions and all(d.accepted and "causal mask AND" in d.message for d in decisions), decisions
+    kernels = [k["spec"]["attrs"] for r in reports for k in r.kernels if k["kind"] == "attention"]
+    assert len(kernels) == 2 and all(a["causal"] and a["mask_strides"][2] == 0 for a in kernels), kernels
 
 
 def test_an_exported_vit_drops_its_constant_mask():

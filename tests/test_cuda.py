@@ -214,6 +214,22 @@ def test_cuda_attention_reads_shared_gqa_heads(run_kernel):
     assert_close(out, ref, 1e-5)
 
 
+def test_cuda_attention_rows_with_every_key_masked_match_eager(run_kernel):
+    """A query row masked everywhere by -inf outputs zeros, one masked
+    everywhere by float32's minimum averages its values: both as ATen's."""
+    from test_attention import Attention, recorded_attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 2, 24, 16), torch.randn(2, 2, 24, 16), torch.randn(2, 2, 24, 16)
+    mask = torch.zeros(2, 1, 24, 24)
+    mask[1, :, :3] = float("-inf")
+    mask[1, :, 3:5] = torch.finfo(torch.float32).min
+    spec, _, ref = recorded_attention(Attention(), q, k, v, mask)
+    out = run_kernel(spec, render(spec), [q, k, v, mask])
+    assert_close(out, ref, 1e-5)
+    assert not out[1, :, :3].any() and out[1, :, 3:5].abs().sum() > 0
+
+
 def test_emulator_reports_a_barrier_only_some_threads_reach(tmp_path):
     """A kernel whose threads disagree about __syncthreads would hang a GPU;
     the emulator says so instead of returning numbers."""

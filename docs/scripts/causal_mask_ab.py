@@ -1,9 +1,17 @@
 """Pass `attention_masks` on and off, paired in one process, on GPT-2 small
-(random weights) at TOKENS tokens. The zoo passes an all-ones padding mask,
-so the causal mask is built from constants and the pass makes it the op's
-causal flag: the kernel skips the keys above the diagonal.
+(random weights) at TOKENS tokens.
 
-    python docs/scripts/causal_mask_ab.py 1024 6    # tokens, rounds
+By default the zoo model runs one sequence and passes an all-ones padding
+mask, so the causal mask is built from constants and the pass makes it the
+op's causal flag: the kernel skips the keys above the diagonal.
+
+With ``--mask-input`` the padding mask is an input of the call, as a server
+passes the tokenizer's: two sequences, the second left-padded by a quarter.
+Hugging Face's mask is then causal AND padding; the pass runs the op causal
+and reads the padding mask's one row per image.
+
+    python docs/scripts/causal_mask_ab.py 1024 6                # tokens, rounds
+    python docs/scripts/causal_mask_ab.py 1024 6 --mask-input
 """
 
 import statistics
@@ -15,19 +23,35 @@ from fusecc.bench import zoo
 from fusecc.bench.timing import alternated_rounds, paired_ratio
 
 
+class WithMaskInput(torch.nn.Module):
+    def __init__(self, lm: torch.nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.lm(ids, attention_mask=keep).logits
+
+
 def main() -> None:
     tokens, rounds = int(sys.argv[1]), int(sys.argv[2])
+    mask_input = "--mask-input" in sys.argv[3:]
     torch.set_num_threads(2)
     model = zoo.get("gpt2").model("full").eval()
-    x = torch.randint(0, 50000, (1, tokens))
+    if mask_input:
+        model = WithMaskInput(model.model).eval()
+        keep = torch.ones(2, tokens, dtype=torch.long)
+        keep[1, : tokens // 4] = 0
+        inputs = (torch.randint(0, 50000, (2, tokens)), keep)
+    else:
+        inputs = (torch.randint(0, 50000, (1, tokens)),)
     runs = {}
     with torch.no_grad():
-        reference = model(x)
+        reference = model(*inputs)
         for label, on in (("causal_flag", True), ("mask", False)):
             torch._dynamo.reset()
             compiled = torch.compile(model, backend="fusecc", options={"passes": {"attention_masks": on}})
-            print(f"{label}: max abs error to eager {(compiled(x) - reference).abs().max().item():.2e}")
-            runs[label] = lambda c=compiled: c(x)
+            print(f"{label}: max abs error to eager {(compiled(*inputs) - reference).abs().max().item():.2e}")
+            runs[label] = lambda c=compiled: c(*inputs)
         times = alternated_rounds(runs, rounds, calls=2)
     median, q1, q3 = paired_ratio(times["mask"], times["causal_flag"])
     ms = {label: round(statistics.median(t) * 1e3, 1) for label, t in times.items()}

@@ -21,6 +21,13 @@ Matches, for the float mask of a scaled-dot-product attention op:
   it reads only its input's shape). The op runs with ``is_causal`` and no
   mask: the kernel skips the key blocks above the diagonal and computes
   the rest exactly as before (exp of the masked scores is 0 either way).
+* ``where(causal AND padding, 0, -inf)`` - Hugging Face's decoder mask
+  when the tokenizer's padding mask is an input: the AND's constant
+  operands together are the causal pattern, the others have equal query
+  rows. The op runs with ``is_causal`` and reads ``where(padding, 0,
+  -inf)`` as one row: the kernel skips the key blocks above the diagonal
+  and reads Lk mask floats per image instead of Lq x Lk. On and below the
+  diagonal both masks are the padding mask; above it both give -inf.
 * a mask whose value provably does not change along the query rows (dim
   -2): built by elementwise ops and expands from tensors of one row there,
   or from constants whose rows are all equal - a key-padding mask. The op
@@ -28,11 +35,14 @@ Matches, for the float mask of a scaled-dot-product attention op:
   rows, so every kernel reads one row; the mask itself is still computed
   once per call.
 
-Refuses, with the reason in the dump: masks whose rows may differ (causal,
-sliding-window masks). Masks already read as one row are left as they are.
+Refuses, with the reason in the dump: masks whose rows may differ beyond
+the causal pattern (sliding-window masks, per-query masks). Masks already read as one row are left as they are.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import torch
 from torch.fx import GraphModule, Node
@@ -49,6 +59,8 @@ aten = torch.ops.aten
 _ROW = -2  # the query rows of a [..., Lq, Lk] mask
 # ops whose result depends on their input's shape and dtype only, not its data
 _LIKE = (aten.ones_like.default, aten.zeros_like.default, aten.full_like.default)
+# boolean AND, as traced from `&` and torch.logical_and
+_AND = (aten.bitwise_and.Tensor, aten.logical_and.default)
 
 
 def _rows_equal(gm: GraphModule, node: object, dim: int, memo: dict) -> bool:
@@ -147,14 +159,83 @@ def _one_row(gm: GraphModule, mask: Node) -> Node:
     return wide
 
 
-# verdicts on a mask besides a one-row view (read that) and None (read the mask as it is)
-_DROP, _CAUSAL = object(), object()
+def _and_operands(node: object) -> list[object]:
+    """The operands of a tree of boolean ANDs (and the expands broadcasting
+    them) rooted at ``node``; ``[node]`` where it is no AND."""
+    if isinstance(node, Node) and node.target is aten.expand.default:
+        return _and_operands(node.args[0])
+    if isinstance(node, Node) and node.target in _AND:
+        return [x for arg in node.args[:2] for x in _and_operands(arg)]
+    return [node]
+
+
+def _causal_and_rows(gm: GraphModule, mask: Node, memo: dict) -> list[Node] | None:
+    """For ``mask = where(AND(...), 0, -inf)`` whose constant AND operands
+    make up the causal pattern and whose other operands have equal query
+    rows: those other operands. Else None."""
+    if mask.target is not aten.where.self:
+        return None
+    cond, on, off = mask.args
+    on_v, off_v = (_constant_value(gm, x, {}) for x in (on, off))
+    if not all(isinstance(x, torch.Tensor) and x.numel() == 1 for x in (on_v, off_v)):
+        return None
+    if on_v.item() != 0 or not off_v.item() <= _FAR_BELOW:
+        return None
+    constants, varying = [], []
+    for operand in _and_operands(cond):
+        value = _constant_value(gm, operand, {})
+        if isinstance(value, torch.Tensor):
+            constants.append(value)
+        elif isinstance(operand, Node):
+            varying.append(operand)
+        else:
+            return None
+    if not constants or not varying:
+        return None
+    causal = functools.reduce(torch.logical_and, constants)
+    lq, lk = tensor_meta(mask).shape[-2:]
+    if causal.dim() < 2 or tuple(causal.shape[-2:]) != (lq, lk):
+        return None
+    if not torch.equal(causal.bool(), torch.ones(lq, lk, dtype=torch.bool).tril().expand_as(causal)):
+        return None
+    return varying if all(_rows_equal(gm, x, _ROW, memo) for x in varying) else None
+
+
+def _padding_row(gm: GraphModule, mask: Node, varying: list[Node]) -> Node:
+    """``where(AND(varying), 0, -inf)`` (``mask``'s own values) as one row,
+    expanded to ``mask``'s shape."""
+    _, on, off = mask.args
+    shape = list(tensor_meta(mask).shape)
+    graph = gm.graph
+
+    def add(target, args: tuple, val: torch.Tensor) -> Node:
+        node = graph.call_function(target, args)
+        node.meta["val"] = val
+        return node
+
+    with graph.inserting_before(mask.next):  # in order, after mask and so after its inputs
+        cond = varying[0]
+        for other in varying[1:]:
+            cond = add(aten.bitwise_and.Tensor, (cond, other), tensor_meta(cond) & tensor_meta(other))
+        where = add(aten.where.self, (cond, on, off), torch.where(tensor_meta(cond), tensor_meta(on), tensor_meta(off)))
+        if where.meta["val"].dim() < len(shape) or where.meta["val"].shape[_ROW] != 1:
+            where = add(aten.slice.Tensor, (where, len(shape) + _ROW, 0, 1), where.meta["val"].narrow(_ROW, 0, 1))
+        return add(aten.expand.default, (where, shape), where.meta["val"].expand(shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Read:
+    """What an attention op reads instead of its mask: ``mask`` (None: no
+    mask at all), and whether it runs with ``is_causal``."""
+
+    mask: Node | None
+    causal: bool = False
 
 
 def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
     memo: dict = {}
-    verdicts: dict[Node, object] = {}  # each mask: _DROP, _CAUSAL, a one-row view or None
-    dropped: list[Node] = []
+    verdicts: dict[Node, _Read | None] = {}  # None: the mask is read as it is
+    replaced: list[Node] = []
     for node in gm.graph.find_nodes(op="call_function", target=SDPA_CPU):
         mask = node.kwargs.get("attn_mask")
         val = tensor_meta(mask)
@@ -162,39 +243,45 @@ def run(gm: GraphModule, ctx: PassContext) -> GraphModule:
             continue
         if mask not in verdicts:
             verdicts[mask] = _verdict(gm, ctx, mask, val, memo)
-        verdict = verdicts[mask]
-        if verdict is _DROP or verdict is _CAUSAL:
-            node.kwargs = {k: v for k, v in node.kwargs.items() if k != "attn_mask"}
-            if verdict is _CAUSAL:  # q, k, v and dropout stay positional; is_causal by name
-                node.args = node.args[:4]
-                node.kwargs = {**node.kwargs, "is_causal": True}
-            dropped.append(mask)
-        elif verdict is not None:
-            node.kwargs = {**node.kwargs, "attn_mask": verdict}
-    for mask in dict.fromkeys(dropped):  # a mask shared by several ops: once
+        read = verdicts[mask]
+        if read is None:
+            continue
+        kwargs = {k: v for k, v in node.kwargs.items() if k != "attn_mask"}
+        if read.mask is not None:
+            kwargs["attn_mask"] = read.mask
+        if read.causal:  # q, k, v and dropout stay positional; is_causal by name
+            node.args = node.args[:4]
+            kwargs["is_causal"] = True
+        node.kwargs = kwargs
+        replaced.append(mask)
+    for mask in dict.fromkeys(replaced):  # a mask shared by several ops: once; a one-row view still reads it
         _drop_dead(gm, mask)
     return gm
 
 
-def _verdict(gm: GraphModule, ctx: PassContext, mask: Node, val: torch.Tensor, memo: dict):
-    """What attention reads instead of ``mask``: `_DROP` (nothing),
-    `_CAUSAL` (nothing, and the op runs causal), a one-row view, or None
-    (the mask as it is)."""
+def _verdict(gm: GraphModule, ctx: PassContext, mask: Node, val: torch.Tensor, memo: dict) -> _Read | None:
+    """What attention reads instead of ``mask``, or None (the mask as it is)."""
     shape = list(val.shape)
     value = _constant_value(gm, mask, {})  # a fresh memo: the values of one mask at a time
     if isinstance(value, torch.Tensor) and _shifts_rows_only(value):
         ctx.decide(NAME, mask.name, f"the constant {shape} mask shifts each row's scores by one finite value, "
                    "which softmax ignores: dropped", accepted=True)  # fmt: skip
-        return _DROP
+        return _Read(None)
     if isinstance(value, torch.Tensor) and _is_causal(value):
         ctx.decide(NAME, mask.name, f"the constant {shape} mask is the causal mask: the op runs causal, "
                    "skipping the keys above the diagonal, and reads no mask", accepted=True)  # fmt: skip
-        return _CAUSAL
+        return _Read(None, causal=True)
     if val.shape[_ROW] == 1 or val.stride()[_ROW] == 0:
         return None  # read as one row already
     if _rows_equal(gm, mask, _ROW, memo):
         ctx.decide(NAME, mask.name, f"every query row of the {shape} mask is the same: attention reads one row",
                    accepted=True)  # fmt: skip
-        return _one_row(gm, mask)
-    ctx.decide(NAME, mask.name, f"the query rows of the {shape} mask may differ: attention reads it in full")
+        return _Read(_one_row(gm, mask))
+    varying = _causal_and_rows(gm, mask, memo)
+    if varying is not None:
+        ctx.decide(NAME, mask.name, f"the {shape} mask is the causal mask AND one with equal query rows: the op "
+                   "runs causal and reads that one row", accepted=True)  # fmt: skip
+        return _Read(_padding_row(gm, mask, varying), causal=True)
+    ctx.decide(NAME, mask.name, f"the query rows of the {shape} mask may differ beyond the causal pattern: "
+               "attention reads it in full")  # fmt: skip
     return None

@@ -41,6 +41,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import torch
+
 from ...kernels.spec import KernelSpec
 from .common import SIGNATURE
 from .dialects import Dialect
@@ -70,6 +72,7 @@ def _tile(dialect: Dialect) -> tuple[int, int]:
 # then mask, so causal attention keeps 64 (L=1024: 37.2 / 41.8).
 DENSE_KEYS = 256
 CAUSAL_KEYS = 64
+FLT_MAX = torch.finfo(torch.float32).max  # where a finite mask saturates in base 2 (see render)
 
 
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
@@ -238,18 +241,25 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
             f"        if (ra >= rows) break;\n"
             f"        const long rb = ra + {blk}L < rows ? ra + {blk}L : rows;"
         )
-        schedule, inverse = "dynamic", "sm[i] > 0.0f ? 1.0f / sm[i] : 0.0f"  # a skipped row outputs zeros
+        schedule = "dynamic"
     else:
         tables, key_loop, key_loop_end = "", f"for (long kb = 0; kb < {lk}L; kb += {bk}L) {{", "}"
         region = "{ const long ra = 0, rb = rows;"
-        schedule, inverse = "static", "1.0f / sm[i]"
+        schedule = "static"
+    # a row with every key masked (a left-padded query) or skipped outputs zeros, as ATen's kernel does
+    inverse = "sm[i] > 0.0f ? 1.0f / sm[i] : 0.0f"
     # the last key of block kb row i sees: the sequence's end, and under the causal flag the diagonal
     last = "(kn - 1 < q0 + i - kb ? kn - 1 : q0 + i - kb)" if a["causal"] else "kn - 1"
     # the softmax runs in base 2: scores times scale * log2(e), the mask times log2(e)
     c = a["scale"] * math.log2(math.e)
+    # a finite mask below -FLT_MAX / log2(e) (Hugging Face's float32 minimum) would overflow to -inf in
+    # base 2: it saturates at -FLT_MAX instead, so a row masked that way everywhere still averages its
+    # values as ATen's does; -inf stays -inf (a row masked so everywhere outputs zeros)
     mask_add = (
-        f"if (jj < kn) s = vfma(jj + {vl}L <= kn ? vload(mrow + kb + jj) : vloadn(mrow + kb + jj, (int)(kn - jj)), "
-        f"vset1({math.log2(math.e)!r}f), s);"
+        f"if (jj < kn) {{ "
+        f"const vf mv = jj + {vl}L <= kn ? vload(mrow + kb + jj) : vloadn(mrow + kb + jj, (int)(kn - jj)); "
+        f"const vf m2 = vmul(mv, vset1({math.log2(math.e)!r}f)); "
+        f"s = vadd(s, vselect(vgt(mv, vset1(-INFINITY)), vmax(m2, vset1({-FLT_MAX!r}f)), m2)); }}"
         if mask is not None
         else ""
     )

@@ -64,9 +64,10 @@ def render(spec: KernelSpec, name: str) -> CudaSource:
     if sparse:
         tables = sparse_tables(name, sparse, "__constant__")
         key_loop = _sparse_key_loop(name, sparse, f"hi * {qblocks}L + blockIdx.x", lk, BK)
-        inverse = "l > 0.0f ? 1.0f / l : 0.0f"  # a row that keeps no key outputs zeros
     else:
-        tables, key_loop, inverse = "", f"for (long kb = 0; kb < {lk}L; kb += {BK}L) {{", "1.0f / l"
+        tables, key_loop = "", f"for (long kb = 0; kb < {lk}L; kb += {BK}L) {{"
+    # a row with every key masked (a left-padded query) or skipped outputs zeros, as ATen's kernel does
+    inverse = "l > 0.0f ? 1.0f / l : 0.0f"
     text = f"""{PRELUDE}
 {tables}
 extern "C" __global__ void __launch_bounds__({bq}) {name}({parameters(spec)}) {{
