@@ -276,7 +276,7 @@ class PaddedAttention(torch.nn.Module):
             "window": (kv_idx <= q_idx) & (kv_idx > q_idx - 8),
         }[self.pattern]
         allowed = keep[:, None, None, :].bool() & pattern
-        mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+        mask = torch.where(allowed, 0.0, float("-inf"))  # as Hugging Face's SDPA masks fill
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -325,19 +325,23 @@ def test_query_rows_with_every_key_masked_match_aten():
     assert_close(out[1, :, 3:5], v[1].mean(dim=1, keepdim=True).expand(2, 2, 16), 1e-5)
 
 
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
-def test_a_padded_batch_through_a_decoder_runs_causal_with_one_mask_row(name, side):
+def test_a_padded_batch_through_a_decoder_runs_causal_with_one_mask_row(name, side, implementation):
     """GPT-2 and Llama with the tokenizer's padding mask as an input: Hugging
-    Face's mask is causal AND padding; every layer's attention runs with the
-    causal flag and reads the padding mask's one row. Left padding leaves
-    query rows with no key to see; they match eager too."""
+    Face's mask is causal AND padding. With SDPA attention (-inf fill) every
+    layer's attention runs with the causal flag and reads the padding mask's
+    one row. Eager attention fills with float32's minimum, where a query row
+    with no key to see averages every key: that mask is read in full, and
+    the dump says why. Left padding leaves such rows; all match eager."""
     from fusecc.bench import zoo
 
     class Padded(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.lm = zoo.get(name).model("tiny").model
+            self.lm.set_attn_implementation(implementation)
 
         def forward(self, ids, keep):
             return self.lm(ids, attention_mask=keep).logits
@@ -349,10 +353,13 @@ def test_a_padded_batch_through_a_decoder_runs_causal_with_one_mask_row(name, si
     with collect_reports() as reports:
         out = check_against_eager(Padded().eval(), ids, keep, target="c", tol=1e-3)
     assert torch.isfinite(out).all()
+    split = implementation == "sdpa"
     decisions = [d for r in reports for d in r.decisions if d.pass_name == "attention_masks"]
-    assert decisions and all(d.accepted and "causal mask AND" in d.message for d in decisions), decisions
+    assert decisions and all(d.accepted is split and "causal mask AND" in d.message for d in decisions), decisions
+    assert all("not -inf" in d.message for d in decisions) is not split
     kernels = [k["spec"]["attrs"] for r in reports for k in r.kernels if k["kind"] == "attention"]
-    assert len(kernels) == 2 and all(a["causal"] and a["mask_strides"][2] == 0 for a in kernels), kernels
+    assert len(kernels) == 2, kernels
+    assert all(a["causal"] is split and a["mask_strides"][2] == (0 if split else 40) for a in kernels), kernels
 
 
 def test_an_exported_vit_drops_its_constant_mask():

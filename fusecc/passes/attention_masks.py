@@ -22,12 +22,15 @@ Matches, for the float mask of a scaled-dot-product attention op:
   mask: the kernel skips the key blocks above the diagonal and computes
   the rest exactly as before (exp of the masked scores is 0 either way).
 * ``where(causal AND padding, 0, -inf)`` - Hugging Face's decoder mask
-  when the tokenizer's padding mask is an input: the AND's constant
+  (SDPA attention) when the tokenizer's padding mask is an input: the AND's constant
   operands together are the causal pattern, the others have equal query
   rows. The op runs with ``is_causal`` and reads ``where(padding, 0,
   -inf)`` as one row: the kernel skips the key blocks above the diagonal
   and reads Lk mask floats per image instead of Lq x Lk. On and below the
-  diagonal both masks are the padding mask; above it both give -inf.
+  diagonal both masks are the padding mask; above it both give -inf. (Its
+  eager-attention mask fills with float32's minimum instead: a query row
+  with no key to see then averages all keys, which the causal flag would
+  change - refused, with the reason.)
 * a mask whose value provably does not change along the query rows (dim
   -2): built by elementwise ops and expands from tensors of one row there,
   or from constants whose rows are all equal - a key-padding mask. The op
@@ -169,10 +172,11 @@ def _and_operands(node: object) -> list[object]:
     return [node]
 
 
-def _causal_and_rows(gm: GraphModule, mask: Node, memo: dict) -> list[Node] | None:
+def _causal_and_rows(gm: GraphModule, mask: Node, memo: dict) -> list[Node] | str | None:
     """For ``mask = where(AND(...), 0, -inf)`` whose constant AND operands
     make up the causal pattern and whose other operands have equal query
-    rows: those other operands. Else None."""
+    rows: those other operands. A reason (str) where only the fill value
+    is in the way; else None."""
     if mask.target is not aten.where.self:
         return None
     cond, on, off = mask.args
@@ -198,7 +202,16 @@ def _causal_and_rows(gm: GraphModule, mask: Node, memo: dict) -> list[Node] | No
         return None
     if not torch.equal(causal.bool(), torch.ones(lq, lk, dtype=torch.bool).tril().expand_as(causal)):
         return None
-    return varying if all(_rows_equal(gm, x, _ROW, memo) for x in varying) else None
+    if not all(_rows_equal(gm, x, _ROW, memo) for x in varying):
+        return None
+    if off_v.item() != float("-inf"):
+        # a query row that sees no key (left padding) averages all Lk keys in ATen, as every
+        # score is shifted alike; under the causal flag it would average only the keys up to it
+        return (
+            f"the mask is the causal mask AND one with equal query rows, but masks with {off_v.item():g}, not -inf: "
+            "a query row with no key to see averages every key, which the causal flag would change"
+        )
+    return varying
 
 
 def _padding_row(gm: GraphModule, mask: Node, varying: list[Node]) -> Node:
@@ -278,10 +291,13 @@ def _verdict(gm: GraphModule, ctx: PassContext, mask: Node, val: torch.Tensor, m
                    accepted=True)  # fmt: skip
         return _Read(_one_row(gm, mask))
     varying = _causal_and_rows(gm, mask, memo)
-    if varying is not None:
+    if isinstance(varying, list):
         ctx.decide(NAME, mask.name, f"the {shape} mask is the causal mask AND one with equal query rows: the op "
                    "runs causal and reads that one row", accepted=True)  # fmt: skip
         return _Read(_padding_row(gm, mask, varying), causal=True)
+    if isinstance(varying, str):
+        ctx.decide(NAME, mask.name, f"{varying}: attention reads the {shape} mask in full")
+        return None
     ctx.decide(NAME, mask.name, f"the query rows of the {shape} mask may differ beyond the causal pattern: "
                "attention reads it in full")  # fmt: skip
     return None
