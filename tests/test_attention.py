@@ -260,7 +260,8 @@ class PaddedAttention(torch.nn.Module):
     per-key validity ANDed with a pattern over (query, key) positions and
     materialized as an additive [B, 1, L, L] mask. The pattern: ``q_idx >=
     0`` (the padding-only mask function: true on every row), ``kv_idx <=
-    q_idx`` (causal) or a causal window of 8 keys."""
+    q_idx`` (causal; "causal_wide": with the padding operand [B, 1, L, L])
+    or a causal window of 8 keys."""
 
     def __init__(self, pattern: str):
         super().__init__()
@@ -273,9 +274,13 @@ class PaddedAttention(torch.nn.Module):
         pattern = {
             "padding": q_idx >= 0,
             "causal": kv_idx <= q_idx,
+            "causal_wide": kv_idx <= q_idx,
             "window": (kv_idx <= q_idx) & (kv_idx > q_idx - 8),
         }[self.pattern]
-        allowed = keep[:, None, None, :].bool() & pattern
+        padding = keep[:, None, None, :].bool()
+        if self.pattern == "causal_wide":  # the padding operand materialized over the rows (still all equal)
+            padding = padding | torch.zeros(1, 1, length, length, dtype=torch.bool)
+        allowed = padding & pattern
         mask = torch.where(allowed, 0.0, float("-inf"))  # as Hugging Face's SDPA masks fill
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
@@ -289,6 +294,7 @@ def _mask_strides(reports) -> list:
     [
         ("padding", False, 0, "every query row"),
         ("causal", True, 0, "the causal mask AND one with equal query rows"),
+        ("causal_wide", True, 0, "the causal mask AND one with equal query rows"),
         ("window", False, 40, "may differ beyond the causal pattern"),
     ],
 )

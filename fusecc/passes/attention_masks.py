@@ -22,9 +22,9 @@ Matches, for the float mask of a scaled-dot-product attention op:
   mask: the kernel skips the key blocks above the diagonal and computes
   the rest exactly as before (exp of the masked scores is 0 either way).
 * ``where(causal AND padding, 0, -inf)`` - Hugging Face's decoder mask
-  (SDPA attention) when the tokenizer's padding mask is an input: the AND's constant
-  operands together are the causal pattern, the others have equal query
-  rows. The op runs with ``is_causal`` and reads ``where(padding, 0,
+  (SDPA attention) when the tokenizer's padding mask is an input: the
+  AND's constant operands together are the causal pattern, the others
+  have equal query rows. The op runs with ``is_causal`` and reads ``where(padding, 0,
   -inf)`` as one row: the kernel skips the key blocks above the diagonal
   and reads Lk mask floats per image instead of Lq x Lk. On and below the
   diagonal both masks are the padding mask; above it both give -inf. (Its
@@ -39,7 +39,8 @@ Matches, for the float mask of a scaled-dot-product attention op:
   once per call.
 
 Refuses, with the reason in the dump: masks whose rows may differ beyond
-the causal pattern (sliding-window masks, per-query masks). Masks already read as one row are left as they are.
+the causal pattern (sliding-window masks, per-query masks). Masks already
+read as one row are left as they are.
 """
 
 from __future__ import annotations
@@ -162,12 +163,18 @@ def _one_row(gm: GraphModule, mask: Node) -> Node:
     return wide
 
 
+def _is_bool(node: object) -> bool:
+    val = tensor_meta(node)
+    return val is not None and val.dtype is torch.bool
+
+
 def _and_operands(node: object) -> list[object]:
     """The operands of a tree of boolean ANDs (and the expands broadcasting
-    them) rooted at ``node``; ``[node]`` where it is no AND."""
-    if isinstance(node, Node) and node.target is aten.expand.default:
+    them) rooted at ``node``; ``[node]`` where it is no AND. Only boolean
+    ANDs: `&` of integers is not a conjunction."""
+    if _is_bool(node) and node.target is aten.expand.default:
         return _and_operands(node.args[0])
-    if isinstance(node, Node) and node.target in _AND:
+    if _is_bool(node) and node.target in _AND and all(_is_bool(x) for x in node.args[:2]):
         return [x for arg in node.args[:2] for x in _and_operands(arg)]
     return [node]
 
@@ -187,20 +194,20 @@ def _causal_and_rows(gm: GraphModule, mask: Node, memo: dict) -> list[Node] | st
         return None
     constants, varying = [], []
     for operand in _and_operands(cond):
+        if not _is_bool(operand):
+            return None
         value = _constant_value(gm, operand, {})
         if isinstance(value, torch.Tensor):
             constants.append(value)
-        elif isinstance(operand, Node):
-            varying.append(operand)
         else:
-            return None
+            varying.append(operand)
     if not constants or not varying:
         return None
     causal = functools.reduce(torch.logical_and, constants)
     lq, lk = tensor_meta(mask).shape[-2:]
     if causal.dim() < 2 or tuple(causal.shape[-2:]) != (lq, lk):
         return None
-    if not torch.equal(causal.bool(), torch.ones(lq, lk, dtype=torch.bool).tril().expand_as(causal)):
+    if not torch.equal(causal, torch.ones(lq, lk, dtype=torch.bool).tril().expand_as(causal)):
         return None
     if not all(_rows_equal(gm, x, _ROW, memo) for x in varying):
         return None
@@ -231,8 +238,9 @@ def _padding_row(gm: GraphModule, mask: Node, varying: list[Node]) -> Node:
         for other in varying[1:]:
             cond = add(aten.bitwise_and.Tensor, (cond, other), tensor_meta(cond) & tensor_meta(other))
         where = add(aten.where.self, (cond, on, off), torch.where(tensor_meta(cond), tensor_meta(on), tensor_meta(off)))
-        if where.meta["val"].dim() < len(shape) or where.meta["val"].shape[_ROW] != 1:
-            where = add(aten.slice.Tensor, (where, len(shape) + _ROW, 0, 1), where.meta["val"].narrow(_ROW, 0, 1))
+        val = where.meta["val"]
+        if val.dim() >= -_ROW and val.shape[_ROW] != 1:  # equal rows, materialized: read the first
+            where = add(aten.slice.Tensor, (where, val.dim() + _ROW, 0, 1), val.narrow(_ROW, 0, 1))
         return add(aten.expand.default, (where, shape), where.meta["val"].expand(shape))
 
 
