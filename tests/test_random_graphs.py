@@ -1,6 +1,7 @@
 """Randomly generated graphs (hypothesis): every program built from the op
 families fusecc groups - pointwise, reductions, GEMMs with constant
-weights, layer norms - must compile and match eager."""
+weights, layer norms - must compile and match eager; so must attention
+under random shapes and masks."""
 
 import torch
 import torch.nn.functional as F
@@ -82,3 +83,59 @@ def test_random_programs_match_eager(program, dtype, target):
         ref = model(*inputs)
         out = compile_fusecc(model, target=target, fallback="silent")(*inputs)
     assert_close(out, ref, TOL[dtype] * (10 if dtype is torch.bfloat16 else 1))
+
+
+class MaskedAttention(nn.Module):
+    """SDPA under a mask of one of the kinds models hand it: an input mask
+    (``random``), or one built in the graph from per-key validity ``keep``
+    as Hugging Face builds it (``padding``; ``causal_padding``: ANDed with
+    the causal pattern), filled with -inf or float32's minimum."""
+
+    def __init__(self, kind: str, fill: float, causal: bool):
+        super().__init__()
+        self.kind, self.fill, self.causal = kind, fill, causal
+
+    def forward(self, q, k, v, mask, keep):
+        if self.kind == "none":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        if self.kind == "random":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        q_idx = torch.arange(q.shape[2])[None, None, :, None]
+        kv_idx = torch.arange(k.shape[2])[None, None, None, :]
+        allowed = keep[:, None, None, :].bool() & (kv_idx <= q_idx if self.kind == "causal_padding" else q_idx >= 0)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=torch.where(allowed, 0.0, self.fill))
+
+
+@st.composite
+def attention_cases(draw):
+    b, h = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    lq, lk, d = draw(st.integers(1, 70)), draw(st.integers(1, 70)), draw(st.sampled_from([8, 16, 24, 64]))
+    kind = draw(st.sampled_from(["none", "random", "padding", "causal_padding"]))
+    fill = draw(st.sampled_from([float("-inf"), torch.finfo(torch.float32).min]))
+    causal = kind == "none" and draw(st.booleans())
+    # per image: the kept keys [start, end) - left or right padding, or none kept at all
+    spans = [sorted(draw(st.tuples(st.integers(0, lk), st.integers(0, lk)))) for _ in range(b)]
+    masked_fraction = draw(st.sampled_from([0.0, 0.3, 0.9, 1.0]))
+    return b, h, lq, lk, d, kind, fill, causal, spans, masked_fraction, draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(attention_cases())
+@example((2, 2, 40, 40, 16, "causal_padding", float("-inf"), False, [(0, 40), (11, 40)], 0.0, 0))  # left padding
+def test_random_attention_masks_match_eager(case):
+    """Attention under random shapes and masks - rows that see no key, left
+    and right padding, -inf or float32's minimum - compiled by the C target
+    (`attention_masks` rewriting the masks it can) must match eager."""
+    b, h, lq, lk, d, kind, fill, causal, spans, masked_fraction, seed = case
+    torch.manual_seed(seed)
+    q, k, v = torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, d)
+    mask = torch.zeros(b, 1, lq, lk).masked_fill(torch.rand(b, 1, lq, lk) < masked_fraction, fill)
+    keep = torch.zeros(b, lk, dtype=torch.long)
+    for image, (start, end) in enumerate(spans):
+        keep[image, start:end] = 1
+    model = MaskedAttention(kind, fill, causal).eval()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ref = model(q, k, v, mask, keep)
+        out = compile_fusecc(model, target="c")(q, k, v, mask, keep)
+    assert_close(out, ref, TOL[torch.float32])
