@@ -396,6 +396,40 @@ def test_block_gemm_tiles_fit_the_registers_and_pad_least(dialect):
         assert panel_tile(576, d) == (6, 4)
 
 
+@pytest.mark.parametrize("dialect", ["avx512", "avx2", "neon"])
+def test_a_7x7_inverted_residual_with_large_1x1_layers_runs_as_its_layers_on_avx512(dialect):
+    """MobileNetV2's 7x7 blocks (160-960-160 at batch 1): untuned, on AVX-512
+    - where it was measured - the layers beat the block kernel; elsewhere,
+    and for small channel counts on the same map, the block stays."""
+    from conftest import recorded_block
+    from fusecc.codegen.c import block
+    from fusecc.codegen.c.dialects import DIALECTS
+
+    large = recorded_block(_randomize_bn(InvertedResidual(160, 160, 6)), _nhwc(1, 160, 7, 7))[1]
+    small = recorded_block(_randomize_bn(InvertedResidual(16, 16, 6)), _nhwc(1, 16, 7, 7))[1]
+    reason = block.unfused_by_default(large, DIALECTS[dialect])
+    assert (reason is not None) == (dialect == "avx512") and (reason is None or "on 49 pixels" in reason)
+    assert block.unfused_by_default(small, DIALECTS[dialect]) is None
+
+
+def test_skinny_1x1_layers_run_channel_major_with_one_vector_tiles():
+    """The 7x7 block's layers on this machine: where the dialect is AVX-512,
+    its 1x1 layers (49 pixels, 600 KiB of weights each) run channel-major
+    with 14 x 1-vector tiles; all match eager."""
+    from fusecc.targets.cpu import HostCTarget
+
+    report = _compile_report(_randomize_bn(InvertedResidual(160, 160, 6)), _nhwc(1, 160, 7, 7), target="c")
+    convs = [k for k in report.kernels if k["kind"] == "conv"]
+    if HostCTarget().dialect.name != "avx512":
+        assert _block_kernels(report) and not convs
+        return
+    assert not _block_kernels(report) and len(convs) == 3
+    pointwise = [k["params"] for k in convs if k["params"]["algo"] == "nhwc_gemm"]
+    assert len(pointwise) == 2 and all(
+        p["schedule"] == "channel_major" and tuple(p["tile"]) == (14, 1) for p in pointwise
+    ), pointwise
+
+
 def test_convnext_budget_is_this_machines_l2(tmp_path):
     """The ConvNeXt kernel sizes its bands to one core's L2 as sysfs reports
     it (skipping L1 and instruction caches), 1 MB where nothing is reported."""

@@ -60,7 +60,7 @@ class HostCTarget(Target):
                 params, tuning = chooser(group, spec, constants)
                 # no measurement decided: the block or its layers were never timed
                 if spec.kind == "block" and ("layers_us" not in (tuning or {}) or "best_us" not in tuning):
-                    reason = c_codegen.block.unfused_by_default(spec)
+                    reason = c_codegen.block.unfused_by_default(spec, self.dialect)
                     if reason:
                         raise KeepUnfused(f"untuned, {reason}")
                 source = c_codegen.render(spec, self.dialect, params)

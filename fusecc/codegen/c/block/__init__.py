@@ -45,10 +45,10 @@ def _pattern(spec: KernelSpec) -> ModuleType:
         raise NotImplementedError(f"no block kernel for pattern {pattern!r} (known: {', '.join(PATTERNS)})") from None
 
 
-def unfused_by_default(spec: KernelSpec) -> str | None:
+def unfused_by_default(spec: KernelSpec, dialect: Dialect) -> str | None:
     """Why, untuned, the layers one by one are the better default (None: the
     block kernel is). The tuner measures both either way."""
-    return _pattern(spec).unfused_reason(spec)
+    return _pattern(spec).unfused_reason(spec, dialect)
 
 
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:

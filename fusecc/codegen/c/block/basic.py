@@ -28,7 +28,7 @@ def check(spec: KernelSpec) -> None:
     check_channels_last(spec, first)
 
 
-def unfused_reason(spec: KernelSpec) -> str:
+def unfused_reason(spec: KernelSpec, dialect: Dialect) -> str:
     """A basic block (both layers dense kxk, run a row at a time by
     `rows.conv_row`) loses to the indirect convolution kernels it replaces:
     64 @56 1.02 / 0.94 ms (batch 8: 7.6 / 7.8), 128 @28 1.03 / 0.96, 256

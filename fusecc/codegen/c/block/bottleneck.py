@@ -30,7 +30,7 @@ def check(spec: KernelSpec) -> None:
         raise NotImplementedError("a bottleneck's middle layer is a dense kxk convolution keeping its channels")
 
 
-def unfused_reason(spec: KernelSpec) -> str | None:
+def unfused_reason(spec: KernelSpec, dialect: Dialect) -> str | None:
     """A bottleneck is compute-bound; fused, it saves the two reduced
     tensors' round trips, which pays only while its dense middle weights
     are small: 256-64-256 @56 (147 KB) block vs layers 0.89 / 0.89 ms at

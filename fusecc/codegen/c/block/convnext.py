@@ -96,7 +96,7 @@ def check(spec: KernelSpec) -> None:
     check_channels_last(spec, dw)
 
 
-def unfused_reason(spec: KernelSpec) -> str | None:
+def unfused_reason(spec: KernelSpec, dialect: Dialect) -> str | None:
     """A ConvNeXt block walks its GEMM weights once per band and thread;
     once they outgrow L2 they stream from L3 each time, while the separate
     GEMMs read them about once. Measured here (ms, block vs layers, batch 1

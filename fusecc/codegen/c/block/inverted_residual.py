@@ -5,15 +5,19 @@ block's largest, never exists in full."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ....kernels.spec import KernelSpec, conv_geometry
 from ..common import DEPTHWISE_PIXELS
+from ..conv import SKINNY_PIXELS
 from ..dialects import Dialect
 from . import banded
 from .common import (
     check_channels_last,
     check_f32,
+    gemm_dims,
     layers,
     pack_depthwise,
     pack_pointwise,
@@ -24,6 +28,7 @@ from .common import (
 from .rows import depthwise_row
 
 SPLIT_ROWS_BELOW = 10  # output rows per thread under which a channel split wins
+SKINNY_BLOCK_WEIGHTS = 512 * 1024  # 1x1 weights from which a block on a skinny map runs as layers
 
 
 def walk(spec: KernelSpec) -> banded.Walk:
@@ -62,8 +67,21 @@ def check(spec: KernelSpec) -> None:
         raise NotImplementedError("the middle layer of a block is not depthwise")
 
 
-def unfused_reason(spec: KernelSpec) -> str | None:
-    return None  # memory-bound: the block kernel wins on every MobileNetV2 shape measured
+def unfused_reason(spec: KernelSpec, dialect: Dialect) -> str | None:
+    """Memory-bound, the block kernel wins on MobileNetV2's larger maps. On a
+    map of a few dozen pixels with large 1x1 layers (its 7x7 blocks at batch
+    1: 0.6-1.8 MB of 1x1 weights) the layers run faster alone, as
+    channel-major GEMMs with one-vector tiles (`conv.skinny_pointwise`).
+    Only where that was measured - AVX-512, a Zen 4: the exported model
+    2.3-2.7% faster, where the same layers with the old tiles gained 0.2%."""
+    w = walk(spec)
+    g = banded.middle_geometry(spec, w)
+    pixels = g["n"] * g["oh"] * g["ow"]
+    weights = sum(4 * math.prod(gemm_dims(layers(spec)[i])) for i in (w.expand, w.last) if i is not None)
+    if dialect.name == "avx512" and pixels <= SKINNY_PIXELS and weights >= SKINNY_BLOCK_WEIGHTS:
+        return (f"on {pixels} pixels its 1x1 layers ({weights / 2**10:.0f} KiB of weights) run faster alone, "
+                "as channel-major GEMMs")  # fmt: skip
+    return None
 
 
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
