@@ -412,6 +412,31 @@ def test_a_7x7_inverted_residual_with_large_1x1_layers_runs_as_its_layers_on_avx
     assert block.unfused_by_default(small, DIALECTS[dialect]) is None
 
 
+def test_a_strided_block_on_a_small_map_splits_by_rows_one_band_per_thread(tmp_path):
+    """MobileNetV2's 28x28 -> 14x14 block at batch 1 on two threads: its
+    expand reads 14 input rows a thread, so it splits by rows (halo: one
+    input row) in one band per thread; a stride-1 14x14 block still splits
+    its channels. The kernel so configured matches eager on 1-3 threads."""
+    from conftest import recorded_block
+    from fusecc.codegen.c.block import inverted_residual
+    from fusecc.codegen.c.dialects import DIALECTS
+
+    def block(cin, cout, stride, hw):
+        return _randomize_bn(InvertedResidual(cin, cout, 6, stride)), _nhwc(1, cin, hw, hw)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        strided = recorded_block(*block(32, 64, 2, 28))[1]
+        plain = recorded_block(*block(64, 64, 1, 14))[1]
+        params = inverted_residual.default_params(strided, DIALECTS["avx512"])
+        assert (params["split"], params["band"]) == ("rows", 7)
+        assert inverted_residual.default_params(plain, DIALECTS["avx512"])["split"] == "channels"
+    finally:
+        torch.set_num_threads(threads)
+    _block_matches_on_any_thread_count(*block(32, 64, 2, 28), tmp_path, split="rows", band=7)
+
+
 def test_skinny_1x1_layers_run_channel_major_with_one_vector_tiles():
     """The 7x7 block's layers on this machine: where the dialect is AVX-512,
     its 1x1 layers (49 pixels, 600 KiB of weights each) run channel-major
