@@ -14,13 +14,12 @@ and reads the padding mask's one row per image.
     python docs/scripts/causal_mask_ab.py 1024 6 --mask-input
 """
 
-import statistics
 import sys
 
 import torch
+from pass_ab import pass_on_off
 
 from fusecc.bench import zoo
-from fusecc.bench.timing import alternated_rounds, paired_ratio
 
 
 class WithMaskInput(torch.nn.Module):
@@ -44,18 +43,7 @@ def main() -> None:
         inputs = (torch.randint(0, 50000, (2, tokens)), keep)
     else:
         inputs = (torch.randint(0, 50000, (1, tokens)),)
-    runs = {}
-    with torch.no_grad():
-        reference = model(*inputs)
-        for label, on in (("causal_flag", True), ("mask", False)):
-            torch._dynamo.reset()
-            compiled = torch.compile(model, backend="fusecc", options={"passes": {"attention_masks": on}})
-            print(f"{label}: max abs error to eager {(compiled(*inputs) - reference).abs().max().item():.2e}")
-            runs[label] = lambda c=compiled: c(*inputs)
-        times = alternated_rounds(runs, rounds, calls=2)
-    median, q1, q3 = paired_ratio(times["mask"], times["causal_flag"])
-    ms = {label: round(statistics.median(t) * 1e3, 1) for label, t in times.items()}
-    print(f"{ms} ms; mask / causal_flag {median:.3f}x (quartiles {q1:.3f}-{q3:.3f})")
+    pass_on_off(model, inputs, "attention_masks", ("causal_flag", "mask"), rounds, calls=2)
 
 
 if __name__ == "__main__":
