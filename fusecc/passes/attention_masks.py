@@ -151,16 +151,22 @@ def _drop_dead(gm: GraphModule, node: Node) -> None:
         _drop_dead(gm, x)
 
 
-def _one_row(gm: GraphModule, mask: Node) -> Node:
-    """``mask`` as a view of its first row, expanded back over the rows."""
-    val = tensor_meta(mask)
-    with gm.graph.inserting_after(mask):
-        row = gm.graph.call_function(aten.slice.Tensor, (mask, val.dim() + _ROW, 0, 1))
-        row.meta["val"] = val.narrow(_ROW, 0, 1)
-    with gm.graph.inserting_after(row):
-        wide = gm.graph.call_function(aten.expand.default, (row, list(val.shape)))
-        wide.meta["val"] = row.meta["val"].expand(val.shape)
-    return wide
+def _add(graph: torch.fx.Graph, target, args: tuple, val: torch.Tensor) -> Node:
+    """A call_function node with its recorded value."""
+    node = graph.call_function(target, args)
+    node.meta["val"] = val
+    return node
+
+
+def _one_row(graph: torch.fx.Graph, node: Node, shape: list[int]) -> Node:
+    """``node`` (equal along the rows) as a view of its first row - sliced
+    where it has more than one - expanded to ``shape``: stride 0 over the
+    rows. Inserted right after ``node``."""
+    val = tensor_meta(node)
+    with graph.inserting_before(node.next):  # in order
+        if val.dim() >= -_ROW and val.shape[_ROW] != 1:
+            node = _add(graph, aten.slice.Tensor, (node, val.dim() + _ROW, 0, 1), val.narrow(_ROW, 0, 1))
+        return _add(graph, aten.expand.default, (node, shape), tensor_meta(node).expand(shape))
 
 
 def _is_bool(node: object) -> bool:
@@ -225,23 +231,14 @@ def _padding_row(gm: GraphModule, mask: Node, varying: list[Node]) -> Node:
     """``where(AND(varying), 0, -inf)`` (``mask``'s own values) as one row,
     expanded to ``mask``'s shape."""
     _, on, off = mask.args
-    shape = list(tensor_meta(mask).shape)
     graph = gm.graph
-
-    def add(target, args: tuple, val: torch.Tensor) -> Node:
-        node = graph.call_function(target, args)
-        node.meta["val"] = val
-        return node
-
     with graph.inserting_before(mask.next):  # in order, after mask and so after its inputs
         cond = varying[0]
         for other in varying[1:]:
-            cond = add(aten.bitwise_and.Tensor, (cond, other), tensor_meta(cond) & tensor_meta(other))
-        where = add(aten.where.self, (cond, on, off), torch.where(tensor_meta(cond), tensor_meta(on), tensor_meta(off)))
-        val = where.meta["val"]
-        if val.dim() >= -_ROW and val.shape[_ROW] != 1:  # equal rows, materialized: read the first
-            where = add(aten.slice.Tensor, (where, val.dim() + _ROW, 0, 1), val.narrow(_ROW, 0, 1))
-        return add(aten.expand.default, (where, shape), where.meta["val"].expand(shape))
+            cond = _add(graph, aten.bitwise_and.Tensor, (cond, other), tensor_meta(cond) & tensor_meta(other))
+        where_val = torch.where(tensor_meta(cond), tensor_meta(on), tensor_meta(off))
+        where = _add(graph, aten.where.self, (cond, on, off), where_val)
+    return _one_row(graph, where, list(tensor_meta(mask).shape))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,7 +294,7 @@ def _verdict(gm: GraphModule, ctx: PassContext, mask: Node, val: torch.Tensor, m
     if _rows_equal(gm, mask, _ROW, memo):
         ctx.decide(NAME, mask.name, f"every query row of the {shape} mask is the same: attention reads one row",
                    accepted=True)  # fmt: skip
-        return _Read(_one_row(gm, mask))
+        return _Read(_one_row(gm.graph, mask, shape))
     varying = _causal_and_rows(gm, mask, memo)
     if isinstance(varying, list):
         ctx.decide(NAME, mask.name, f"the {shape} mask is the causal mask AND one with equal query rows: the op "
