@@ -261,16 +261,16 @@ class PaddedAttention(torch.nn.Module):
     materialized as an additive [B, 1, L, L] mask. The pattern: ``q_idx >=
     0`` (the padding-only mask function: true on every row), ``kv_idx <=
     q_idx`` (causal; "causal_wide": with the padding operand [B, 1, L, L])
-    or a causal window of 8 keys."""
+    or a causal window of 8 keys. Filled with -inf, as Hugging Face's SDPA
+    masks are, or ``fill``."""
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, fill: float = float("-inf")):
         super().__init__()
-        self.pattern = pattern
+        self.pattern, self.fill = pattern, fill
 
     def forward(self, q, k, v, keep):
-        length = q.shape[2]
-        q_idx = torch.arange(length)[None, None, :, None]
-        kv_idx = torch.arange(length)[None, None, None, :]
+        q_idx = torch.arange(q.shape[2])[None, None, :, None]
+        kv_idx = torch.arange(k.shape[2])[None, None, None, :]
         pattern = {
             "padding": q_idx >= 0,
             "causal": kv_idx <= q_idx,
@@ -279,9 +279,8 @@ class PaddedAttention(torch.nn.Module):
         }[self.pattern]
         padding = keep[:, None, None, :].bool()
         if self.pattern == "causal_wide":  # the padding operand materialized over the rows (still all equal)
-            padding = padding | torch.zeros(1, 1, length, length, dtype=torch.bool)
-        allowed = padding & pattern
-        mask = torch.where(allowed, 0.0, float("-inf"))  # as Hugging Face's SDPA masks fill
+            padding = padding | torch.zeros(1, 1, q.shape[2], k.shape[2], dtype=torch.bool)
+        mask = torch.where(padding & pattern, 0.0, self.fill)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

@@ -86,24 +86,24 @@ def test_random_programs_match_eager(program, dtype, target):
 
 
 class MaskedAttention(nn.Module):
-    """SDPA under a mask of one of the kinds models hand it: an input mask
-    (``random``), or one built in the graph from per-key validity ``keep``
-    as Hugging Face builds it (``padding``; ``causal_padding``: ANDed with
-    the causal pattern), filled with -inf or float32's minimum."""
+    """SDPA under a mask of one of the kinds models hand it: none (``causal``
+    or not), an input mask (``random``), or one built in the graph from
+    per-key validity ``keep`` as Hugging Face builds it (``padding``;
+    ``causal_padding``: ANDed with the causal pattern), filled with ``fill``."""
 
     def __init__(self, kind: str, fill: float, causal: bool):
         super().__init__()
-        self.kind, self.fill, self.causal = kind, fill, causal
+        from test_attention import PaddedAttention
+
+        self.kind, self.causal = kind, causal
+        self.built = PaddedAttention("causal" if kind == "causal_padding" else "padding", fill)
 
     def forward(self, q, k, v, mask, keep):
         if self.kind == "none":
             return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         if self.kind == "random":
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        q_idx = torch.arange(q.shape[2])[None, None, :, None]
-        kv_idx = torch.arange(k.shape[2])[None, None, None, :]
-        allowed = keep[:, None, None, :].bool() & (kv_idx <= q_idx if self.kind == "causal_padding" else q_idx >= 0)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=torch.where(allowed, 0.0, self.fill))
+        return self.built(q, k, v, keep)
 
 
 @st.composite
