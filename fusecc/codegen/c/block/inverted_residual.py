@@ -88,8 +88,12 @@ def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
     return {"band": (1, 2, 4, 8, 16), "split": ("rows", "channels"), "dw_pixels": DEPTHWISE_PIXELS}
 
 
+def _threads() -> int:
+    return max(2, torch.get_num_threads())
+
+
 def _rows_per_thread(g: dict) -> float:
-    return g["n"] * g["oh"] / max(2, torch.get_num_threads())
+    return g["n"] * g["oh"] / _threads()
 
 
 def _default_split(spec: KernelSpec) -> str:
@@ -105,7 +109,7 @@ def _default_split(spec: KernelSpec) -> str:
     block (14 input rows a thread) splits by rows."""
     g = banded.middle_geometry(spec, walk(spec))
     few_rows = _rows_per_thread(g) * g["sh"] < SPLIT_ROWS_BELOW
-    return "channels" if g["n"] < max(2, torch.get_num_threads()) and few_rows else "rows"
+    return "channels" if g["n"] < _threads() and few_rows else "rows"
 
 
 def _default_band(spec: KernelSpec, split: str) -> int:
@@ -118,7 +122,7 @@ def _default_band(spec: KernelSpec, split: str) -> int:
     faster in paired runs on a Zen 4."""
     g = banded.middle_geometry(spec, walk(spec))
     rows = _rows_per_thread(g)
-    if split == "rows" and g["n"] < max(2, torch.get_num_threads()) and rows < SPLIT_ROWS_BELOW:
+    if split == "rows" and g["n"] < _threads() and rows < SPLIT_ROWS_BELOW:
         return math.ceil(rows)
     return banded.band_rows(spec, walk(spec))
 
