@@ -437,6 +437,34 @@ def test_a_strided_block_on_a_small_map_splits_by_rows_one_band_per_thread(tmp_p
     _block_matches_on_any_thread_count(*block(32, 64, 2, 28), tmp_path, split="rows", band=7)
 
 
+def test_a_channel_split_that_would_leave_one_thread_more_panels_splits_by_rows(tmp_path):
+    """MobileNetV2's 96-576-96 blocks at 14x14 on two threads: 576 expanded
+    channels are 9 panels of 64 on AVX-512, 5 for one thread and 4 for the
+    other, so the block splits by rows, in bands its L2 budget allows; the
+    64-384-64 block's 6 panels divide evenly and it keeps the channel split.
+    The row-split kernel matches eager on 1-3 threads."""
+    from conftest import recorded_block
+    from fusecc.codegen.c.block import banded, inverted_residual
+    from fusecc.codegen.c.dialects import DIALECTS
+
+    def block(cin, hw=14):
+        return _randomize_bn(InvertedResidual(cin, cin, 6)), _nhwc(1, cin, hw, hw)
+
+    avx512 = DIALECTS["avx512"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        uneven, even = recorded_block(*block(96))[1], recorded_block(*block(64))[1]
+        params = inverted_residual.default_params(uneven, avx512)
+        assert banded.split_units(uneven, inverted_residual.walk(uneven), params["tiles"], avx512.vl)[2] == 9
+        assert params["split"] == "rows"
+        assert params["band"] == banded.band_rows(uneven, inverted_residual.walk(uneven)) < 7
+        assert inverted_residual.default_params(even, avx512)["split"] == "channels"
+    finally:
+        torch.set_num_threads(threads)
+    _block_matches_on_any_thread_count(*block(96), tmp_path, split="rows", band=params["band"])
+
+
 def test_skinny_1x1_layers_run_channel_major_with_one_vector_tiles():
     """The 7x7 block's layers on this machine: where the dialect is AVX-512,
     its 1x1 layers (49 pixels, 600 KiB of weights each) run channel-major
@@ -453,6 +481,21 @@ def test_skinny_1x1_layers_run_channel_major_with_one_vector_tiles():
     assert len(pointwise) == 2 and all(
         p["schedule"] == "channel_major" and tuple(p["tile"]) == (14, 1) for p in pointwise
     ), pointwise
+
+
+def test_skinny_1x1_layers_take_weights_up_to_two_megabytes():
+    """MobileNetV2's last 1x1 layer (320 -> 1280 at 7x7, 1.6 MB) counts as
+    skinny; ResNet-50's 512 -> 2048 at 7x7 (4 MB), a 3x3 layer and a 14x14
+    map do not."""
+    from fusecc.codegen.c.conv import skinny_pointwise
+
+    def geo(cin, cout, hw=7, k=1):
+        return {"n": 1, "P": hw * hw, "K": cin * k * k, "cout": cout, "kh": k, "kw": k}
+
+    assert skinny_pointwise(geo(320, 1280)) and skinny_pointwise(geo(960, 320))
+    assert not skinny_pointwise(geo(512, 2048))
+    assert not skinny_pointwise(geo(160, 160, k=3))
+    assert not skinny_pointwise(geo(96, 576, hw=14))
 
 
 def test_convnext_budget_is_this_machines_l2(tmp_path):

@@ -107,6 +107,16 @@ def project_tail(
     return [fn], call
 
 
+def split_units(spec: KernelSpec, walk: Walk, tiles: list, vl: int) -> tuple[int, int, int]:
+    """How a channel split cuts the channels: (channels a unit, channels split,
+    units). Units are whole panels of the GEMM producing them (or whole
+    vectors of the input when no GEMM does), and a thread takes a run of them."""
+    split_tail = walk.split_layer is not None
+    unit = tiles[0][1] * vl if walk.expand is not None or split_tail else vl
+    split_channels = gemm_dims(layers(spec)[walk.split_layer])[1] if split_tail else middle_geometry(spec, walk)["cout"]
+    return unit, split_channels, math.ceil(split_channels / unit)
+
+
 def _thread_buf(t: str, per_thread: int) -> str:
     return f"(float*)(((uintptr_t)(ws + (size_t){t} * {4 * per_thread + 128}) + 63) & ~(uintptr_t)63)"
 
@@ -129,11 +139,8 @@ def render(spec: KernelSpec, walk: Walk, name: str, vl: int, params: dict, middl
     x_i = spec.attrs["operand_maps"][0][(expand or layers(spec)[walk.middle]).attrs["input"]]
     out_i = len(spec.operands)
     w_dw = weight_operand(spec, walk.middle)
-    # channel ranges are whole panels of the GEMM producing them (or whole vectors of the input)
     split_tail = walk.split_layer is not None
-    unit = params["tiles"][0][1] * vl if expand is not None or split_tail else vl
-    split_channels = gemm_dims(layers(spec)[walk.split_layer])[1] if split_tail else ce
-    units = math.ceil(split_channels / unit)
+    unit, split_channels, units = split_units(spec, walk, params["tiles"], vl)
 
     parts = []
     if expand is not None:

@@ -28,6 +28,7 @@ from .common import (
 from .rows import depthwise_row
 
 SPLIT_ROWS_BELOW = 10  # output rows per thread under which a channel split wins
+BALANCED_SHARES = 1.05  # a channel split's largest thread share over the mean, at most
 SKINNY_BLOCK_WEIGHTS = 512 * 1024  # 1x1 weights from which a block on a skinny map runs as layers
 
 
@@ -96,7 +97,7 @@ def _rows_per_thread(g: dict) -> float:
     return g["n"] * g["oh"] / _threads()
 
 
-def _default_split(spec: KernelSpec) -> str:
+def _default_split(spec: KernelSpec, dialect: Dialect) -> str:
     """Small maps with fewer images than threads: split the expanded
     channels, not the rows. Rows split an image into runs whose depthwise
     halo is recomputed by both neighbours - 2 rows of expand GEMM per 3.5
@@ -106,15 +107,23 @@ def _default_split(spec: KernelSpec) -> str:
     rows, 328 us by channels; its 7x7 blocks 200-346 us by rows, 162-251 by
     channels). The expand runs on the input rows, stride times the output
     rows, so a strided block counts those: MobileNetV2's 28x28 -> 14x14
-    block (14 input rows a thread) splits by rows."""
+    block (14 input rows a thread) splits by rows. A channel split hands out
+    whole expand panels, so it also needs them to divide evenly: 576
+    channels are 9 panels of 64, 5 for one thread and 4 for the other, and
+    MobileNetV2's two 96-576-96 blocks ran 1.5% of the model faster split by
+    rows (Zen 4), as the tuner had chosen."""
     g = banded.middle_geometry(spec, walk(spec))
     few_rows = _rows_per_thread(g) * g["sh"] < SPLIT_ROWS_BELOW
-    return "channels" if g["n"] < _threads() and few_rows else "rows"
+    if g["n"] >= _threads() or not few_rows:
+        return "rows"
+    _, _, units = banded.split_units(spec, walk(spec), pointwise_tiles(spec, dialect), dialect.vl)
+    largest_share = math.ceil(units / _threads())
+    return "channels" if largest_share * _threads() <= units * BALANCED_SHARES else "rows"
 
 
 def _default_band(spec: KernelSpec, split: str) -> int:
-    """`banded.band_rows`, except for a map split by rows for its stride
-    alone (fewer output rows a thread than the threshold): one band per
+    """`banded.band_rows`, except for a strided map split by rows for its
+    stride alone (fewer output rows a thread than the threshold): one band per
     thread, so its project GEMM gets the thread's pixels in one call (98 for
     MobileNetV2's 14x14 block against 42 with the L2 budget's 3 rows; its
     ring of 15 rows, 345 KB, still fits a 1 MB L2). The tuner found that
@@ -122,7 +131,7 @@ def _default_band(spec: KernelSpec, split: str) -> int:
     faster in paired runs on a Zen 4."""
     g = banded.middle_geometry(spec, walk(spec))
     rows = _rows_per_thread(g)
-    if split == "rows" and g["n"] < _threads() and rows < SPLIT_ROWS_BELOW:
+    if split == "rows" and g["n"] < _threads() and rows < SPLIT_ROWS_BELOW and g["sh"] > 1:
         return math.ceil(rows)
     return banded.band_rows(spec, walk(spec))
 
@@ -137,7 +146,7 @@ def pointwise_tiles(spec: KernelSpec, dialect: Dialect) -> list:
 
 
 def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
-    split = _default_split(spec)
+    split = _default_split(spec, dialect)
     return {
         "band": _default_band(spec, split),
         "tiles": pointwise_tiles(spec, dialect),
