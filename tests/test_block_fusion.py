@@ -483,6 +483,40 @@ def test_skinny_1x1_layers_run_channel_major_with_one_vector_tiles():
     ), pointwise
 
 
+@pytest.mark.parametrize(
+    "model, shape",
+    [
+        (lambda: InvertedResidual(24, 24, 6), (1, 24, 12, 12)),  # 24-channel project (MobileNetV2's 56x56 blocks)
+        (lambda: InvertedResidual(16, 24, 6, stride=2), (1, 16, 14, 14)),
+        (lambda: BasicBlock(40), (1, 40, 9, 9)),  # dense 3x3 layers accumulating their taps, 2.5 vectors
+    ],
+    ids=["inverted_residual_24", "inverted_residual_s2_24", "basic_40"],
+)
+def test_block_gemms_compute_a_half_empty_last_vector_in_half_vectors(model, shape, tmp_path):
+    """On AVX-512, a block GEMM whose one panel ends in a vector of 8
+    channels or fewer (24 = 1.5 vectors, 40 = 2.5) computes that vector in
+    256-bit halves; a full panel (32 channels) does not. The kernels match
+    eager on 1-3 threads wherever they run."""
+    from conftest import recorded_block
+    from fusecc.codegen import c as c_codegen
+    from fusecc.codegen.c.dialects import DIALECTS
+    from fusecc.codegen.c.gemm import half_last_vector
+    from fusecc.targets.cpu import HostCTarget
+
+    assert half_last_vector(24, 2, 16) and half_last_vector(40, 3, 16) and half_last_vector(8, 1, 16)
+    assert not half_last_vector(32, 2, 16) and not half_last_vector(28, 2, 16) and not half_last_vector(24, 3, 8)
+    block_model, x = _randomize_bn(model()), _nhwc(*shape)
+    spec = recorded_block(block_model, x)[1]
+    def half_fmas(spec) -> int:  # calls, not the prelude's definition
+        return c_codegen.render(spec, DIALECTS["avx512"]).text.count(" = vhfma(")
+
+    assert half_fmas(spec) > 0
+    full = recorded_block(_randomize_bn(InvertedResidual(32, 32, 6)), _nhwc(1, 32, 12, 12))[1]
+    assert half_fmas(full) == 0
+    if HostCTarget().dialect.name == "avx512":
+        _block_matches_on_any_thread_count(block_model, x, tmp_path)
+
+
 def test_skinny_1x1_layers_take_weights_up_to_two_megabytes():
     """MobileNetV2's last 1x1 layer (320 -> 1280 at 7x7, 1.6 MB) counts as
     skinny; ResNet-50's 512 -> 2048 at 7x7 (4 MB), a 3x3 layer and a 14x14

@@ -590,8 +590,9 @@ def _render_nhwc_gemm(spec: KernelSpec, name: str, vl: int, params: dict, geo: d
     # ... and its epilogue the next tile's residual and output lines (the
     # 64 -> 256 layers adding the residual at 56x56: 544-592 -> 440-485 us)
     full, part = _nhwc_epilogue(spec, geo, mr if stream_rows else 0)
+    half = gemm.half_last_vector(geo["cout"], nv, vl)
     kernels = [
-        microkernel(f"{name}_ukr{r}", r, nv, vl, "lda", "1", params.get("kc", 256), stream=stream)
+        microkernel(f"{name}_ukr{r}", r, nv, vl, "lda", "1", params.get("kc", 256), stream=stream, half_last=half)
         for r in range(1, mr + 1)
     ]
     pf_param, pf_arg = (gemm.STREAM_PARAMS, gemm.STREAM_ARGS) if stream else ("", "")

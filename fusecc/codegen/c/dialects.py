@@ -68,6 +68,12 @@ typedef __mmask16 vm;
 #define vreduce_add(v) _mm512_reduce_add_ps(v)
 #define vreduce_max(v) _mm512_reduce_max_ps(v)
 #define vreduce_min(v) _mm512_reduce_min_ps(v)
+/* half vectors (8 floats, gemm.microkernel's half_last) */
+typedef __m256 vhf;
+#define vhload(p) _mm256_loadu_ps(p)
+#define vhzero() _mm256_setzero_ps()
+#define vhfma(a, b, c) _mm256_fmadd_ps(_mm512_castps512_ps256(a), b, c)
+#define vhwiden(h) _mm512_zextps256_ps512(h)
 static inline vf vload_bf16(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }

@@ -109,6 +109,7 @@ def microkernel(
     inline: bool = True,
     accumulate: bool = False,
     stream: bool = False,
+    half_last: bool = False,
 ) -> str:
     """``static inline void fn(long K, const float* a, long lda, const float* bp, float* tile)``:
     tile[MR x NR] = sum_k a[i*a_row + k*a_k] * bp[k*NR + l] (a broadcast, bp loaded);
@@ -123,9 +124,20 @@ def microkernel(
     ``stream`` adds the arguments ``const float* pf, long pf_rate``: the k
     loop also prefetches the lines of ``pf`` into L2 at ``pf_rate`` lines
     per step (16.16 fixed point, `fc_stream_rate`): the weights the caller
-    reads next, streamed from memory while these are computed."""
+    reads next, streamed from memory while these are computed.
+    ``half_last`` computes the last vector of each row in half vectors
+    (AVX-512's ``vhf``; see `half_last_vector`): the upper half of its tile
+    vector is stored as zeros."""
     nr = nv * vl
     first = "vload(tile + {o})" if accumulate else "k0 ? vload(tile + {o}) : vzero()"
+    first_half = "vhload(tile + {o})" if accumulate else "k0 ? vhload(tile + {o}) : vhzero()"
+
+    def half(j: int) -> bool:
+        return half_last and j == nv - 1
+
+    def init(i: int, j: int) -> str:
+        o = i * nr + j * vl
+        return f"vhf c{i}_{j} = {first_half.format(o=o)};" if half(j) else f"vf c{i}_{j} = {first.format(o=o)};"
     a_type = "uint16_t" if a_dtype == "bf16" else "float"
     linkage = "static inline" if inline else "static __attribute__((noinline))"
     stream_arg = STREAM_PARAMS if stream else ""
@@ -137,7 +149,7 @@ def microkernel(
         f"  const long k1 = k0 + {kc} < K ? k0 + {kc} : K;",
     ]
     for i in range(mr):
-        lines.append("  " + " ".join(f"vf c{i}_{j} = {first.format(o=i * nr + j * vl)};" for j in range(nv)))
+        lines.append("  " + " ".join(init(i, j) for j in range(nv)))
     lines.append("  for (long k = k0; k < k1; ++k) {")
     # B streams from L2 (a K x NR panel outgrows L1); the hardware prefetcher
     # alone leaves 5-10% on long-K shapes (128x768x3072: 250 -> 276 GFLOP/s)
@@ -146,19 +158,36 @@ def microkernel(
     )
     if stream:
         lines.append("    __builtin_prefetch(pf + ((k * pf_rate) >> 16) * 16, 0, 2);")
-    lines.append("    " + " ".join(f"const vf b{j} = vload(bp + k * {nr} + {j * vl});" for j in range(nv)))
+    lines.append(
+        "    "
+        + " ".join(
+            f"const {'vhf' if half(j) else 'vf'} b{j} = {'vhload' if half(j) else 'vload'}(bp + k * {nr} + {j * vl});"
+            for j in range(nv)
+        )
+    )
     for i in range(mr):
-        fmas = " ".join(f"c{i}_{j} = vfma(a{i}, b{j}, c{i}_{j});" for j in range(nv))
+        fmas = " ".join(f"c{i}_{j} = {'vhfma' if half(j) else 'vfma'}(a{i}, b{j}, c{i}_{j});" for j in range(nv))
         elem = f"a[{i} * ({a_row}) + k * ({a_k})]"
         if a_dtype == "bf16":
             elem = f"fc_bf16_to_f32({elem})"
         lines.append(f"    {{ const vf a{i} = vset1({elem}); {fmas} }}")
     lines.append("  }")
     for i in range(mr):
-        lines.append("  " + " ".join(f"vstore(tile + {i * nr + j * vl}, c{i}_{j});" for j in range(nv)))
+        stored = (f"vhwiden(c{i}_{j})" if half(j) else f"c{i}_{j}" for j in range(nv))
+        lines.append("  " + " ".join(f"vstore(tile + {i * nr + j * vl}, {c});" for j, c in enumerate(stored)))
     lines.append("  }")
     lines.append("}")
     return "\n".join(lines)
+
+
+def half_last_vector(channels: int, nv: int, vl: int) -> bool:
+    """Whether a GEMM of ``channels`` output channels in one panel of ``nv``
+    vectors can compute its last vector in half vectors: 8 channels or fewer
+    in it, on AVX-512 (the one dialect of 16-float vectors, and the one with
+    a half vector). A core that splits a 512-bit FMA in two (Zen 4) then
+    spends half the FMA time on it, and one that does not (Zen 5) the same
+    as the masked full vector: 24 channels cost 1.5 vectors, not 2."""
+    return vl == 16 and (nv - 1) * vl < channels <= (nv - 1) * vl + vl // 2
 
 
 def pack_panels(matrix: torch.Tensor, nr: int) -> torch.Tensor:
@@ -255,7 +284,11 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
     b_const = spec.operands[b_i].constant
 
     kc = params.get("kc", 256)
-    kernels = [microkernel(f"{name}_ukr{r}", r, nv, vl, f"{sam}L", f"{sak}L", kc, a_dtype) for r in range(1, mr + 1)]
+    half = half_last_vector(n, nv, vl)
+    kernels = [
+        microkernel(f"{name}_ukr{r}", r, nv, vl, f"{sam}L", f"{sak}L", kc, a_dtype, half_last=half)
+        for r in range(1, mr + 1)
+    ]
 
     def store(j: int, o, value: str, valid: str | None) -> str:
         if o.col_range is None:

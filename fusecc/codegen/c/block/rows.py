@@ -13,7 +13,7 @@ import math
 
 from ....kernels.spec import KernelSpec, conv_geometry
 from ..common import depthwise_chains, depthwise_filter_row, depthwise_finish, sum_chains, vload, vstore
-from ..gemm import epilogue_stores, microkernel, tile_columns
+from ..gemm import epilogue_stores, half_last_vector, microkernel, tile_columns
 from ..reduction import row_program
 from .common import gemm_dims, weight_key
 
@@ -63,8 +63,11 @@ def _microkernels(
     name: str, layer: KernelSpec, tile: tuple[int, int], vl: int, k: int | None = None, accumulate: bool = False
 ) -> list[str]:
     k = k or gemm_dims(layer)[0]
+    half = half_last_vector(gemm_dims(layer)[1], tile[1], vl)  # one panel whose last vector is half empty
     return [
-        microkernel(f"{name}_u{r}", r, tile[1], vl, "lda", "1", min(k, 512), inline=False, accumulate=accumulate)
+        microkernel(
+            f"{name}_u{r}", r, tile[1], vl, "lda", "1", min(k, 512), inline=False, accumulate=accumulate, half_last=half
+        )
         for r in range(1, tile[0] + 1)
     ]
 
