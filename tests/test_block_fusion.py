@@ -517,6 +517,30 @@ def test_block_gemms_compute_a_half_empty_last_vector_in_half_vectors(model, sha
         _block_matches_on_any_thread_count(block_model, x, tmp_path)
 
 
+@pytest.mark.parametrize("finish", [True, False], ids=["registers", "buffered"])
+def test_block_gemms_run_light_epilogues_on_their_registers(finish, tmp_path, monkeypatch):
+    """An inverted residual's 1x1 layers (bias + ReLU6, K in one block) run
+    their epilogue on the accumulators for panels of whole vectors and
+    through the tile buffer for the rest; a ConvNeXt block's GELU layer keeps
+    the buffer (its constants would take the accumulators' registers), its
+    last layer (layer scale, residual) does not. Both paths match eager on
+    1-3 threads."""
+    from conftest import recorded_block
+    from fusecc.codegen import c as c_codegen
+    from fusecc.codegen.c.block import rows
+    from fusecc.codegen.c.dialects import DIALECTS
+
+    monkeypatch.setattr(rows, "FINISH_IN_REGISTERS", finish)
+    block_model, x = _randomize_bn(InvertedResidual(24, 40, 6)), _nhwc(1, 24, 10, 10)  # 144 = 3 whole panels
+    spec = recorded_block(block_model, x)[1]
+    source = c_codegen.render(spec, DIALECTS["avx512"]).text
+    assert ("_expand_f8(" in source) == finish and "_expand_u8(" in source
+    convnext = c_codegen.render(recorded_block(_convnext(64), _nhwc(1, 64, 8, 8))[1], DIALECTS["avx512"]).text
+    assert "_up_u1(" in convnext and "_up_f1(" not in convnext  # GELU
+    assert ("_down_f1(" in convnext) == finish  # layer scale + residual
+    _block_matches_on_any_thread_count(block_model, x, tmp_path)
+
+
 def test_skinny_1x1_layers_take_weights_up_to_two_megabytes():
     """MobileNetV2's last 1x1 layer (320 -> 1280 at 7x7, 1.6 MB) counts as
     skinny; ResNet-50's 512 -> 2048 at 7x7 (4 MB), a 3x3 layer and a 14x14

@@ -66,6 +66,8 @@ PREFETCH_K = 16  # rows of the B panel to prefetch ahead (64-byte lines)
 STREAM_OPERANDS = True  # convolutions prefetch the operand block they read next (microkernel's stream)
 # what a streaming micro-kernel (and the functions that pass them on) take and pass
 STREAM_PARAMS, STREAM_ARGS = ", const float* FC_RESTRICT pf, long pf_rate", ", pf, pf_rate"
+# what a finishing micro-kernel (the epilogue on its registers) takes besides the tile
+FINISH_PARAMS = ", void* const* args, float* FC_RESTRICT dst, long ldd, long m0, long pix0, long co0, long co_base"
 
 
 A_IN_L3_BYTES = 16 * 1024 * 1024  # half of a 32 MB L3
@@ -110,6 +112,7 @@ def microkernel(
     accumulate: bool = False,
     stream: bool = False,
     half_last: bool = False,
+    finish: tuple[str, list[str]] | None = None,
 ) -> str:
     """``static inline void fn(long K, const float* a, long lda, const float* bp, float* tile)``:
     tile[MR x NR] = sum_k a[i*a_row + k*a_k] * bp[k*NR + l] (a broadcast, bp loaded);
@@ -127,7 +130,14 @@ def microkernel(
     reads next, streamed from memory while these are computed.
     ``half_last`` computes the last vector of each row in half vectors
     (AVX-512's ``vhf``; see `half_last_vector`): the upper half of its tile
-    vector is stored as zeros."""
+    vector is stored as zeros.
+    ``finish`` = (declarations, epilogue lines) runs the epilogue on the
+    accumulators instead of storing them: the tile never goes through
+    memory. The function then also takes `FINISH_PARAMS`, and the epilogue
+    sees ``row`` (m0 + i), ``pix`` (pix0 + row), ``co`` (co0 + the vector's
+    offset) and ``acc``; K must be one block (K <= kc)."""
+    if finish is not None and (half_last or accumulate):
+        raise ValueError("a finishing microkernel computes whole vectors from zero")
     nr = nv * vl
     first = "vload(tile + {o})" if accumulate else "k0 ? vload(tile + {o}) : vzero()"
     first_half = "vhload(tile + {o})" if accumulate else "k0 ? vhload(tile + {o}) : vhzero()"
@@ -141,10 +151,11 @@ def microkernel(
     a_type = "uint16_t" if a_dtype == "bf16" else "float"
     linkage = "static inline" if inline else "static __attribute__((noinline))"
     stream_arg = STREAM_PARAMS if stream else ""
+    finish_arg = FINISH_PARAMS if finish is not None else ""
     lines = [
         f"{linkage} void {fn}(long K, const {a_type}* FC_RESTRICT a, long lda, const float* FC_RESTRICT bp, "
-        f"float* FC_RESTRICT tile{stream_arg}) {{",
-        "  (void)lda;",
+        f"float* FC_RESTRICT tile{finish_arg}{stream_arg}) {{",
+        "  (void)lda;" + (" (void)tile;" if finish is not None else ""),
         f"  for (long k0 = 0; k0 < K; k0 += {kc}) {{",
         f"  const long k1 = k0 + {kc} < K ? k0 + {kc} : K;",
     ]
@@ -172,7 +183,16 @@ def microkernel(
             elem = f"fc_bf16_to_f32({elem})"
         lines.append(f"    {{ const vf a{i} = vset1({elem}); {fmas} }}")
     lines.append("  }")
-    for i in range(mr):
+    if finish is not None:
+        declarations_code, full = finish
+        lines.append(declarations_code)
+        for i in range(mr):
+            for j in range(nv):
+                lines.append(f"  {{ const long row = m0 + {i}L, pix = pix0 + row, co = co0 + {j * vl}L;")
+                lines.append(f"    const vf acc = c{i}_{j}; (void)pix;")
+                lines.extend("    " + x for x in full)
+                lines.append("  }")
+    for i in range(mr if finish is None else 0):
         stored = (f"vhwiden(c{i}_{j})" if half(j) else f"c{i}_{j}" for j in range(nv))
         lines.append("  " + " ".join(f"vstore(tile + {i * nr + j * vl}, {c});" for j, c in enumerate(stored)))
     lines.append("  }")

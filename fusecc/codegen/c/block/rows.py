@@ -13,9 +13,14 @@ import math
 
 from ....kernels.spec import KernelSpec, conv_geometry
 from ..common import depthwise_chains, depthwise_filter_row, depthwise_finish, sum_chains, vload, vstore
+from ..conv_indirect import HEAVY_MATH
 from ..gemm import epilogue_stores, half_last_vector, microkernel, tile_columns
 from ..reduction import row_program
 from .common import gemm_dims, weight_key
+
+
+MAX_KC = 512  # K block of a layer GEMM (its A rows stay in L1)
+FINISH_IN_REGISTERS = True  # gemm_rows: light epilogues on the accumulators (see there)
 
 
 def bind(spec: KernelSpec, index: int) -> str:
@@ -66,15 +71,17 @@ def _microkernels(
     half = half_last_vector(gemm_dims(layer)[1], tile[1], vl)  # one panel whose last vector is half empty
     return [
         microkernel(
-            f"{name}_u{r}", r, tile[1], vl, "lda", "1", min(k, 512), inline=False, accumulate=accumulate, half_last=half
+            f"{name}_u{r}", r, tile[1], vl, "lda", "1", min(k, MAX_KC), inline=False, accumulate=accumulate,
+            half_last=half,
         )
         for r in range(1, tile[0] + 1)
     ]
 
 
-def _dispatch(name: str, mr: int, k: str, bp: str, indent: str) -> str:
+def _dispatch(name: str, mr: int, k: str, bp: str, indent: str, variant: str = "u", extra: str = "tile") -> str:
     cases = "\n".join(
-        f"{indent}  case {r}: {name}_u{r}({k}, a + m0 * lda, lda, {bp}, tile); break;" for r in range(1, mr + 1)
+        f"{indent}  case {r}: {name}_{variant}{r}({k}, a + m0 * lda, lda, {bp}, {extra}); break;"
+        for r in range(1, mr + 1)
     )
     return f"{indent}switch (r) {{\n{cases}\n{indent}  default: break;\n{indent}}}"
 
@@ -86,8 +93,24 @@ def gemm_rows(spec: KernelSpec, name: str, index: int, tile: tuple[int, int], vl
     mr, nv = tile
     (k, c), nr = gemm_dims(layer), nv * vl
     full, part = epilogue(layer, None), epilogue(layer, "rem")
+    kernels = _microkernels(name, layer, tile, vl)
+    finishing = ""
+    # a light epilogue on a panel of whole vectors with K in one block runs on
+    # the accumulators (`gemm.microkernel`'s finish): the tile skips memory
+    if FINISH_IN_REGISTERS and k <= MAX_KC and not any(f in line for line in full for f in HEAVY_MATH):
+        declarations = "  " + bind(spec, index)
+        kernels += [
+            microkernel(f"{name}_f{r}", r, nv, vl, "lda", "1", MAX_KC, inline=False, finish=(declarations, full))
+            for r in range(1, mr + 1)
+        ]
+        finish_args = f"tile, args, dst, ldd, m0, pix0, p * {nr}L, co_base"
+        finishing = f"""      if ((p + 1) * {nr}L <= {c}L) {{
+{_dispatch(name, mr, f"{k}L", "bp", "        ", variant="f", extra=finish_args)}
+        continue;
+      }}
+"""
     return (
-        "\n".join(_microkernels(name, layer, tile, vl))
+        "\n".join(kernels)
         + f"""
 static void {name}(void* const* args, const float* FC_RESTRICT a, long lda, long rows,
                    const float* FC_RESTRICT wp, float* FC_RESTRICT dst, long ldd, long pix0,
@@ -98,7 +121,7 @@ static void {name}(void* const* args, const float* FC_RESTRICT a, long lda, long
     const float* FC_RESTRICT bp = wp + p * {k * nr}L;
     for (long m0 = 0; m0 < rows; m0 += {mr}L) {{
       const long r = rows - m0 < {mr}L ? rows - m0 : {mr}L;
-{_dispatch(name, mr, f"{k}L", "bp", "      ")}
+{finishing}{_dispatch(name, mr, f"{k}L", "bp", "      ")}
       for (long i = 0; i < r; ++i) {{
         const long row = m0 + i, pix = pix0 + row;
 {tile_columns(nr, vl, "co", f"p * {nr}L", c, full, part, "        ")}
