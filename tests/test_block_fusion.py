@@ -527,10 +527,10 @@ def test_block_gemms_run_light_epilogues_on_their_registers(finish, tmp_path, mo
     1-3 threads."""
     from conftest import recorded_block
     from fusecc.codegen import c as c_codegen
-    from fusecc.codegen.c.block import rows
+    from fusecc.codegen.c import gemm
     from fusecc.codegen.c.dialects import DIALECTS
 
-    monkeypatch.setattr(rows, "FINISH_IN_REGISTERS", finish)
+    monkeypatch.setattr(gemm, "FINISH_IN_REGISTERS", finish)
     block_model, x = _randomize_bn(InvertedResidual(24, 40, 6)), _nhwc(1, 24, 10, 10)  # 144 = 3 whole panels
     spec = recorded_block(block_model, x)[1]
     source = c_codegen.render(spec, DIALECTS["avx512"]).text

@@ -591,16 +591,36 @@ def _render_nhwc_gemm(spec: KernelSpec, name: str, vl: int, params: dict, geo: d
     # 64 -> 256 layers adding the residual at 56x56: 544-592 -> 440-485 us)
     full, part = _nhwc_epilogue(spec, geo, mr if stream_rows else 0)
     half = gemm.half_last_vector(geo["cout"], nv, vl)
+    kc = params.get("kc", 256)
     kernels = [
-        microkernel(f"{name}_ukr{r}", r, nv, vl, "lda", "1", params.get("kc", 256), stream=stream, half_last=half)
+        microkernel(f"{name}_ukr{r}", r, nv, vl, "lda", "1", kc, stream=stream, half_last=half)
         for r in range(1, mr + 1)
     ]
     pf_param, pf_arg = (gemm.STREAM_PARAMS, gemm.STREAM_ARGS) if stream else ("", "")
+    finishing = ""
+    if gemm.finishes_in_registers(full, k, kc):  # for panels of whole vectors
+        finish = (declarations(spec, in_entry=False), full)
+        kernels += [
+            microkernel(f"{name}_fin{r}", r, nv, vl, "lda", "1", kc, stream=stream, finish=finish)
+            for r in range(1, mr + 1)
+        ]
+        calls = "\n".join(
+            f"      case {r}: {name}_fin{r}({k}L, a, lda, bp, tile, args, 0, 0, 0, pix0, co0, 0{pf_arg}); break;"
+            for r in range(1, mr + 1)
+        )
+        finishing = f"""
+  if (co0 + {nr}L <= {cout}L) {{
+    switch (rows) {{
+{calls}
+      default: break;
+    }}
+    return;
+  }}"""
     tile_fn = f"""
 static void {name}_tile(void* const* args, const float* FC_RESTRICT a, long lda, const float* FC_RESTRICT bp,
                         long pix0, long rows, long co0{pf_param}) {{
 {declarations(spec, in_entry=False)}
-  float tile[{mr * nr}] __attribute__((aligned(64)));
+  float tile[{mr * nr}] __attribute__((aligned(64)));{finishing}
   switch (rows) {{
 {chr(10).join(f"    case {r}: {name}_ukr{r}({k}L, a, lda, bp, tile{pf_arg}); break;" for r in range(1, mr + 1))}
     default: return;

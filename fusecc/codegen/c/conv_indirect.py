@@ -35,9 +35,6 @@ from .gemm import PREFETCH_K, tile_columns
 ACC_BYTES = 64 * 1024  # per-thread accumulators of a chunk of tiles (L2 resident)
 B_BLOCK_BYTES = 256 * 1024  # weights of one tap block of one panel (L2 resident)
 FINISH_IN_REGISTERS = True  # the epilogue of a panel's last block runs on the accumulators (see _microkernel)
-# vector math whose constants, hoisted by the compiler, would take the
-# accumulators' registers: such epilogues stay in the buffered path
-HEAVY_MATH = ("vexp(", "verf(", "vgelu", "vsigmoid(", "vsilu(", "vtanh(", "vsin(", "vcos(", "vlog(", "vpow(")
 
 
 def segments(geo: dict, params: dict) -> tuple[int, int]:
@@ -236,7 +233,7 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict, geo: dict, epilog
     pf_param, pf_arg = (gemm.STREAM_PARAMS, gemm.STREAM_ARGS) if stream else ("", "")
     # measured (conv 64 -> 96 3x3 s2 at 56x56, buffered / registers): ReLU6
     # stem 1.07x, Hardswish 1.004x, SiLU 0.994x, GELU 0.992x
-    in_registers = FINISH_IN_REGISTERS and not any(f in line for line in full for f in HEAVY_MATH)
+    in_registers = FINISH_IN_REGISTERS and gemm.light_epilogue(full)
     finish = (declarations(spec, in_entry=False), full) if in_registers else None
     kernels = "\n".join(_microkernel(f"{name}_ukr{r}", r, mr, nv, vl, seg, stream, finish) for r in range(1, mr + 1))
     dispatch = "\n".join(

@@ -13,14 +13,12 @@ import math
 
 from ....kernels.spec import KernelSpec, conv_geometry
 from ..common import depthwise_chains, depthwise_filter_row, depthwise_finish, sum_chains, vload, vstore
-from ..conv_indirect import HEAVY_MATH
-from ..gemm import epilogue_stores, half_last_vector, microkernel, tile_columns
+from ..gemm import epilogue_stores, finishes_in_registers, half_last_vector, microkernel, tile_columns
 from ..reduction import row_program
 from .common import gemm_dims, weight_key
 
 
 MAX_KC = 512  # K block of a layer GEMM (its A rows stay in L1)
-FINISH_IN_REGISTERS = True  # gemm_rows: light epilogues on the accumulators (see there)
 
 
 def bind(spec: KernelSpec, index: int) -> str:
@@ -95,9 +93,7 @@ def gemm_rows(spec: KernelSpec, name: str, index: int, tile: tuple[int, int], vl
     full, part = epilogue(layer, None), epilogue(layer, "rem")
     kernels = _microkernels(name, layer, tile, vl)
     finishing = ""
-    # a light epilogue on a panel of whole vectors with K in one block runs on
-    # the accumulators (`gemm.microkernel`'s finish): the tile skips memory
-    if FINISH_IN_REGISTERS and k <= MAX_KC and not any(f in line for line in full for f in HEAVY_MATH):
+    if finishes_in_registers(full, k, MAX_KC):  # for panels of whole vectors
         declarations = "  " + bind(spec, index)
         kernels += [
             microkernel(f"{name}_f{r}", r, nv, vl, "lda", "1", MAX_KC, inline=False, finish=(declarations, full))
