@@ -510,3 +510,23 @@ def test_parameter_features_line_up_for_nested_and_missing_tiles():
     ]
     assert len({len(r) for r in rows}) == 1
     assert rows[0] != rows[1] and all(isinstance(v, float) for r in rows for v in r)
+
+
+def test_records_are_keyed_by_the_renderer_that_generated_the_kernels(tmp_path):
+    """The tuner's target key carries a hash of the C renderer's sources:
+    a changed renderer (here a copy of it with one file edited) gets a new
+    key, so timings of the kernels an older renderer generated are not
+    replayed; an unchanged copy hashes the same."""
+    import shutil
+    from pathlib import Path
+
+    from fusecc.codegen import c as c_codegen
+    from fusecc.targets.cpu import HostCTarget
+
+    key = HostCTarget().tuner_key(2)
+    assert key.endswith(f"|renderer={c_codegen.source_fingerprint()}")
+    copy = tmp_path / "c"
+    shutil.copytree(Path(c_codegen.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert c_codegen.source_fingerprint(copy) == c_codegen.source_fingerprint()
+    (copy / "gemm.py").write_text((copy / "gemm.py").read_text() + "\n# a new microkernel\n")
+    assert c_codegen.source_fingerprint.__wrapped__(copy) != c_codegen.source_fingerprint()

@@ -156,8 +156,9 @@ class HostCTarget(Target):
     def tuner_key(self, nthreads: int) -> str:
         """The tuning database's target: candidates are timed with their
         weights evicted from the caches (`evict.py`), so records timed hot
-        by earlier versions are not mixed in."""
-        return self.tuning_key(nthreads) + "|weights=cold"
+        by earlier versions are not mixed in; and records of kernels that
+        another version of the renderer generated are not replayed."""
+        return self.tuning_key(nthreads) + f"|weights=cold|renderer={c_codegen.source_fingerprint()}"
 
     def _parameter_chooser(self, options, cache: CompileCache, nthreads: int):
         """(spec, constants) -> (params, tuning record or None), per options.tune."""

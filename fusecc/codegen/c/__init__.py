@@ -14,6 +14,9 @@ One renderer, several dialects (`dialects.py`); one module per kernel kind
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -46,6 +49,19 @@ def _kind(spec: KernelSpec) -> ModuleType:
         return KINDS[spec.kind]
     except KeyError:
         raise NotImplementedError(f"the C renderer has no {spec.kind!r} kernels") from None
+
+
+@functools.cache
+def source_fingerprint(root: Path = Path(__file__).parent) -> str:
+    """A hash of the renderer's own sources (every ``.py`` under ``root``).
+    A tuning record measures the code that this renderer generated, so the
+    tuner keys its records by it: after a renderer change (a new microkernel,
+    another epilogue path) the old timings no longer describe the kernels and
+    are not replayed."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def tunables(spec: KernelSpec, dialect: Dialect) -> dict[str, tuple]:
