@@ -129,11 +129,7 @@ def _microkernel(fn: str, rows: int, mr: int, nv: int, vl: int, seg: int, stream
         declarations_code, full = finish
         lines.append("  if (finish) {")
         lines.append(declarations_code)
-        for i in range(rows):
-            for j in range(nv):
-                lines.append(f"    {{ const long pix = pix0 + {i}L, co = co0 + {j * vl}L; const vf acc = c{i}_{j};")
-                lines.extend("      " + x for x in full)
-                lines.append("    }")
+        lines.extend(gemm.epilogue_on_registers(rows, nv, vl, full, lambda i: f"const long pix = pix0 + {i}L;", "    "))
         lines.append("    return;")
         lines.append("  }")
     else:

@@ -190,18 +190,28 @@ def microkernel(
     if finish is not None:
         declarations_code, full = finish
         lines.append(declarations_code)
+        pixel = lambda i: f"const long row = m0 + {i}L, pix = pix0 + row; (void)pix;"  # noqa: E731
+        lines.extend(epilogue_on_registers(mr, nv, vl, full, pixel, "  "))
+    else:
         for i in range(mr):
-            for j in range(nv):
-                lines.append(f"  {{ const long row = m0 + {i}L, pix = pix0 + row, co = co0 + {j * vl}L;")
-                lines.append(f"    const vf acc = c{i}_{j}; (void)pix;")
-                lines.extend("    " + x for x in full)
-                lines.append("  }")
-    for i in range(mr if finish is None else 0):
-        stored = (f"vhwiden(c{i}_{j})" if half(j) else f"c{i}_{j}" for j in range(nv))
-        lines.append("  " + " ".join(f"vstore(tile + {i * nr + j * vl}, {c});" for j, c in enumerate(stored)))
+            stored = (f"vhwiden(c{i}_{j})" if half(j) else f"c{i}_{j}" for j in range(nv))
+            lines.append("  " + " ".join(f"vstore(tile + {i * nr + j * vl}, {c});" for j, c in enumerate(stored)))
     lines.append("  }")
     lines.append("}")
     return "\n".join(lines)
+
+
+def epilogue_on_registers(rows: int, nv: int, vl: int, full: list[str], pixel, indent: str) -> list[str]:
+    """The whole-vector epilogue ``full`` run on each accumulator ``c{i}_{j}``
+    of a microkernel's tile: ``pixel(i)`` declares row i's position (``pix``
+    at least), ``co`` is ``co0`` plus the vector's offset."""
+    out = []
+    for i in range(rows):
+        for j in range(nv):
+            out.append(f"{indent}{{ {pixel(i)} const long co = co0 + {j * vl}L; const vf acc = c{i}_{j};")
+            out.extend(f"{indent}  {x}" for x in full)
+            out.append(f"{indent}}}")
+    return out
 
 
 def light_epilogue(lines: list[str]) -> bool:

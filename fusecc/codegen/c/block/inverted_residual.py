@@ -112,11 +112,12 @@ def _default_split(spec: KernelSpec, dialect: Dialect) -> str:
     channels are 9 panels of 64, 5 for one thread and 4 for the other, and
     MobileNetV2's two 96-576-96 blocks ran 1.5% of the model faster split by
     rows (Zen 4), as the tuner had chosen."""
-    g = banded.middle_geometry(spec, walk(spec))
+    w = walk(spec)
+    g = banded.middle_geometry(spec, w)
     few_rows = _rows_per_thread(g) * g["sh"] < SPLIT_ROWS_BELOW
     if g["n"] >= _threads() or not few_rows:
         return "rows"
-    _, _, units = banded.split_units(spec, walk(spec), pointwise_tiles(spec, dialect), dialect.vl)
+    _, _, units = banded.split_units(spec, w, pointwise_tiles(spec, dialect), dialect.vl)
     largest_share = math.ceil(units / _threads())
     return "channels" if largest_share * _threads() <= units * BALANCED_SHARES else "rows"
 
