@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from conftest import check_against_eager
-from fusecc.bench.blocks import BasicBlock, Bottleneck, InvertedResidual, _randomize_bn
+from fusecc.bench.blocks import BasicBlock, Bottleneck, InvertedResidual, Stem, _randomize_bn
 from fusecc.compiler import collect_reports
 
 
@@ -57,7 +57,55 @@ def test_tf_padding_blocks_of_a_real_model_fuse():
     entry = zoo.get("mobilenet_v2")
     report = _compile_report(entry.model("tiny"), entry.example_input("tiny", 1), target="c", tol=1e-3)
     assert len(_block_kernels(report)) >= 10
+    assert _block_kernels(report)[0]["spec"]["attrs"]["pattern"] == "stem"  # with its first block
     assert not [d for d in report.decisions if d.pass_name == "lower" and "block" in d.message]
+
+
+@pytest.mark.parametrize(
+    "cin, mid, cout, stride, tf_padding, hw, batch, channels_last",
+    [
+        (3, 32, 16, 2, True, (17, 15), 1, False),  # MobileNetV2's: TF padding, an RGB image, odd sizes
+        (3, 32, 16, 2, False, (16, 16), 2, False),  # symmetric padding, a batch
+        (3, 24, 24, 1, False, (9, 7), 1, True),  # stride 1, a channels-last input, partial vectors
+        (7, 20, 10, 2, False, (11, 12), 3, False),  # 63 im2col values a pixel, at the limit
+    ],
+)
+def test_a_stem_joins_the_block_it_feeds_and_matches_eager(
+    cin, mid, cout, stride, tf_padding, hw, batch, channels_last
+):
+    torch.manual_seed(0)
+    model = _randomize_bn(Stem(cin, mid, cout, stride, tf_padding))
+    x = _nhwc(batch, cin, *hw) if channels_last else torch.randn(batch, cin, *hw)
+    report = _compile_report(model, x, target="c")
+    (block,) = _block_kernels(report)
+    assert block["spec"]["attrs"]["pattern"] == "stem"
+    assert not [k for k in report.kernels if k["kind"] != "block"]  # the stem has no kernel of its own
+    (decision,) = [d for d in report.decisions if d.pass_name == "block_fusion" and d.accepted]
+    assert decision.message == f"stem [3x3 {cin}->{mid}, dw3x3/s1 {mid}, 1x1 {mid}->{cout}]"
+
+
+@pytest.mark.parametrize("band", [1, 3])
+def test_stem_bands_match_eager_on_any_thread_count(band, tmp_path):
+    model = _randomize_bn(Stem(3, 20, 12, 2, tf_padding=True))
+    _block_matches_on_any_thread_count(model, torch.randn(2, 3, 13, 19), tmp_path, band=band)
+
+
+def test_a_stem_over_many_channels_stays_a_convolution_of_its_own(monkeypatch):
+    """Past `STEM_MAX_K` im2col values a pixel (8 channels x 3 x 3 = 72) the
+    first layer is an ordinary convolution, and the block keeps its two
+    layers; so does every stem with the switch off."""
+    from fusecc.passes import block_fusion
+
+    def fused(model, x):
+        report = _compile_report(_randomize_bn(model), x, target="c")
+        (decision,) = [d for d in report.decisions if d.pass_name == "block_fusion" and d.accepted]
+        return decision.message, [k["kind"] for k in report.kernels]
+
+    x = torch.randn(1, 8, 12, 12)
+    assert fused(Stem(8, 16, 8), x) == ("inverted residual [dw3x3/s1 16, 1x1 16->8]", ["conv", "block"])
+    monkeypatch.setattr(block_fusion, "FUSE_STEMS", False)
+    x = torch.randn(1, 3, 12, 12)
+    assert fused(Stem(3, 16, 8), x) == ("inverted residual [dw3x3/s1 16, 1x1 16->8]", ["conv", "block"])
 
 
 def test_block_fusion_off_runs_every_layer_alone():

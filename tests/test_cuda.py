@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from conftest import assert_close, recorded_block
-from fusecc.bench.blocks import BasicBlock, Bottleneck, ConvNeXtBlock, InvertedResidual, _randomize_bn
+from fusecc.bench.blocks import BasicBlock, Bottleneck, ConvNeXtBlock, InvertedResidual, Stem, _randomize_bn
 from fusecc.codegen.cuda import KINDS, emulate, render
 from fusecc.runtime.cache import CompileCache
 from fusecc.targets.cuda import CudaTarget, nvcc_toolchain, run_on_gpu
@@ -83,7 +83,7 @@ def test_cuda_kernels_compile_for_sm80_and_sm90():
     sources += [render(spec) for spec in _attention_specs()]  # dense, causal, masked, sparse
     assert {s.symbol.split("_")[2] for s in sources} >= {"elementwise", "reduction", "gemm", "conv2d", "block",
                                                         "attention"}  # fmt: skip
-    assert {k[2] for k in kinds} >= {"inverted_residual", "bottleneck", "convnext", "basic"}
+    assert {k[2] for k in kinds} >= {"inverted_residual", "stem", "bottleneck", "convnext", "basic"}
     with tempfile.TemporaryDirectory() as tmp:
         for i, src in enumerate(sources):
             cu = Path(tmp) / f"k{i}.cu"
@@ -125,6 +125,8 @@ def test_cuda_kernels_match_eager(run_kernel):
         (lambda: InvertedResidual(16, 24, 6, 2), (2, 16, 33, 31)),  # stride 2, tiles cut by the edge, two images
         (lambda: InvertedResidual(10, 10, 3, 1), (1, 10, 9, 7)),  # 30 expanded channels: one short chunk
         (lambda: InvertedResidual(32, 16, 1, 1), (1, 32, 8, 8)),  # no expand layer
+        (lambda: Stem(3, 32, 16, 2, tf_padding=True), (1, 3, 19, 17)),  # a stem: 3x3/s2 over a channels-first image
+        (lambda: Stem(3, 24, 24, 1), (2, 3, 11, 9)),  # stride 1, symmetric padding, halos across tiles
         (lambda: InvertedResidual(16, 16, 6, 1), (1, 16, 17, 10)),  # 96 channels: three chunks; halos across tiles
         (lambda: Bottleneck(64, 16), (1, 64, 9, 11)),  # dense 3x3 middle, identity shortcut
         (lambda: Bottleneck(48, 24, 2), (2, 48, 13, 12)),  # stride 2 with the projection shortcut
@@ -141,7 +143,8 @@ def test_cuda_kernels_match_eager(run_kernel):
 def test_cuda_block_kernels_match_eager(block, shape, run_kernel):
     torch.manual_seed(0)
     model = _randomize_bn(block()).eval()  # (ConvNeXt blocks have no batch norm)
-    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(shape)
+    x = x if getattr(model, "image_input", False) else x.contiguous(memory_format=torch.channels_last)
     _group, spec, args, ref = recorded_block(model, x)
     source = render(spec)
     assert_close(run_kernel(spec, source, [args[o.arg_index] for o in spec.operands]), ref, 1e-4)
@@ -319,7 +322,7 @@ def test_cuda_target_fuses_only_the_block_patterns_measured_to_win(tmp_path):
     for group, constants, spec in groups():
         if spec.kind == "block":
             by_pattern.setdefault(spec.attrs["pattern"], (group, constants))
-    assert {"inverted_residual", "bottleneck", "basic", "convnext"} <= set(by_pattern)
+    assert {"inverted_residual", "stem", "bottleneck", "basic", "convnext"} <= set(by_pattern)
     patterns = sorted(by_pattern)
     results = DefaultBlocks().compile_groups([by_pattern[p] for p in patterns], Options(cache_dir=str(tmp_path)))
     for pattern, result in zip(patterns, results):

@@ -114,7 +114,7 @@ def test_host_dialects_match_eager(dialect):
 
 def test_every_block_pattern_is_among_the_checked_kernels():
     patterns = {spec.attrs["pattern"] for _, _, spec in groups() if spec.kind == "block"}
-    assert patterns == {"inverted_residual", "convnext", "bottleneck", "basic"}
+    assert patterns == {"inverted_residual", "stem", "convnext", "bottleneck", "basic"}
 
 
 def test_winograd_convolutions_are_among_the_checked_kernels():

@@ -82,9 +82,11 @@ def test_inspect_report(tmp_path, capsys):
         "runtime",
         "[memory_plan] 2 kernel outputs in one",
         "[scratch] 1 kernel uses scratch; the largest need is fused_conv_0's",
-        "[block_fusion] fused_conv_0: residual block",
+        "[pool_fusion] fused_conv_0: not a 1x1 stride-1 unpadded convolution",
     ):
         assert expected in out, expected
+    # a first layer reading the graph input is not a residual add
+    assert "[block_fusion]" not in out
 
 
 def test_inspect_cli_and_diff(tmp_path):

@@ -5,7 +5,8 @@ activation; random weights, eval mode) at the shapes the block-fusion issue
 names, and timed against eager, inductor (default and freezing), ONNX
 Runtime, and fusecc with block fusion switched off (every layer its own
 kernel) - so the table shows what fusing the block buys. Inputs are
-channels-last, as they are between the layers of a channels-last network.
+channels-last, as they are between the layers of a channels-last network,
+except a stem's: it reads the channels-first image.
 """
 
 from __future__ import annotations
@@ -36,6 +37,26 @@ class InvertedResidual(nn.Module):
     def forward(self, x):
         y = self.body(x)
         return x + y if self.residual else y
+
+
+class Stem(nn.Module):
+    """A network's stem and the block it feeds (MobileNetV2's first layers):
+    a 3x3/s2 convolution over the image, ReLU6, then a block without expand -
+    depthwise 3x3, ReLU6, 1x1 project. ``tf_padding`` pads the image as
+    Hugging Face's MobileNetV2 does (one column and row, right and bottom)."""
+
+    image_input = True  # fed the channels-first image, not a channels-last activation
+
+    def __init__(self, cin: int = 3, mid: int = 32, cout: int = 16, stride: int = 2, tf_padding: bool = False):
+        super().__init__()
+        self.tf_padding = tf_padding
+        conv = nn.Conv2d(cin, mid, 3, stride, 0 if tf_padding else 1, bias=False)
+        self.body = nn.Sequential(
+            conv, nn.BatchNorm2d(mid), nn.ReLU6(), *_conv_bn(mid, mid, 3, 1, mid), nn.ReLU6(), *_conv_bn(mid, cout)
+        )
+
+    def forward(self, x):
+        return self.body(nn.functional.pad(x, (0, 1, 0, 1)) if self.tf_padding else x)
 
 
 class BasicBlock(nn.Module):
@@ -99,6 +120,7 @@ def _randomize_bn(model: nn.Module) -> nn.Module:
 
 # name -> (module factory, input shape without batch)
 BLOCKS = {
+    "stem 3-32-16 s2 @224": (lambda: Stem(3, 32, 16, tf_padding=True), (3, 224, 224)),
     "inverted_residual 24-144-24 @56": (lambda: InvertedResidual(24, 24, 6), (24, 56, 56)),
     "inverted_residual 32-192-32 @28": (lambda: InvertedResidual(32, 32, 6), (32, 28, 28)),
     "inverted_residual 96-576-96 @14": (lambda: InvertedResidual(96, 96, 6), (96, 14, 14)),
@@ -113,8 +135,10 @@ BLOCKS = {
 
 def _case(factory, shape):
     def build(batch: int):
-        # inside a network a block's input comes from channels-last layers
-        return _randomize_bn(factory()), torch.randn(batch, *shape).to(memory_format=torch.channels_last)
+        model = _randomize_bn(factory())
+        x = torch.randn(batch, *shape)
+        # inside a network a block's input comes from channels-last layers; a stem reads the image
+        return model, x if getattr(model, "image_input", False) else x.to(memory_format=torch.channels_last)
 
     return build
 

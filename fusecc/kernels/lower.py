@@ -739,6 +739,7 @@ def lower_conv(group: FusedGroup) -> KernelSpec:
 
 _BLOCK_LAYER_KINDS = {
     "inverted_residual": ("conv",),
+    "stem": ("conv",),
     "bottleneck": ("conv",),
     "basic": ("conv",),
     "convnext": ("conv", "reduction", "gemm", "gemm"),

@@ -1,5 +1,6 @@
 """CUDA block kernels: an inverted residual (optional 1x1 expand, depthwise
-kxk, 1x1 project + residual), a ResNet bottleneck (1x1 reduce, dense kxk,
+kxk, 1x1 project + residual; or a stem - a dense kxk layer over a few
+channels - in the expand's place), a ResNet bottleneck (1x1 reduce, dense kxk,
 1x1 expand + residual), a ConvNeXt block (`render_convnext`) or a ResNet
 basic block (`render_basic`) as one kernel - the same `KernelSpec` the C renderer takes, with shared memory
 where the C kernel keeps its ring and bands in cache.
@@ -30,7 +31,7 @@ import math
 
 from ...kernels.expr import Load
 from ...kernels.spec import KernelSpec, conv_geometry
-from ..c.block import basic, bottleneck, convnext, inverted_residual
+from ..c.block import basic, bottleneck, convnext, inverted_residual, stem
 from ..c.common import sload as _load
 from ..c.common import sstore as _store
 from ..c.expr import ExprEmitter
@@ -118,7 +119,7 @@ def _dense_tiles(g: dict) -> tuple[int, int, int, int, int]:
     raise NotImplementedError(f"a {g['cin']}-channel window does not fit in shared memory")
 
 
-_PATTERNS = {"inverted_residual": inverted_residual, "bottleneck": bottleneck}
+_PATTERNS = {"inverted_residual": inverted_residual, "bottleneck": bottleneck, "stem": stem}
 
 
 def render(spec: KernelSpec, name: str) -> CudaSource:
@@ -151,7 +152,25 @@ def render(spec: KernelSpec, name: str) -> CudaSource:
     def x_at(ch: str) -> str:
         return f"{x}[nimg * {xs[0]}L + {ch} * {xs[1]}L + iy * {xs[2]}L + ix * {xs[3]}L]"
 
-    if walk.expand is not None:
+    if pattern is stem:  # the stem's output at (iy, ix): its kxk window of the input
+        we, wes = _weight(spec, walk.expand)
+        lines, value = _layer_value(spec, walk.expand, ["nimg", "ch", "iy", "ix"], "accv", "ex")
+        s = first
+        fill_value = f"""float accv = 0.0f;
+        for (long ci = 0; ci < {cin}L; ++ci)
+          for (int ky = 0; ky < {s["kh"]}; ++ky) {{
+            const long sy = iy * {s["sh"]}L - {s["pt"]}L + ky * {s["dh"]}L;
+            if (sy < 0 || sy >= {s["h"]}L) continue;
+            for (int kx = 0; kx < {s["kw"]}; ++kx) {{
+              const long sx = ix * {s["sw"]}L - {s["pl"]}L + kx * {s["dw"]}L;
+              if (sx >= 0 && sx < {s["w"]}L)
+                accv += {x}[nimg * {xs[0]}L + ci * {xs[1]}L + sy * {xs[2]}L + sx * {xs[3]}L]
+                  * {we}[ch * {wes[0]}L + ci * {wes[1]}L + ky * {wes[2]}L + kx * {wes[3]}L];
+            }}
+          }}
+{chr(10).join("        " + s for s in lines)}
+        v = {value};"""
+    elif walk.expand is not None:
         we, wes = _weight(spec, walk.expand)
         lines, value = _layer_value(spec, walk.expand, ["nimg", "ch", "iy", "ix"], "accv", "ex")
         fill_value = f"""float accv = 0.0f;

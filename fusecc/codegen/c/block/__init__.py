@@ -3,12 +3,14 @@ module per block pattern (the ``pattern`` the block-fusion pass found):
 
 * ``inverted_residual`` - MobileNetV2: optional 1x1 expand, depthwise kxk,
   1x1 project (+ residual);
+* ``stem`` - a network's first dense kxk layer over a few channels, then
+  the depthwise kxk and 1x1 project of the block it feeds;
 * ``bottleneck`` - ResNet: 1x1 reduce, dense kxk, 1x1 expand + residual;
 * ``convnext`` - depthwise kxk, layer norm, expand GEMM, project GEMM +
   layer scale + residual;
 * ``basic`` - ResNet: two dense kxk layers, the second + residual.
 
-The first three share the band walk of `banded.py` (a ring of padded rows
+The first four share the band walk of `banded.py` (a ring of padded rows
 feeding the kxk layer, a band buffer feeding the tail); the basic block
 keeps two rings of its own. Each layer is the spec of one of the block's
 nested groups (``conv2d``; for ConvNeXt also ``reduction`` and ``gemm``),
@@ -27,10 +29,11 @@ import torch
 
 from ....kernels.spec import KernelSpec
 from ..dialects import Dialect
-from . import basic, bottleneck, convnext, inverted_residual
+from . import basic, bottleneck, convnext, inverted_residual, stem
 
 PATTERNS: dict[str, ModuleType] = {
     "inverted_residual": inverted_residual,
+    "stem": stem,
     "bottleneck": bottleneck,
     "basic": basic,
     "convnext": convnext,

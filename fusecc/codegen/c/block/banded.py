@@ -41,6 +41,7 @@ class Walk:
     split_layer: int | None = None  # a channel split divides this tail layer's output (None: the ring's channels)
     budget: int = L2_BUDGET
     band_pixels: int = MIN_BAND_PIXELS
+    fill_floats: int = 0  # floats per thread a custom fill keeps (a stem's im2col panel)
 
 
 def middle_geometry(spec: KernelSpec, walk: Walk) -> dict:
@@ -71,10 +72,11 @@ def ring_rows(spec: KernelSpec, walk: Walk, params: dict) -> int:
 
 
 def _partial_offset(spec: KernelSpec, walk: Walk, params: dict) -> int:
-    """Floats before a thread's partial sums: ring, zero row, band buffer, tail rows."""
+    """Floats before a thread's partial sums: ring, zero row, band buffer, tail rows, fill buffer."""
     g = middle_geometry(spec, walk)
     ring_row = (g["w"] + g["pl"] + g["pr"]) * g["cout"]
-    return ring_row * (ring_rows(spec, walk, params) + 1) + params["band"] * g["ow"] * (g["cout"] + walk.tail_floats)
+    band = params["band"] * g["ow"] * (g["cout"] + walk.tail_floats)
+    return ring_row * (ring_rows(spec, walk, params) + 1) + band + walk.fill_floats
 
 
 def per_thread_floats(spec: KernelSpec, walk: Walk, params: dict) -> int:
@@ -121,10 +123,22 @@ def _thread_buf(t: str, per_thread: int) -> str:
     return f"(float*)(((uintptr_t)(ws + (size_t){t} * {4 * per_thread + 128}) + 63) & ~(uintptr_t)63)"
 
 
-def render(spec: KernelSpec, walk: Walk, name: str, vl: int, params: dict, middle_fn: str, tail) -> str:
+def render(
+    spec: KernelSpec,
+    walk: Walk,
+    name: str,
+    vl: int,
+    params: dict,
+    middle_fn: str,
+    tail,
+    fill: tuple[list[str], str] | None = None,
+) -> str:
     """The kernel: ``middle_fn`` is the C of the ``{name}_dw`` row function
     (`rows.depthwise_row` or `rows.conv_row`); ``tail(channels)`` gives the
-    functions and the C call that finish a band."""
+    functions and the C call that finish a band. ``fill`` = (functions, C
+    statement) computes ring row ``r`` of image ``nimg`` into ``slot``
+    (after its left padding) in place of the 1x1 expand or the copy; it may
+    use ``walk.fill_floats`` floats at ``fillbuf``."""
     g = middle_geometry(spec, walk)
     expand = layers(spec)[walk.expand] if walk.expand is not None else None
     first = conv_geometry(expand) if expand is not None else g
@@ -143,7 +157,10 @@ def render(spec: KernelSpec, walk: Walk, name: str, vl: int, params: dict, middl
     unit, split_channels, units = split_units(spec, walk, params["tiles"], vl)
 
     parts = []
-    if expand is not None:
+    if fill is not None:
+        fill_parts, fill = fill
+        parts.extend(fill_parts)
+    elif expand is not None:
         parts.append(gemm_rows(spec, f"{name}_expand", walk.expand, params["tiles"][0], vl))
         fill = f"""{name}_expand(args, x + (nimg * {h}L + r) * {w * cin}L, {cin}L, {w}L, (const float*)args[{weight_operand(spec, walk.expand)}],
                  slot + {pl}L * cw, cw, (nimg * {h}L + r) * {w}L, u0, u1, c0);"""
@@ -192,6 +209,9 @@ def render(spec: KernelSpec, walk: Walk, name: str, vl: int, params: dict, middl
     if walk.tail_floats:
         buffers += f"""
     float* FC_RESTRICT hbuf = dband + {band * ow * ce}L;"""
+    if walk.fill_floats:
+        buffers += f"""
+    float* FC_RESTRICT fillbuf = dband + {band * ow * (ce + walk.tail_floats)}L;"""
     if not channels:
         body = f"""
   /* rows of one image are split over the threads when images are fewer */

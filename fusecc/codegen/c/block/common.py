@@ -18,11 +18,13 @@ def layers(spec: KernelSpec) -> tuple[KernelSpec, ...]:
 
 
 def gemm_dims(layer: KernelSpec) -> tuple[int, int]:
-    """(K, N) of a 1x1 layer: a 1x1 convolution or a GEMM over pixel rows."""
+    """(K, N) of a layer run as one GEMM: a GEMM over pixel rows, a 1x1
+    convolution, or a dense kxk one over its im2col rows (K ordered
+    channel, filter row, filter column, as the weight is)."""
     if layer.kind == "gemm":
         return layer.attrs["K"], layer.space[2]
     g = conv_geometry(layer)
-    return g["cin"], g["cout"]
+    return g["cin_g"] * g["kh"] * g["kw"], g["cout"]
 
 
 def check_f32(spec: KernelSpec) -> None:
@@ -87,7 +89,7 @@ def weight_operand(spec: KernelSpec, index: int) -> int:
 
 
 def pack_pointwise(layer: KernelSpec, weight: torch.Tensor, nr: int) -> torch.Tensor:
-    """A 1x1 layer's weight as the GEMM panels of `rows.gemm_rows`."""
+    """A layer's weight as the GEMM panels of `rows.gemm_rows` (K as `gemm_dims`)."""
     k, n = gemm_dims(layer)
     matrix = weight.float().reshape(n, k).t() if layer.kind == "conv2d" else weight.float().reshape(k, n)
     return pack_panels(matrix, nr)

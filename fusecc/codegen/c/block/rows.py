@@ -62,46 +62,62 @@ def epilogue(layer: KernelSpec, valid: str | None) -> list[str]:
     return epilogue_stores(flat, ["pix"], "co", valid, store)
 
 
+def _a_strides(k_major: bool) -> tuple[str, str]:
+    """(row stride, k stride) of A: rows of K values, or K rows of ``lda`` pixels (an im2col panel)."""
+    return ("1", "lda") if k_major else ("lda", "1")
+
+
 def _microkernels(
-    name: str, layer: KernelSpec, tile: tuple[int, int], vl: int, k: int | None = None, accumulate: bool = False
+    name: str,
+    layer: KernelSpec,
+    tile: tuple[int, int],
+    vl: int,
+    k: int | None = None,
+    accumulate: bool = False,
+    k_major: bool = False,
 ) -> list[str]:
     k = k or gemm_dims(layer)[0]
     half = half_last_vector(gemm_dims(layer)[1], tile[1], vl)  # one panel whose last vector is half empty
     return [
         microkernel(
-            f"{name}_u{r}", r, tile[1], vl, "lda", "1", min(k, MAX_KC), inline=False, accumulate=accumulate,
-            half_last=half,
+            f"{name}_u{r}", r, tile[1], vl, *_a_strides(k_major), min(k, MAX_KC), inline=False,
+            accumulate=accumulate, half_last=half,
         )
         for r in range(1, tile[0] + 1)
     ]
 
 
-def _dispatch(name: str, mr: int, k: str, bp: str, indent: str, variant: str = "u", extra: str = "tile") -> str:
+def _dispatch(
+    name: str, mr: int, k: str, bp: str, indent: str, variant: str = "u", extra: str = "tile", k_major: bool = False
+) -> str:
+    a = "a + m0" if k_major else "a + m0 * lda"
     cases = "\n".join(
-        f"{indent}  case {r}: {name}_{variant}{r}({k}, a + m0 * lda, lda, {bp}, {extra}); break;"
-        for r in range(1, mr + 1)
+        f"{indent}  case {r}: {name}_{variant}{r}({k}, {a}, lda, {bp}, {extra}); break;" for r in range(1, mr + 1)
     )
     return f"{indent}switch (r) {{\n{cases}\n{indent}  default: break;\n{indent}}}"
 
 
-def gemm_rows(spec: KernelSpec, name: str, index: int, tile: tuple[int, int], vl: int) -> str:
+def gemm_rows(spec: KernelSpec, name: str, index: int, tile: tuple[int, int], vl: int, k_major: bool = False) -> str:
     """``name(args, a, lda, rows, wp, dst, ldd, pix0, p0, p1, co_base)``: columns of panels
-    [p0, p1) of dst[rows][..] = epilogue(a[rows][K] @ W), stored at column co - co_base."""
+    [p0, p1) of dst[rows][..] = epilogue(a[rows][K] @ W), stored at column co - co_base.
+    ``k_major``: A is K rows of ``lda`` pixels instead (a[k][rows], an im2col panel)."""
     layer = spec.attrs["layers"][index]
     mr, nv = tile
     (k, c), nr = gemm_dims(layer), nv * vl
     full, part = epilogue(layer, None), epilogue(layer, "rem")
-    kernels = _microkernels(name, layer, tile, vl)
+    kernels = _microkernels(name, layer, tile, vl, k_major=k_major)
     finishing = ""
     if finishes_in_registers(full, k, MAX_KC):  # for panels of whole vectors
         declarations = "  " + bind(spec, index)
         kernels += [
-            microkernel(f"{name}_f{r}", r, nv, vl, "lda", "1", MAX_KC, inline=False, finish=(declarations, full))
+            microkernel(
+                f"{name}_f{r}", r, nv, vl, *_a_strides(k_major), MAX_KC, inline=False, finish=(declarations, full)
+            )
             for r in range(1, mr + 1)
         ]
         finish_args = f"tile, args, dst, ldd, m0, pix0, p * {nr}L, co_base"
         finishing = f"""      if ((p + 1) * {nr}L <= {c}L) {{
-{_dispatch(name, mr, f"{k}L", "bp", "        ", variant="f", extra=finish_args)}
+{_dispatch(name, mr, f"{k}L", "bp", "        ", variant="f", extra=finish_args, k_major=k_major)}
         continue;
       }}
 """
@@ -117,7 +133,7 @@ static void {name}(void* const* args, const float* FC_RESTRICT a, long lda, long
     const float* FC_RESTRICT bp = wp + p * {k * nr}L;
     for (long m0 = 0; m0 < rows; m0 += {mr}L) {{
       const long r = rows - m0 < {mr}L ? rows - m0 : {mr}L;
-{finishing}{_dispatch(name, mr, f"{k}L", "bp", "      ")}
+{finishing}{_dispatch(name, mr, f"{k}L", "bp", "      ", k_major=k_major)}
       for (long i = 0; i < r; ++i) {{
         const long row = m0 + i, pix = pix0 + row;
 {tile_columns(nr, vl, "co", f"p * {nr}L", c, full, part, "        ")}
