@@ -73,20 +73,21 @@ class _Layer:
         """The parent-graph node behind one of the group's placeholders."""
         return self.call.args[self.placeholders.index(inner)] if inner in self.placeholders else None
 
-    @property
-    def input(self) -> object:
+    def _unpadded(self) -> object:
         x = self.conv.args[0]
         if isinstance(x, Node) and x.target is aten.constant_pad_nd.default:  # zero padding folded in
             x = x.args[0]
-        return self._arg(x)
+        return x
+
+    @property
+    def input(self) -> object:
+        return self._arg(self._unpadded())
 
     @property
     def source(self) -> object:
         """`input`, or where the layout pass converts a graph input to
         channels-last inside this layer's group, the tensor before it."""
-        x = self.conv.args[0]
-        if isinstance(x, Node) and x.target is aten.constant_pad_nd.default:
-            x = x.args[0]
+        x = self._unpadded()
         if isinstance(x, Node) and x.target is aten.clone.default and x.kwargs.get("memory_format") is not None:
             x = x.args[0]
         return self._arg(x)
@@ -183,7 +184,7 @@ def _is_full_square(layer: _Layer) -> bool:
 def _is_stem(layer: _Layer) -> bool:
     """A dense kxk convolution over a few input channels (a network's first
     layer: 3x3/s2 over RGB), its GEMM depth at most `STEM_MAX_K`."""
-    cout, cin, kh, kw = layer.weight_shape
+    _, cin, kh, kw = layer.weight_shape
     stride = layer.geometry[0]
     return _is_dense(layer) and cin * kh * kw <= STEM_MAX_K and stride[0] <= kh and stride[1] <= kw
 

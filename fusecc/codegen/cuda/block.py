@@ -152,31 +152,28 @@ def render(spec: KernelSpec, name: str) -> CudaSource:
     def x_at(ch: str) -> str:
         return f"{x}[nimg * {xs[0]}L + {ch} * {xs[1]}L + iy * {xs[2]}L + ix * {xs[3]}L]"
 
-    if pattern is stem:  # the stem's output at (iy, ix): its kxk window of the input
+    if walk.expand is not None:
         we, wes = _weight(spec, walk.expand)
         lines, value = _layer_value(spec, walk.expand, ["nimg", "ch", "iy", "ix"], "accv", "ex")
-        s = first
-        fill_value = f"""float accv = 0.0f;
-        for (long ci = 0; ci < {cin}L; ++ci)
-          for (int ky = 0; ky < {s["kh"]}; ++ky) {{
-            const long sy = iy * {s["sh"]}L - {s["pt"]}L + ky * {s["dh"]}L;
-            if (sy < 0 || sy >= {s["h"]}L) continue;
-            for (int kx = 0; kx < {s["kw"]}; ++kx) {{
-              const long sx = ix * {s["sw"]}L - {s["pl"]}L + kx * {s["dw"]}L;
-              if (sx >= 0 && sx < {s["w"]}L)
+        if pattern is stem:  # the stem's output at (iy, ix): its kxk window of the input
+            sg = first
+            accumulate = f"""for (long ci = 0; ci < {cin}L; ++ci)
+          for (int ky = 0; ky < {sg["kh"]}; ++ky) {{
+            const long sy = iy * {sg["sh"]}L - {sg["pt"]}L + ky * {sg["dh"]}L;
+            if (sy < 0 || sy >= {sg["h"]}L) continue;
+            for (int kx = 0; kx < {sg["kw"]}; ++kx) {{
+              const long sx = ix * {sg["sw"]}L - {sg["pl"]}L + kx * {sg["dw"]}L;
+              if (sx >= 0 && sx < {sg["w"]}L)
                 accv += {x}[nimg * {xs[0]}L + ci * {xs[1]}L + sy * {xs[2]}L + sx * {xs[3]}L]
                   * {we}[ch * {wes[0]}L + ci * {wes[1]}L + ky * {wes[2]}L + kx * {wes[3]}L];
             }}
-          }}
-{chr(10).join("        " + s for s in lines)}
-        v = {value};"""
-    elif walk.expand is not None:
-        we, wes = _weight(spec, walk.expand)
-        lines, value = _layer_value(spec, walk.expand, ["nimg", "ch", "iy", "ix"], "accv", "ex")
+          }}"""
+        else:
+            accumulate = f"""for (long ci = 0; ci < {cin}L; ++ci)
+          accv += {x_at("ci")} * {we}[ch * {wes[0]}L + ci * {wes[1]}L];"""
         fill_value = f"""float accv = 0.0f;
-        for (long ci = 0; ci < {cin}L; ++ci)
-          accv += {x_at("ci")} * {we}[ch * {wes[0]}L + ci * {wes[1]}L];
-{chr(10).join("        " + s for s in lines)}
+        {accumulate}
+{chr(10).join("        " + line for line in lines)}
         v = {value};"""
     else:
         fill_value = f"v = {x_at('ch')};"

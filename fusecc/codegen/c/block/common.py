@@ -45,6 +45,10 @@ def check_channels_last(spec: KernelSpec, first: KernelSpec) -> None:
     g = conv_geometry(first)
     if not dense_nhwc((g["n"], g["cin"], g["h"], g["w"]), (g["xsn"], g["xsc"], g["xsh"], g["xsw"])):
         raise NotImplementedError("the block input is not dense channels-last")
+    check_output_channels_last(spec)
+
+
+def check_output_channels_last(spec: KernelSpec) -> None:
     out = spec.outputs[0]
     if not dense_nhwc(out.shape, out.strides or torch.empty(out.shape, device="meta").stride()):
         raise NotImplementedError("the block output is not dense channels-last")

@@ -40,24 +40,33 @@ def walk(spec: KernelSpec) -> banded.Walk:
     return banded.Walk(expand=0 if count == 3 else None, middle=count - 2, last=count - 1)
 
 
+def check_epilogues(spec: KernelSpec, last: int) -> None:
+    """Each layer's epilogue reads only block operands, per channel but in the ``last`` layer."""
+    for index, (layer, m) in enumerate(zip(layers(spec), spec.attrs["operand_maps"])):
+        if any(m[a.operand] == -1 for a in layer.accesses):
+            raise NotImplementedError("a layer's epilogue reads the previous layer's output")
+        if index != last and not per_channel_epilogue(layer):
+            raise NotImplementedError("an inner layer's epilogue reads a per-pixel tensor")
+
+
+def check_pointwise(layer: KernelSpec) -> None:
+    lg = conv_geometry(layer)
+    if (lg["kh"], lg["kw"], lg["sh"], lg["sw"], lg["g"]) != (1, 1, 1, 1, 1) or any(
+        lg[p] for p in ("pt", "pl", "pb", "pr")
+    ):
+        raise NotImplementedError("expand/project layers of a block are 1x1 convolutions")
+
+
 def check_pointwise_ends(spec: KernelSpec) -> None:
     """The part of the check an inverted residual shares with a bottleneck:
     float32 layers, 1x1 expand/project, per-channel inner epilogues, dense
     channels-last ends."""
     check_f32(spec)
     w = walk(spec)
-    for index, (layer, m) in enumerate(zip(layers(spec), spec.attrs["operand_maps"])):
-        if any(m[a.operand] == -1 for a in layer.accesses):
-            raise NotImplementedError("a layer's epilogue reads the previous layer's output")
-        if index != w.last and not per_channel_epilogue(layer):
-            raise NotImplementedError("an inner layer's epilogue reads a per-pixel tensor")
+    check_epilogues(spec, w.last)
     for index in (w.expand, w.last):
         if index is not None:
-            lg = conv_geometry(layers(spec)[index])
-            if (lg["kh"], lg["kw"], lg["sh"], lg["sw"], lg["g"]) != (1, 1, 1, 1, 1) or any(
-                lg[p] for p in ("pt", "pl", "pb", "pr")
-            ):
-                raise NotImplementedError("expand/project layers of a block are 1x1 convolutions")
+            check_pointwise(layers(spec)[index])
     check_channels_last(spec, layers(spec)[0])
 
 

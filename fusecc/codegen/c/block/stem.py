@@ -13,13 +13,11 @@ them."""
 
 from __future__ import annotations
 
-import torch
-
 from ....kernels.spec import KernelSpec, conv_geometry
 from ..common import DEPTHWISE_PIXELS
 from ..dialects import Dialect
 from . import banded, inverted_residual
-from .common import check_f32, dense_nhwc, gemm_dims, layers, panel_tile, per_channel_epilogue, weight_operand
+from .common import check_f32, check_output_channels_last, gemm_dims, layers, panel_tile, weight_operand
 from .rows import MAX_KC, depthwise_row, gemm_rows
 
 STEM, MIDDLE, LAST = 0, 1, 2
@@ -44,26 +42,21 @@ def walk(spec: KernelSpec) -> banded.Walk:
 
 
 def check(spec: KernelSpec) -> None:
+    """float32 layers; a dense stem reading its input in any layout, a
+    depthwise middle, a 1x1 project; per-channel inner epilogues; a dense
+    channels-last output."""
     check_f32(spec)
-    w = walk(spec)
     stem, middle, last = layers(spec)
-    s, g, p = conv_geometry(stem), conv_geometry(middle), conv_geometry(last)
+    s, g = conv_geometry(stem), conv_geometry(middle)
     if s["g"] != 1 or s["sh"] > s["kh"] or s["sw"] > s["kw"]:
         raise NotImplementedError("a stem layer is a dense convolution whose stride is at most its kernel")
     if gemm_dims(stem)[0] > MAX_KC:
         raise NotImplementedError(f"a stem layer's im2col depth {gemm_dims(stem)[0]} is over {MAX_KC}")
     if g["cin_g"] != 1 or g["cout_g"] != 1:
         raise NotImplementedError("the middle layer of a stem block is not depthwise")
-    if (p["kh"], p["kw"], p["sh"], p["sw"], p["g"]) != (1, 1, 1, 1, 1) or any(p[k] for k in ("pt", "pl", "pb", "pr")):
-        raise NotImplementedError("the last layer of a stem block is a 1x1 convolution")
-    for index, (layer, m) in enumerate(zip(layers(spec), spec.attrs["operand_maps"])):
-        if any(m[a.operand] == -1 for a in layer.accesses):
-            raise NotImplementedError("a layer's epilogue reads the previous layer's output")
-        if index != w.last and not per_channel_epilogue(layer):
-            raise NotImplementedError("an inner layer's epilogue reads a per-pixel tensor")
-    out = spec.outputs[0]
-    if not dense_nhwc(out.shape, out.strides or torch.empty(out.shape, device="meta").stride()):
-        raise NotImplementedError("the block output is not dense channels-last")
+    inverted_residual.check_pointwise(last)
+    inverted_residual.check_epilogues(spec, walk(spec).last)
+    check_output_channels_last(spec)
 
 
 def unfused_reason(spec: KernelSpec, dialect: Dialect) -> str | None:
