@@ -1,16 +1,49 @@
 """The benchmark harness runs end to end (correctness of its plumbing, not
 timing: performance is measured by `fusecc bench`, never asserted here)."""
 
+import itertools
 import json
+import os
+import threading
+import time
+
+import pytest
 
 from fusecc.bench.harness import main
-from fusecc.bench.timing import interleaved
+from fusecc.bench.timing import block_orders, interleaved, wait_until_quiet
 
 
 def test_interleaved_timing_reports_every_runner():
     stats = interleaved({"a": lambda: sum(range(1000)), "b": lambda: sum(range(10))}, budget_s=0.2, min_rounds=3)
     assert set(stats) == {"a", "b"}
     assert all(s.samples >= 3 and 0 < s.p10_ms <= s.median_ms <= s.p90_ms for s in stats.values())
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6])
+def test_block_orders_let_every_runner_follow_every_other_equally_often(n):
+    orders = block_orders(n)
+    assert all(sorted(order) == list(range(n)) for order in orders)
+    follows = {pair: 0 for pair in itertools.permutations(range(n), 2)}
+    for order in orders:
+        for before, after in itertools.pairwise(order):
+            follows[before, after] += 1
+    assert len(set(follows.values())) <= 1  # every ordered pair equally often
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc/self/task/*/schedstat")
+def test_wait_until_quiet_waits_for_a_spinning_thread_and_not_longer():
+    stop = time.perf_counter() + 0.3
+
+    def spin():  # like a runtime's worker pool waiting for work
+        while time.perf_counter() < stop:
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    waited = wait_until_quiet(max_s=5.0)
+    assert waited >= 0.2  # the spinner ran for 0.3 s
+    spinner.join()
+    assert wait_until_quiet(max_s=5.0) < 1.0  # nothing spins now
 
 
 def test_bench_harness_tiny_run_writes_json(tmp_path, capsys):

@@ -1,23 +1,35 @@
 """Paired timing: every configuration is timed in the same process, in
-interleaved blocks (A B C, B C A, ...) so machine drift hits all of them
-alike; medians are reported.
+interleaved blocks so machine drift hits all of them alike; medians are
+reported.
 
-Runtimes keep their worker threads spinning for a while after a call
-(ONNX Runtime's pool, OpenMP). Calls of different runtimes back to back
-would then fight over the cores, so each block starts after a short pause
-and its first call is not counted: every configuration is measured the way
-a service runs it - repeatedly, alone on the machine.
+Runtimes keep their worker threads spinning after a call: ONNX Runtime's
+pool burns up to 1.6 cores for about 45 ms, OpenMP's about 8 ms (measured
+from ``/proc/self/task/*/schedstat`` on this project's 2-vCPU guest).
+A block started while the previous runtime still spins shares the cores
+with it: with a fixed 30 ms pause, fusecc's MobileNetV2 timed 10% slower
+in blocks that followed ONNX Runtime's than in identical blocks that
+followed its own (5.53 vs 5.00 ms). So each block waits until the other
+threads of the process are quiet (`wait_until_quiet`), its first call is
+not counted, and the block order of the rounds is a Williams design
+(`block_orders`: every runner follows every other equally often), so no
+configuration always inherits one neighbour's leftovers. Every
+configuration is measured the way a service runs it - repeatedly, alone on
+the machine.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-_PAUSE_S = 0.03
+_QUIET_WINDOW_S = 0.01  # longer than a 4 ms scheduler tick: a spinning thread's CPU time shows in every window
+_QUIET_FRACTION = 0.1  # of one core, over a window: what counts as quiet
+_QUIET_MAX_S = 1.0  # a thread that never stops (not a runtime's pool) is not waited for longer
 _BLOCK_S = 0.05
 
 
@@ -33,6 +45,57 @@ def _time_one(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def _other_threads_cpu_ns() -> int | None:
+    """CPU time the process's threads other than the caller have run, in
+    ns; None where ``/proc`` has no schedstat (not Linux)."""
+    me, total = str(threading.get_native_id()), 0
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tids:
+        if tid == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended while we looked
+    return total
+
+
+def wait_until_quiet(max_s: float = _QUIET_MAX_S) -> float:
+    """Sleep until the other threads of this process (runtimes' worker
+    pools spinning after a call) use under a tenth of a core, at most
+    ``max_s``; returns the seconds waited. Off Linux: one window."""
+    start = time.perf_counter()
+    before = _other_threads_cpu_ns()
+    while True:
+        time.sleep(_QUIET_WINDOW_S)
+        waited = time.perf_counter() - start
+        now = _other_threads_cpu_ns()
+        if before is None or now is None or waited >= max_s:
+            return waited
+        if now - before < _QUIET_FRACTION * _QUIET_WINDOW_S * 1e9:
+            return waited
+        before = now
+
+
+def block_orders(n: int) -> list[list[int]]:
+    """A Williams design over ``n`` runners: orders in which every runner
+    follows every other runner equally often (once each for even ``n``,
+    twice for odd ``n``, whose design is the rows and their mirrors)."""
+    first, low, high = [0], 1, n - 1
+    while low <= high:
+        first.append(low)
+        low += 1
+        if low <= high:
+            first.append(high)
+            high -= 1
+    rows = [[(f + r) % n for f in first] for r in range(n)]
+    return rows + [row[::-1] for row in rows] if n % 2 and n > 1 else rows
 
 
 def interleaved(
@@ -51,14 +114,14 @@ def interleaved(
             fn()
         per_call[name] = min(_time_one(fn) for _ in range(2))
     block = {n: max(3, math.ceil(_BLOCK_S / max(t, 1e-6))) + 1 for n, t in per_call.items()}
-    per_round = sum(block[n] * per_call[n] + _PAUSE_S for n in runners)
+    per_round = sum(block[n] * per_call[n] + 2 * _QUIET_WINDOW_S for n in runners)
     rounds = int(min(max_rounds, max(min_rounds, budget_s / per_round)))
     names = list(runners)
+    orders = block_orders(len(names))
     samples: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            time.sleep(_PAUSE_S)
+        for name in (names[i] for i in orders[r % len(orders)]):
+            wait_until_quiet()
             fn = runners[name]
             fn()  # first call after the switch: not counted
             samples[name].extend(_time_one(fn) for _ in range(block[name] - 1))
