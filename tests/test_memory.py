@@ -14,7 +14,7 @@ from torch import nn
 from conftest import assert_close
 from fusecc.compiler import collect_reports
 from fusecc.runtime import memory
-from fusecc.runtime.kernel import kernel_nodes, kernel_of
+from fusecc.runtime.kernel import BoundKernel, kernel_nodes, kernel_of
 from fusecc.runtime.memory_plan import _Allocator, plan_memory
 
 
@@ -282,6 +282,47 @@ def test_kernels_share_one_scratch_buffer_and_survive_its_growth():
         poison()
         for program in (chained, unchained):
             assert_close(program(x), ref, 1e-4)
-    fixed = [n.target for n in unchained.gm.graph.nodes if getattr(n.target, "fixed_state", None) is not None]
-    _, array, _ = fixed[0].fixed_state()
+    bound = [n.target for n in unchained.gm.graph.nodes if isinstance(n.target, BoundKernel)]
+    _, array, _ = bound[0].state()
     assert array[len(array) - 1] in (None, scratch.pointer(1))
+
+
+class PooledClassifier(nn.Module):
+    """A conv, a global pool and a flatten before a linear layer, like a
+    CNN's head: the flatten reshapes a kernel output that only a kernel reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.mid = nn.Conv2d(16, 32, 1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.mid(torch.relu(self.conv(x))))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def test_a_whole_graph_is_one_chain_from_its_input_to_a_fresh_output():
+    """The graph input and the graph output are the chain's holes, filled on
+    each call; the flatten between the pooled conv and the linear layer
+    becomes a second slot over the same memory, so no ATen call is left.
+    Results match eager (also for an input in another layout, copied into
+    the compiled one), and each call returns a tensor of its own."""
+    from fusecc import compile_exported
+
+    torch.manual_seed(0)
+    model, x = PooledClassifier().eval(), torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        compiled = compile_exported(torch.export.export(model, (x,)), {"target": "c"})
+        ref = model(x)
+        (chain,) = [n for n in compiled.gm.graph.nodes if n.op == "call_function"]  # no aten.view left
+        assert chain.meta["chain"] == ["fused_conv_0", "fused_conv_1", "fused_gemm_0"]
+        assert [a.op for a in chain.args] == ["placeholder"]
+        first = compiled(x)
+        kept = first.clone()
+        second = compiled(2 * x)
+        assert_close(first, ref, 1e-4)
+        assert_close(second, model(2 * x), 1e-4)
+        assert torch.equal(first, kept) and first.data_ptr() != second.data_ptr()
+        channels_last = x.contiguous(memory_format=torch.channels_last)
+        assert_close(compiled(channels_last), ref, 1e-4)

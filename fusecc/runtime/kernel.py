@@ -142,24 +142,14 @@ class CompiledKernel(torch.nn.Module):
 
     forward = run
 
-    def as_function(self, plan=None, slot: int = 0):
+    def as_function(self):
         """``run`` as a plain function named after the kernel: the graph
         calls it directly (no nn.Module call machinery), and dumped graphs
-        read ``kernel_fused_conv_3(x, w)``. With a memory plan, the single
-        output is the plan's tensor ``slot`` (see `memory_plan`)."""
-        if plan is None:
-            run = self.run
+        read ``kernel_fused_conv_3(x, w)``."""
+        run = self.run
 
-            def call(*args):
-                return run(*args)
-
-        else:
-            invoke, tensors = self._call, plan.tensors
-
-            def call(*args):
-                out = tensors()[slot]
-                invoke((out,), args)
-                return out
+        def call(*args):
+            return run(*args)
 
         return self._named(call)
 
@@ -170,50 +160,100 @@ class CompiledKernel(torch.nn.Module):
         call.kernel = self
         return call
 
-    def fixed_function(self, plan, slot: int, input_slots: dict[int, int]):
-        """Like ``as_function(plan, slot)`` for a kernel whose every runtime
-        input is a planned tensor too (``input_slots``: argument position ->
-        slot): all its pointers are fixed for a thread, so the pointer array
-        is built once per thread and a call is one foreign call - no layout
-        checks, no array building. The graph passes it only its runtime
-        inputs, for the dataflow (they are where their producers wrote);
-        constants it holds itself. None when a planned input's layout
-        differs from the compiled one."""
+    def bound_function(self, plan, slot: int | None, input_slots: dict[int, int | None]) -> BoundKernel:
+        """The kernel with a memory plan (`memory_plan`): its pointer array
+        is built once per thread, holding its constants, its planned runtime
+        inputs (``input_slots``: argument position -> plan slot) and its
+        output (plan slot ``slot``). The rest are *holes* filled on each
+        call: a runtime input with no slot (None), or whose planned layout
+        differs from the compiled one, comes from the call's arguments; with
+        ``slot`` None the output is a fresh tensor."""
+        planned = dict(input_slots)
         for index, (shape, strides, dtype) in zip(self._runtime, self._expected):
-            planned = plan.slots[input_slots[index]]
-            if planned.dtype is not dtype or tuple(planned.shape) != tuple(shape):
-                return None
-            if not _same_layout(shape, planned.strides, strides):
-                return None
-        local = threading.local()
+            j = planned[index]
+            if j is None:
+                continue
+            p = plan.slots[j]
+            if p.dtype is not dtype or tuple(p.shape) != tuple(shape) or not _same_layout(shape, p.strides, strides):
+                planned[index] = None
+        return BoundKernel(self, plan, slot, planned)
 
-        def pointers():
-            views = plan.tensors()
-            it = iter(views[input_slots[i]].data_ptr() for i in self._runtime)
-            ptrs = [next(it) if p is None else p for p in self._order]
-            ptrs += [views[slot].data_ptr(), self._workspace_ptr()]
-            local.state = ((self._generation, scratch.generation()), self._array(*ptrs), views[slot])
-            return local.state
 
-        def state():
-            """(generations, pointer array, output) of the calling thread;
-            rebuilt when the constants or the thread's scratch moved."""
-            current = getattr(local, "state", None)
-            fresh = current is not None and current[0] == (self._generation, scratch.generation())
-            return current if fresh else pointers()
+class BoundKernel:
+    """The graph's call of a kernel bound to a memory plan (see
+    `CompiledKernel.bound_function`). The graph passes it its runtime
+    inputs in argument order (planned ones only for the dataflow: they are
+    where their producers wrote); it holds its constants itself. A call
+    fills the holes of this thread's pointer array and makes one foreign
+    call. `chain.py` calls runs of these from C, filling their holes first."""
 
-        def call(*_inputs):
-            _, array, out = state()
-            self.fn(array, min(torch.get_num_threads(), self.max_threads))
-            return out
+    def __init__(self, kernel: CompiledKernel, plan, slot: int | None, input_slots: dict[int, int | None]):
+        self.kernel, self.plan, self.slot = kernel, plan, slot
+        ops = kernel.spec.operands
+        position = {o.arg_index: i for i, o in enumerate(ops) if not o.constant}  # argument -> pointer slot
+        self._input_slots = {position[a]: j for a, j in input_slots.items()}
+        order = sorted(input_slots)  # the graph passes the runtime inputs in this order
+        self.holes = [
+            (position[a], order.index(a), layout)
+            for a, layout in zip(kernel._runtime, kernel._expected)
+            if input_slots[a] is None
+        ]
+        self.hole_arguments = {order.index(a) for a in input_slots if input_slots[a] is None}
+        self._output_position = len(ops)
+        self.fresh_output = kernel._outputs[0] if slot is None else None
+        self._local = threading.local()
+        self.__name__ = self.__qualname__ = kernel.spec.name
+        self.__module__ = "kernel"
 
-        call.fixed_state = state  # `chain.py` calls runs of these kernels from C
-        return self._named(call)
+    @property
+    def fixed(self) -> bool:
+        """Every pointer is fixed for a thread: nothing to fill per call."""
+        return not self.holes and self.fresh_output is None
+
+    def _pointers(self):
+        k, views = self.kernel, self.plan.tensors()
+        planned = {pos: views[j].data_ptr() for pos, j in self._input_slots.items() if j is not None}
+        ptrs = [planned.get(i, 0) if p is None else p for i, p in enumerate(k._order)]
+        ptrs += [views[self.slot].data_ptr() if self.slot is not None else 0, k._workspace_ptr()]
+        out = views[self.slot] if self.slot is not None else None
+        self._local.state = ((k._generation, scratch.generation()), k._array(*ptrs), out)
+        return self._local.state
+
+    def state(self):
+        """(generations, pointer array, planned output or None) of the calling
+        thread; rebuilt when the constants or the thread's scratch moved."""
+        current = getattr(self._local, "state", None)
+        fresh = current is not None and current[0] == (self.kernel._generation, scratch.generation())
+        return current if fresh else self._pointers()
+
+    def fill(self, array, inputs, keep: list) -> torch.Tensor | None:
+        """Fill ``array``'s holes from ``inputs`` (this kernel's runtime
+        inputs, in argument order); returns the fresh output, if any.
+        ``keep`` holds the tensors whose pointers went in until the call."""
+        for position, k, (shape, strides, dtype) in self.holes:
+            t = inputs[k]
+            if t.stride() != strides or t.dtype is not dtype:
+                t = self.kernel._conform(t, shape, strides, dtype)
+            keep.append(t)
+            array[position] = t.data_ptr()
+        if self.fresh_output is None:
+            return None
+        shape, strides, dtype = self.fresh_output
+        out = torch.empty_strided(shape, strides, dtype=dtype)
+        array[self._output_position] = out.data_ptr()
+        return out
+
+    def __call__(self, *inputs) -> torch.Tensor:
+        _, array, out = self.state()
+        keep: list = []
+        fresh = self.fill(array, inputs, keep) if not self.fixed else None
+        self.kernel.fn(array, min(torch.get_num_threads(), self.kernel.max_threads))
+        return out if fresh is None else fresh
 
 
 def kernel_of(node) -> CompiledKernel | None:
     """The compiled C kernel a node of a lowered graph calls (its target is
-    `CompiledKernel.fixed_function` or `.function`), or None."""
+    a `BoundKernel` or `CompiledKernel.as_function`), or None."""
     return getattr(node.target, "kernel", None) if node.op == "call_function" else None
 
 

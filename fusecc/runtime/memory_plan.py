@@ -13,11 +13,13 @@ Runtime plans its memory the same way.
 
 The arena is allocated once per calling thread (so concurrent calls never
 share intermediates) and the kernels' outputs are views made once, so a
-planned call allocates nothing. A kernel whose runtime inputs are planned
-too has every pointer fixed for a thread: its pointer array is built once
-(`CompiledKernel.fixed_function`) and the graph hands it neither its
-constants nor anything to check - a call is one foreign call (MobileNetV2:
-18 of its 21 kernels).
+planned call allocates nothing. Every single-output kernel is then bound
+to the plan (`CompiledKernel.bound_function`): its pointer array is built
+once per thread, the graph no longer hands it its constants, and a call
+fills only the pointers that change - an input from outside the plan, a
+fresh graph output - before one foreign call. A reshape of a planned
+output that needs no copy becomes a second slot over the same bytes, so
+MobileNetV2's flatten before its classifier costs nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from ..targets.harness import storage_span
-from .kernel import kernel_of
+from .kernel import BoundKernel, kernel_of
 from .memory import ALIGN, aligned
 
 
@@ -100,20 +102,44 @@ class _Allocator:
         self.free = merged
 
 
+_VIEWS = (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.reshape.default)
+
+
+def _kernel_view(node: Node, kernels: set[Node]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(shape, strides) of ``node`` when it reshapes a kernel's output
+    without a copy and only kernels read it (a flatten before a classifier):
+    it becomes another slot over the same memory, and its readers read it
+    there."""
+    if node.op != "call_function" or node.target not in _VIEWS or node.args[0] not in kernels:
+        return None
+    if not node.users or not set(node.users) <= kernels or len(kernel_of(node.args[0]).spec.outputs) != 1:
+        return None
+    shape, strides, dtype = kernel_of(node.args[0]).output_layouts()[0]
+    try:
+        view = torch.empty_strided(shape, strides, dtype=dtype, device="meta").view(node.args[1])
+    except RuntimeError:  # a reshape that would copy
+        return None
+    return tuple(view.shape), tuple(view.stride())
+
+
 def plan_memory(gm: GraphModule) -> MemoryPlan | None:
-    """Give planned outputs to the kernel calls of ``gm`` (rewritten in
-    place); returns the plan, or None when no output qualifies."""
+    """Give planned outputs to the kernel calls of ``gm`` and bind every
+    single-output kernel to the plan (`CompiledKernel.bound_function`),
+    rewriting the graph in place; returns the plan, or None when no output
+    qualifies."""
     nodes = list(gm.graph.nodes)
     index = {n: i for i, n in enumerate(nodes)}
     kernels = {n for n in nodes if kernel_of(n) is not None}
+    views = {n: layout for n in nodes if (layout := _kernel_view(n, kernels)) is not None}
+    readers = kernels | set(views)
     planned = [
         n
         for n in nodes
-        if n in kernels and len(kernel_of(n).spec.outputs) == 1 and n.users and set(n.users) <= kernels
+        if n in kernels and len(kernel_of(n).spec.outputs) == 1 and n.users and set(n.users) <= readers
     ]
     if not planned:
         return None
-    last_use = {n: max(index[u] for u in n.users) for n in planned}
+    last_use = {n: max(index[r] for u in n.users for r in (u.users if u in views else (u,))) for n in planned}
     dying: dict[int, list[Node]] = {}
     for n in planned:
         dying.setdefault(last_use[n], []).append(n)
@@ -126,20 +152,33 @@ def plan_memory(gm: GraphModule) -> MemoryPlan | None:
             slots[n] = Slot(alloc.allocate(aligned(nbytes)), nbytes, shape, strides, dtype)
         for d in dying.get(i, ()):
             alloc.release(slots[d].offset, aligned(slots[d].nbytes), i)
+    for v, (shape, strides) in views.items():
+        base = slots.get(v.args[0])
+        if base is not None:
+            slots[v] = dataclasses.replace(base, shape=shape, strides=strides)
     plan = MemoryPlan(list(slots.values()), alloc.top)
     slot_of = {n: j for j, n in enumerate(slots)}
-    for n, j in slot_of.items():
+    for n in nodes:
         kernel = kernel_of(n)
-        n.meta["memory_slot"] = j  # dumps and tests read the assignment
-        inputs = {i: slot_of.get(n.args[i]) for i in kernel._runtime}
-        fixed = kernel.fixed_function(plan, j, inputs) if None not in inputs.values() else None
-        if fixed is None:
-            n.target = kernel.as_function(plan, j)
+        if kernel is None or len(kernel.spec.outputs) != 1:
             continue
-        constants = [a for i, a in enumerate(n.args) if i not in inputs]
-        n.target, n.args = fixed, tuple(n.args[i] for i in sorted(inputs))
+        if n in slot_of:
+            n.meta["memory_slot"] = slot_of[n]  # dumps and tests read the assignment
+        bound = kernel.bound_function(plan, slot_of.get(n), {i: slot_of.get(n.args[i]) for i in kernel._runtime})
+        constants = [a for i, a in enumerate(n.args) if i not in kernel._runtime]
+        n.target, n.args = bound, tuple(n.args[i] for i in sorted(kernel._runtime))
         for c in constants:  # held by the kernel; the graph no longer loads them
             if isinstance(c, Node) and not c.users:
                 gm.graph.erase_node(c)
+    for v in views:
+        if v not in slot_of:
+            continue
+        for user in list(v.users):  # a planned reader reads the view's slot: it needs the producer only for the order
+            if not isinstance(user.target, BoundKernel):
+                continue  # a multi-output kernel takes its inputs as tensors
+            kept = user.target.hole_arguments
+            user.args = tuple(v.args[0] if a is v and k not in kept else a for k, a in enumerate(user.args))
+        if not v.users:
+            gm.graph.erase_node(v)
     gm.memory_plan = plan
     return plan

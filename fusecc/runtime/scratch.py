@@ -13,7 +13,7 @@ docs/benchmarks.md, session 18).
 The buffer is per Python thread (two threads calling compiled graphs at
 once must not share it) and only grows. Growing replaces it and bumps
 ``generation``: a pointer array built with the old address is stale, and
-its owner (`CompiledKernel.fixed_function`, `chain`) rebuilds it.
+its owner (`BoundKernel`, `chain`) rebuilds it.
 """
 
 from __future__ import annotations

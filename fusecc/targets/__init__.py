@@ -29,7 +29,7 @@ class Target:
         raise NotImplementedError
 
     def chain_launcher(self, options) -> Callable | None:
-        """A foreign function that calls a run of this target's fixed-pointer
+        """A foreign function that calls a run of this target's plan-bound
         kernels (`runtime/chain.py`), or None where kernels are not C functions."""
         return None
 
