@@ -326,3 +326,22 @@ def test_a_whole_graph_is_one_chain_from_its_input_to_a_fresh_output():
         assert torch.equal(first, kept) and first.data_ptr() != second.data_ptr()
         channels_last = x.contiguous(memory_format=torch.channels_last)
         assert_close(compiled(channels_last), ref, 1e-4)
+
+
+def test_every_kernel_puts_a_threads_scratch_at_the_same_place():
+    """Thread t's scratch region starts at t x THREAD_STRIDE in every kernel
+    whose need per thread is below the stride (so a thread writes where it
+    wrote in the kernel before, not into lines the other core holds), and
+    each kernel's workspace covers its last thread's region."""
+    from fusecc.codegen.c.common import THREAD_STRIDE, thread_workspace
+
+    unchained = _skip_stack_programs()[3]
+    kernels = [kernel_of(n) for n in kernel_nodes(unchained.gm)]
+    with_scratch = [k for k in kernels if k.workspace]
+    assert len(with_scratch) >= 2
+    for k in with_scratch:
+        assert f"(size_t)(tid) * {THREAD_STRIDE}L" in k.info["source"], k.spec.name
+    for need in (1000, THREAD_STRIDE + 4096):
+        for threads in (1, 2, 3):
+            stride = max(need, THREAD_STRIDE)
+            assert thread_workspace(threads, need) >= (threads - 1) * stride + need

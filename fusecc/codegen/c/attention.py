@@ -44,7 +44,7 @@ from typing import NamedTuple
 import torch
 
 from ...kernels.spec import KernelSpec
-from .common import SIGNATURE
+from .common import SIGNATURE, thread_scratch, thread_workspace
 from .dialects import Dialect
 from .gemm import microkernel
 
@@ -168,7 +168,7 @@ def _per_thread_floats(z: _Sizes) -> int:
 
 
 def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
-    return nthreads * (4 * _per_thread_floats(_sizes(spec, params)) + 128) + 64
+    return thread_workspace(nthreads, 4 * _per_thread_floats(_sizes(spec, params)) + 128)
 
 
 def sparse_tables(name: str, sparse: dict, qualifier: str) -> str:
@@ -298,7 +298,7 @@ static void {name}_gemm(long rows, long K, const float* FC_RESTRICT a, long lda,
 #else
     const int tid = 0;
 #endif
-    float* FC_RESTRICT kt = (float*)(((uintptr_t)(ws + (size_t)tid * {per_thread}) + 63) & ~(uintptr_t)63);
+    float* FC_RESTRICT kt = {thread_scratch("tid", per_thread)};
     float* FC_RESTRICT vpk = kt + {d * bk}L;          /* [panel][BK][NR] */
     float* FC_RESTRICT sc = vpk + {panels * bk * nr}L;  /* scores, then probabilities: [QB][BK] */
     float* FC_RESTRICT acc = sc + {qb * bk}L;         /* output rows: [QB][DPAD] */

@@ -31,6 +31,8 @@ from .common import (
     depthwise_finish,
     depthwise_pixels,
     sum_chains,
+    thread_scratch,
+    thread_workspace,
     vload,
     vstore,
 )
@@ -200,7 +202,7 @@ def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
         mr, _ = params["tile"]
         if params.get("schedule") == "channel_major":
             return 0 if _nhwc_direct(geo) else 4 * math.ceil(geo["n"] * geo["P"] / mr) * mr * geo["K"] + 128
-        return nthreads * (4 * mr * geo["K"] + 128) + 64
+        return thread_workspace(nthreads, 4 * mr * geo["K"] + 128)
     if params["algo"] == "depthwise":
         hp = geo["h"] + geo["pt"] + geo["pb"]
         wq = math.ceil((geo["w"] + geo["pl"] + geo["pr"]) / geo["sw"]) + 2 * vl + geo["kw"] * geo["dw"]
@@ -210,8 +212,8 @@ def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
         nr = nv * vl
         per_thread = geo["K"] * nr * _block_panels(geo, nr)
         if _runtime_weights(spec):  # weights packed per call, shared by the threads
-            return _weight_pack_bytes(geo, mr) + nthreads * (4 * per_thread + 64) + 64
-    return nthreads * (4 * per_thread + 64) + 64
+            return _weight_pack_bytes(geo, mr) + thread_workspace(nthreads, 4 * per_thread + 64)
+    return thread_workspace(nthreads, 4 * per_thread + 64)
 
 
 def _weight_pack_bytes(geo: dict, mr: int) -> int:
@@ -403,7 +405,7 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, const flo
 #else
     const int tid = 0;
 #endif
-    float* FC_RESTRICT bblk = (float*)(((uintptr_t)(ws + (size_t)tid * {4 * ws_per_thread}) + 63) & ~(uintptr_t)63);
+    float* FC_RESTRICT bblk = {thread_scratch("tid", 4 * ws_per_thread)};
 {wpack_loop}
     #pragma omp for schedule(static)
     for (long task = 0; task < tasks0 * mchunks; ++task) {{
@@ -463,7 +465,7 @@ def _render_depthwise(spec: KernelSpec, name: str, vl: int, params: dict, geo: d
 #else
     const int tid = 0;
 #endif
-    float* FC_RESTRICT phases = (float*)(((uintptr_t)(ws + (size_t)tid * {4 * plane + 64}) + 63) & ~(uintptr_t)63);
+    float* FC_RESTRICT phases = {thread_scratch("tid", 4 * plane + 64)};
     #pragma omp for schedule(static)
     for (long task = 0; task < {geo["n"] * geo["cout"]}L; ++task) {{
       const long nimg = task / {geo["cout"]}L, co = task % {geo["cout"]}L;
@@ -699,7 +701,7 @@ static void {name}_tile(void* const* args, const float* FC_RESTRICT a, long lda,
 #else
     const int tid = 0;
 #endif
-    float* FC_RESTRICT atile = (float*)(((uintptr_t)(ws + (size_t)tid * {4 * mr * k + 128}) + 63) & ~(uintptr_t)63);
+    float* FC_RESTRICT atile = {thread_scratch("tid", 4 * mr * k + 128)};
     (void)atile;
     #pragma omp for schedule(static)
     for (long task = 0; task < {mtiles}L * pchunks; ++task) {{

@@ -29,7 +29,7 @@ import math
 
 from ...kernels.spec import KernelSpec
 from . import gemm
-from .common import SIGNATURE, declarations
+from .common import SIGNATURE, declarations, thread_scratch, thread_stride
 from .gemm import PREFETCH_K, tile_columns
 
 ACC_BYTES = 64 * 1024  # per-thread accumulators of a chunk of tiles (L2 resident)
@@ -88,7 +88,7 @@ def workspace_bytes(geo: dict, params: dict, nthreads: int) -> int:
     if params.get("segment") == "rows" and _needs_copy(geo):
         hp, wp = _padded_shape(geo)
         copy = 4 * geo["n"] * hp * wp * geo["cin"] + 64
-    return nthreads * _acc_bytes(params) + copy + 64
+    return nthreads * thread_stride(_acc_bytes(params)) + copy + 64  # the copy after every thread's region
 
 
 def _microkernel(fn: str, rows: int, mr: int, nv: int, vl: int, seg: int, stream: bool, finish: tuple | None) -> str:
@@ -283,7 +283,7 @@ static inline void {name}_epilogue(void* const* args, const float* FC_RESTRICT t
   const float* FC_RESTRICT x = (const float*)args[{x_i}];
   const float* FC_RESTRICT wpack = (const float*)args[{w_i}];
   char* ws = (char*)args[{len(spec.operands) + len(spec.outputs)}];
-  float* FC_RESTRICT xp = (float*)(((uintptr_t)(ws + (size_t)nthreads * {acc_bytes}) + 63) & ~(uintptr_t)63);
+  float* FC_RESTRICT xp = (float*)(((uintptr_t)(ws + (size_t)nthreads * {thread_stride(acc_bytes)}L) + 63) & ~(uintptr_t)63);
   (void)xp; (void){name}_zeros;
   /* pixel chunks: at most {tm_max} tiles (accumulators in L2), enough tasks for every thread */
   long chunks = ({mtiles}L + {tm_max - 1}L) / {tm_max}L;
@@ -296,7 +296,7 @@ static inline void {name}_epilogue(void* const* args, const float* FC_RESTRICT t
 #else
     const int tid = 0;
 #endif
-    float* FC_RESTRICT accbuf = (float*)(((uintptr_t)(ws + (size_t)tid * {acc_bytes}) + 63) & ~(uintptr_t)63);
+    float* FC_RESTRICT accbuf = {thread_scratch("tid", acc_bytes)};
     const float* FC_RESTRICT src = {"xp" if copy else "x"};{_copy_padded(geo) if copy else ""}
     long first, last;
     fc_thread_range(chunks * {panels}L, &first, &last);

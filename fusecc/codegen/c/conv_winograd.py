@@ -34,7 +34,7 @@ import torch
 from ...kernels import winograd
 from ...kernels.spec import KernelSpec
 from . import gemm
-from .common import SIGNATURE, declarations
+from .common import SIGNATURE, declarations, thread_scratch, thread_workspace
 from .gemm import microkernel, pack_panels
 
 SCRATCH_BYTES = 384 * 1024  # V and M of one chunk, per thread (L2: 1 MB)
@@ -106,7 +106,7 @@ def _scratch_floats(s: dict) -> int:
 
 
 def workspace_bytes(geo: dict, params: dict, nthreads: int) -> int:
-    return nthreads * (4 * _scratch_floats(_sizes(geo, params)) + 128) + 64
+    return thread_workspace(nthreads, 4 * _scratch_floats(_sizes(geo, params)) + 128)
 
 
 def prepare_weights(weight: torch.Tensor, geo: dict, params: dict) -> torch.Tensor:
@@ -264,7 +264,7 @@ static void {name}_output(void* const* args, const float* FC_RESTRICT mbuf, long
 #else
     const int tid = 0;
 #endif
-    float* FC_RESTRICT vbuf = (float*)(((uintptr_t)(ws + (size_t)tid * {scratch}) + 63) & ~(uintptr_t)63);
+    float* FC_RESTRICT vbuf = {thread_scratch("tid", scratch)};
     float* FC_RESTRICT mbuf = vbuf + {v_floats}L;
     #pragma omp for schedule(static)
     for (long task = 0; task < chunks * pgroups; ++task) {{

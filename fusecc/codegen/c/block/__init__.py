@@ -28,6 +28,7 @@ from types import ModuleType
 import torch
 
 from ....kernels.spec import KernelSpec
+from ..common import thread_workspace
 from ..dialects import Dialect
 from . import basic, bottleneck, convnext, inverted_residual, stem
 
@@ -66,7 +67,7 @@ def default_params(spec: KernelSpec, dialect: Dialect) -> dict:
 
 def workspace_bytes(spec: KernelSpec, params: dict, nthreads: int) -> int:
     """Per thread: its buffers, 64-byte aligned."""
-    return nthreads * (4 * _pattern(spec).per_thread_floats(spec, params) + 128) + 64
+    return thread_workspace(nthreads, 4 * _pattern(spec).per_thread_floats(spec, params) + 128)
 
 
 def prepare(spec: KernelSpec, params: dict, constants: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:

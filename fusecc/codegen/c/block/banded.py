@@ -21,7 +21,7 @@ import dataclasses
 import math
 
 from ....kernels.spec import KernelSpec, conv_geometry
-from ..common import SIGNATURE, depthwise_pixels
+from ..common import SIGNATURE, depthwise_pixels, thread_scratch
 from ..dialects import Dialect
 from .common import gemm_dims, layers, weight_operand
 from .rows import bind, epilogue, gemm_partial_sums, gemm_rows
@@ -120,7 +120,7 @@ def split_units(spec: KernelSpec, walk: Walk, tiles: list, vl: int) -> tuple[int
 
 
 def _thread_buf(t: str, per_thread: int) -> str:
-    return f"(float*)(((uintptr_t)(ws + (size_t){t} * {4 * per_thread + 128}) + 63) & ~(uintptr_t)63)"
+    return thread_scratch(t, 4 * per_thread + 128)
 
 
 def render(

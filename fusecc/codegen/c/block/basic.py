@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ....kernels.spec import KernelSpec, conv_geometry
-from ..common import SIGNATURE
+from ..common import SIGNATURE, thread_scratch
 from ..dialects import Dialect
 from .common import check_channels_last, check_f32, layers, pack_taps, panel_tile, per_channel_epilogue, weight_operand
 from .rows import conv_row
@@ -114,7 +114,7 @@ def render(spec: KernelSpec, name: str, vl: int, params: dict) -> str:
 #else
     const int tid = 0;
 #endif
-    float* FC_RESTRICT in_ring = (float*)(((uintptr_t)(ws + (size_t)tid * {per_thread}) + 63) & ~(uintptr_t)63);
+    float* FC_RESTRICT in_ring = {thread_scratch("tid", per_thread)};
     float* FC_RESTRICT in_zero = in_ring + {in_rows * in_row}L;
     float* FC_RESTRICT mid_ring = in_zero + {in_row}L;
     float* FC_RESTRICT mid_zero = mid_ring + {mid_rows * mid_row}L;
