@@ -4,8 +4,9 @@ After the memory plan, every single-output kernel is bound to it
 (`CompiledKernel.bound_function`): its pointer array is built once per
 thread, and only its *holes* - inputs from outside the plan (the graph's
 input), a fresh output (the graph's output) - are filled per call. A graph
-call of one is a Python function call plus a ctypes call. Between two kernels that round trip runs
-through the interpreter, the dispatcher and ctypes with the caches full of
+call of one is a Python function call plus a ctypes call. Between two
+kernels that round trip runs through the interpreter, the dispatcher and
+ctypes with the caches full of
 the previous kernel's data, which on this project's cloud VM costs far more
 than it does hot (a `torch.empty(1)` took 33 us right after a 16 MB read
 against 3 us hot: on a virtual machine every cold TLB miss is a two-level

@@ -93,9 +93,12 @@ class CompiledKernel(torch.nn.Module):
         self._bind({i: copies.get(id(t), t) for i, t in self._consts.items()}, owner)
 
     def _conform(self, t: torch.Tensor, shape, strides, dtype) -> torch.Tensor:
-        """An input whose layout differs from the compiled one (an ATen op whose
-        real strides differ from its fake ones) is copied into the expected
-        layout and logged once; a wrong shape or dtype is an error."""
+        """``t`` as the kernel reads it: an input whose layout differs from
+        the compiled one (an ATen op whose real strides differ from its fake
+        ones) is copied into the expected layout and logged once; a wrong
+        shape or dtype is an error."""
+        if t.stride() == strides and t.dtype is dtype:
+            return t
         if tuple(t.shape) != shape or t.dtype != dtype:
             raise RuntimeError(
                 f"kernel {self.spec.name}: got {t.dtype}{list(t.shape)}, compiled for {dtype}{list(shape)}"
@@ -127,10 +130,7 @@ class CompiledKernel(torch.nn.Module):
     def _call(self, outs: list[torch.Tensor], args) -> None:
         inputs = []
         for index, (shape, strides, dtype) in zip(self._runtime, self._expected):
-            t = args[index]
-            if t.stride() != strides or t.dtype is not dtype:
-                t = self._conform(t, shape, strides, dtype)
-            inputs.append(t)
+            inputs.append(self._conform(args[index], shape, strides, dtype))
         if self._all_runtime_first:
             ptrs = [t.data_ptr() for t in inputs] + self._order[len(inputs) :]
         else:
@@ -198,7 +198,7 @@ class BoundKernel:
             for a, layout in zip(kernel._runtime, kernel._expected)
             if input_slots[a] is None
         ]
-        self.hole_arguments = {order.index(a) for a in input_slots if input_slots[a] is None}
+        self.hole_arguments = {k for _, k, _ in self.holes}  # the call's argument positions that are holes
         self._output_position = len(ops)
         self.fresh_output = kernel._outputs[0] if slot is None else None
         self._local = threading.local()
@@ -231,9 +231,7 @@ class BoundKernel:
         inputs, in argument order); returns the fresh output, if any.
         ``keep`` holds the tensors whose pointers went in until the call."""
         for position, k, (shape, strides, dtype) in self.holes:
-            t = inputs[k]
-            if t.stride() != strides or t.dtype is not dtype:
-                t = self.kernel._conform(t, shape, strides, dtype)
+            t = self.kernel._conform(inputs[k], shape, strides, dtype)
             keep.append(t)
             array[position] = t.data_ptr()
         if self.fresh_output is None:

@@ -283,7 +283,7 @@ static inline void {name}_epilogue(void* const* args, const float* FC_RESTRICT t
   const float* FC_RESTRICT x = (const float*)args[{x_i}];
   const float* FC_RESTRICT wpack = (const float*)args[{w_i}];
   char* ws = (char*)args[{len(spec.operands) + len(spec.outputs)}];
-  float* FC_RESTRICT xp = (float*)(((uintptr_t)(ws + (size_t)nthreads * {thread_stride(acc_bytes)}L) + 63) & ~(uintptr_t)63);
+  float* FC_RESTRICT xp = {thread_scratch("nthreads", acc_bytes)};  /* after every thread's region */
   (void)xp; (void){name}_zeros;
   /* pixel chunks: at most {tm_max} tiles (accumulators in L2), enough tasks for every thread */
   long chunks = ({mtiles}L + {tm_max - 1}L) / {tm_max}L;
